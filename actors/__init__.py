@@ -1,0 +1,21 @@
+"""trio-lanes: an actor-model framework on Trio.
+
+Every key is an actor: a task with a mailbox, spawned lazily the first time its key is used,
+handling one message at a time, and reaped when idle. Lanes, Batcher, Bus, Scheduler and Pool
+are built on that idea; `supervisors` keeps them running.
+"""
+
+from ._actor import Actor as Actor
+from ._actor import ActorRef as ActorRef
+from ._actor import spawn as spawn
+from ._clock import trio_clock as trio_clock
+from ._errors import ActorCrashed as ActorCrashed
+from ._errors import ActorsError as ActorsError
+from ._errors import ComponentClosed as ComponentClosed
+from ._keyed import KeyedActors as KeyedActors
+from ._keyed import KeyedStats as KeyedStats
+from ._keyed import open_keyed as open_keyed
+from ._keys import Key as Key
+from ._lanes import Lanes as Lanes
+from ._lanes import LaneStats as LaneStats
+from ._lanes import open_lanes as open_lanes

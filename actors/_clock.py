@@ -1,0 +1,29 @@
+"""Wall-clock time that advances with Trio's clock, so tests on MockClock see minutes pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+
+def trio_clock(start: datetime | None = None) -> Callable[[], datetime]:
+    """Return a UTC clock: ``start`` (default: the wall clock now) plus Trio time elapsed since.
+
+    Call it inside ``trio.run``. Components take such a callable as ``clock=`` and use it for
+    timestamps (``created_at``, ``is_due(now)``); with ``MockClock(autojump_threshold=0)`` the
+    returned clock jumps exactly as far as Trio's clock does.
+    """
+    if start is None:
+        start = datetime.now(UTC)
+    elif start.tzinfo is None:
+        raise ValueError(
+            "trio_clock(start=...) needs an aware datetime, e.g. datetime(..., tzinfo=UTC)"
+        )
+    origin = trio.current_time()
+
+    def now() -> datetime:
+        return start + timedelta(seconds=trio.current_time() - origin)
+
+    return now

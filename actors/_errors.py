@@ -1,0 +1,28 @@
+"""The error hierarchy of the `actors` package.
+
+Every error subclasses `ActorsError` and the builtin (or Trio) error it refines,
+so ``except ValueError`` or ``except trio.ClosedResourceError`` keep working.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class ActorsError(Exception):
+    """Base class of every error raised by `actors` itself (not by user code)."""
+
+
+class ComponentClosed(trio.ClosedResourceError, ActorsError):
+    """A component was used after its ``async with`` block ended (or while it shuts down).
+
+    Open the component again, or move the call inside its block.
+    """
+
+
+class ActorCrashed(ActorsError, RuntimeError):
+    """An actor's own machinery failed (a bug in trio-lanes, not in your job).
+
+    The message it was handling fails with this error, ``__cause__`` holds the
+    original exception, and the actor is restarted for the messages after it.
+    """
