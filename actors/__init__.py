@@ -9,6 +9,8 @@ from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import spawn as spawn
 from ._clock import trio_clock as trio_clock
+from ._cron import Cron as Cron
+from ._cron import Every as Every
 from ._errors import ActorCrashed as ActorCrashed
 from ._errors import ActorsError as ActorsError
 from ._errors import ComponentClosed as ComponentClosed
@@ -19,3 +21,17 @@ from ._keys import Key as Key
 from ._lanes import Lanes as Lanes
 from ._lanes import LaneStats as LaneStats
 from ._lanes import open_lanes as open_lanes
+from ._pool import Pool as Pool
+from ._pool import PoolStats as PoolStats
+from ._pool import open_pool as open_pool
+from ._retry import Retry as Retry
+from ._retry import RetryPolicy as RetryPolicy
+from ._scheduler import JobCrashed as JobCrashed
+from ._scheduler import JobResult as JobResult
+from ._scheduler import NotStarted as NotStarted
+from ._scheduler import ScheduledJob as ScheduledJob
+from ._scheduler import Scheduler as Scheduler
+from ._scheduler import SchedulerStats as SchedulerStats
+from ._scheduler import SkippedDuplicate as SkippedDuplicate
+from ._scheduler import TickResult as TickResult
+from ._scheduler import open_scheduler as open_scheduler

@@ -122,6 +122,7 @@ class KeyedActors(Generic[M, R]):
         self._restarts_total = 0
         self._closed = False
         self._handling: dict[str, _Live] = {}
+        self._all_idle = trio.lowlevel.ParkingLot()
 
     # ---------------------------------------------------------------- sending
 
@@ -219,15 +220,25 @@ class KeyedActors(Generic[M, R]):
 
     def _release(self, key: str, live: _Live) -> None:
         """The turn holder is done: hand the mailbox to the key's task, or go idle."""
-        if live.mailbox:
+        if not live.mailbox:
+            self._go_idle(key, live)
+            return
+        try:
             self._nursery.start_soon(self._run_key, key, live)
-        else:
+        except RuntimeError:  # the registry is gone (cancelled) while a caller held the turn
+            self._fail_all(live, None, ComponentClosed(f"{self._name} shut down before this ran"))
             self._go_idle(key, live)
 
     def _go_idle(self, key: str, live: _Live) -> None:
         self._busy -= 1
         if self._keys.get(key) is live:
             self._keys[key] = trio.current_time()
+        if not self._busy:
+            self._all_idle.unpark_all()
+
+    async def _wait_all_idle(self) -> None:
+        while self._busy:
+            await self._all_idle.park()
 
     async def _run_key(self, key: str, live: _Live) -> None:
         """The key's task: handle its mailbox in order, one message at a time, then end."""
@@ -450,9 +461,12 @@ async def open_keyed(
             await nursery.start(reap_forever)
             try:
                 yield keyed
-            finally:
-                # Graceful: queued messages still run (and may send more); then we close.
+            except BaseException:
                 reaper.cancel()
+                raise
+            # Graceful: running and queued messages finish (and may send more); then we close.
+            await keyed._wait_all_idle()
+            reaper.cancel()
     finally:
         if keyed is not None:
             keyed._closed = True

@@ -58,7 +58,7 @@ class Lanes:
         self._keyed = keyed
 
     async def run(self, key: str, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``await async_fn(*args)`` after the jobs sent to ``key`` before it; return its result.
+        """Run ``await async_fn(*args)`` after the jobs sent to ``key`` before; return its result.
 
         The job's exception is raised here unchanged and the lane goes on. Cancelled while
         queued: the job never runs. Cancelled while running: the job is cancelled.

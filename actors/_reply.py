@@ -53,24 +53,30 @@ class Reply(Generic[R]):
         self._scope = None
         if self._state == _RUNNING:
             self._state = _DONE
-            self._event.set()
+        # Wakes the caller: with its answer, or out of its wait for the cancelled call to end.
+        self._event.set()
 
     def fail(self, exc: BaseException) -> None:
-        """Answer with ``exc`` without running anything (the handler side is going away)."""
+        """Answer with ``exc`` without running anything (the handling side is going away)."""
         if self._state in (_QUEUED, _RUNNING):
             self._outcome = outcome.Error(exc)
             self._state = _DONE
-            self._event.set()
+        self._event.set()
 
     async def wait(self) -> R:
-        """Wait for the answer and return it, or raise the handler's exception unchanged."""
+        """Wait for the answer and return it, or raise the handler's exception unchanged.
+
+        Cancelled while the call runs: cancel it and wait until it has ended, so no work of
+        the caller outlives the caller.
+        """
         try:
             await self._event.wait()
         except BaseException:
-            if self._state == _RUNNING and self._scope is not None:
+            running, self._state = self._state == _RUNNING, _ABANDONED
+            if running and self._scope is not None:
                 self._scope.cancel()
-            if self._state != _DONE:
-                self._state = _ABANDONED
+                with trio.CancelScope(shield=True):
+                    await self._event.wait()
             raise
         assert self._outcome is not None
         return self._outcome.unwrap()

@@ -101,7 +101,7 @@ def _pykka_rounds(n: int) -> float | None:
     except ImportError:
         return None
 
-    class Echo(pykka.ThreadingActor):  # type: ignore[misc]
+    class Echo(pykka.ThreadingActor):
         def on_receive(self, message: object) -> object:
             return message
 

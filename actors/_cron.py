@@ -1,0 +1,137 @@
+"""Jobs made of a plain async function and a schedule: `Cron` and `Every`.
+
+>>> sched.add(Cron("*/5 * * * *", sync_inventory))          # at :00, :05, :10, ... UTC
+>>> sched.add(Every(3600, rotate_logs, id="rotate-logs"))    # first tick, then hourly
+
+Both answer `is_due(now)` for the `Scheduler` and remember when they last said yes, so each
+fires at most once per cron minute (or per period) whatever the scheduler's interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from croniter import croniter
+
+from ._checks import check_async_fn
+from ._keys import check_key
+
+
+def _check_now(now: object) -> datetime:
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise TypeError(f"is_due(now) needs an aware datetime, got {now!r}")
+    return now
+
+
+class _FunctionJob:
+    """An async function with its arguments, named by ``id``."""
+
+    __slots__ = ("_args", "_fn", "id")
+
+    def __init__(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], id: str | None
+    ) -> None:
+        check_async_fn(fn, "fn")
+        if id is None:
+            id = getattr(fn, "__qualname__", None)
+            if not isinstance(id, str):
+                raise TypeError(f"give {type(self).__name__}(..., id='...') a name for {fn!r}")
+        self.id: str = check_key(id, "job id")
+        self._fn = fn
+        self._args = args
+
+    async def run(self) -> Any:
+        """Run the function once and return its value."""
+        return await self._fn(*self._args)
+
+
+class Cron(_FunctionJob):
+    """A job due once in each minute that matches a cron expression.
+
+    ``Cron("*/5 * * * *", fn, *args, id="report")``: five fields (minute hour day month
+    weekday) or an ``@hourly``-style alias, parsed by croniter; an invalid expression raises
+    `ValueError` here. Minutes are matched in ``tz`` (default: the zone of ``now``, UTC for
+    the Scheduler's clock). ``id`` defaults to the function's qualified name.
+    """
+
+    __slots__ = ("_last_minute", "expression", "tz")
+
+    def __init__(
+        self,
+        expression: str,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        id: str | None = None,
+        tz: tzinfo | None = None,
+    ) -> None:
+        if not isinstance(expression, str):
+            raise TypeError(f"a cron expression is a str like '*/5 * * * *', got {expression!r}")
+        fields = len(expression.split())
+        if not (expression.startswith("@") or fields == 5) or not croniter.is_valid(expression):
+            raise ValueError(
+                f"invalid cron expression {expression!r}: use five fields "
+                "'minute hour day month weekday', e.g. '*/5 * * * *', or an alias like '@hourly'"
+            )
+        if tz is not None and not isinstance(tz, tzinfo):
+            raise TypeError(f"tz must be a datetime.tzinfo or None, got {tz!r}")
+        super().__init__(fn, args, id)
+        self.expression = expression
+        self.tz = tz
+        self._last_minute: datetime | None = None
+
+    def is_due(self, now: datetime) -> bool:
+        """True the first time it is asked within a matching minute."""
+        now = _check_now(now)
+        if self.tz is not None:
+            now = now.astimezone(self.tz)
+        minute = now.replace(second=0, microsecond=0)
+        if minute == self._last_minute or not croniter.match(self.expression, minute):
+            return False
+        self._last_minute = minute
+        return True
+
+    def __repr__(self) -> str:
+        return f"Cron({self.expression!r}, id={self.id!r})"
+
+
+class Every(_FunctionJob):
+    """A job due the first time it is asked, then whenever ``period`` has passed since.
+
+    ``Every(300, fn, *args, id="poll")`` or ``Every(timedelta(minutes=5), fn)``. On a
+    scheduler ticking each minute, a 300 s period runs on every fifth tick.
+    """
+
+    __slots__ = ("_last", "period")
+
+    def __init__(
+        self,
+        period: float | timedelta,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        id: str | None = None,
+    ) -> None:
+        if isinstance(period, timedelta):
+            seconds = period.total_seconds()
+        elif isinstance(period, int | float) and not isinstance(period, bool):
+            seconds = float(period)
+        else:
+            raise TypeError(f"period must be seconds or a timedelta, got {period!r}")
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"period must be a finite duration > 0, got {period!r}")
+        super().__init__(fn, args, id)
+        self.period = timedelta(seconds=seconds)
+        self._last: datetime | None = None
+
+    def is_due(self, now: datetime) -> bool:
+        """True the first time, then once ``period`` has passed since it last said yes."""
+        now = _check_now(now)
+        if self._last is not None and now - self._last < self.period:
+            return False
+        self._last = now
+        return True
+
+    def __repr__(self) -> str:
+        return f"Every({self.period.total_seconds()!r}, id={self.id!r})"

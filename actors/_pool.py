@@ -1,0 +1,297 @@
+"""Pool: run many tasks with at most ``limit`` at once, retrying the ones that fail.
+
+>>> async with actors.open_pool(limit=5) as pool:
+...     for url in urls:
+...         await pool.submit(fetch, url, retry=RetryPolicy.exponential(max_attempts=5))
+>>> pool.outputs, pool.errors      # completion order; the final exception of each failure
+
+For a stream in input order, ``async for page in pool.map(fetch, urls): ...``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+import attrs
+import outcome
+import trio
+
+from ._checks import check_async_fn, check_positive_int
+from ._errors import ComponentClosed
+from ._nursery import open_component_nursery
+from ._retry import Retry, RetryPolicy
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_DEFAULT_RETRY = RetryPolicy.exponential()
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of a `Pool`."""
+
+    running: int
+    """Attempts running now (each holds one of the ``limit`` slots)."""
+    retrying: int
+    """Tasks waiting out the delay before their next attempt (they hold no slot)."""
+    submitted_total: int
+    """Tasks started so far (``submit`` and ``map`` items)."""
+    retries_total: int
+    """Retries so far (attempts after the first)."""
+    succeeded_total: int
+    """Tasks that returned a value."""
+    failed_total: int
+    """Tasks that failed after their last attempt."""
+
+
+class _MapSlot:
+    """Where one ``map`` item's outcome waits for its turn to be yielded."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: outcome.Outcome[Any] | None = None
+
+
+def _check_policy(retry: object) -> RetryPolicy | None:
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(
+            f"retry must be a RetryPolicy (e.g. RetryPolicy.exponential()) or None, got {retry!r}"
+        )
+    return retry
+
+
+class Pool:
+    """A bounded set of workers: at most ``limit`` attempts run at once. Made by `open_pool`.
+
+    ``outputs`` holds the values of the tasks that succeeded, in completion order;
+    ``errors`` the final exception of each task that failed (the original one, never a
+    `Retry` wrapper). Read them after the block, when every task has finished.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_limiter",
+        "_name",
+        "_nursery",
+        "_retries_total",
+        "_retrying",
+        "_running",
+        "_submitted_total",
+        "errors",
+        "limit",
+        "outputs",
+    )
+
+    def __init__(self, nursery: trio.Nursery, limit: int, name: str) -> None:
+        self._nursery = nursery
+        self._limiter = trio.CapacityLimiter(limit)
+        self._name = name
+        self._closed = False
+        self._running = 0
+        self._retrying = 0
+        self._submitted_total = 0
+        self._retries_total = 0
+        self.limit = limit
+        """The most attempts that run at once."""
+        self.outputs: list[Any] = []
+        """Values of the tasks that succeeded, in completion order."""
+        self.errors: list[Exception] = []
+        """Final exception of each task that failed after its attempts, in completion order."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ComponentClosed(f"{self._name} is closed: submit inside its `async with` block")
+
+    async def submit(
+        self, async_fn: Callable[..., Awaitable[Any]], *args: Any, retry: RetryPolicy | None = None
+    ) -> None:
+        """Start ``await async_fn(*args)`` as soon as a slot is free; return once it started.
+
+        Without ``retry`` a task that raises fails at once (unless it raises `Retry`); with it,
+        any ``Exception`` is retried under that policy. The value lands in ``outputs``, the
+        final exception in ``errors``. Tasks may submit more work while the pool drains after
+        its block, but a task that waits in ``submit`` holds its own slot meanwhile.
+        """
+        self._check_open()
+        check_async_fn(async_fn, "async_fn")
+        policy = _check_policy(retry)
+        token = object()
+        await self._limiter.acquire_on_behalf_of(token)
+        self._submitted_total += 1
+        self._nursery.start_soon(self._run, token, async_fn, args, policy, None)
+
+    def map(
+        self,
+        async_fn: Callable[[T], Awaitable[R]],
+        iterable: Iterable[T],
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncIterator[R]:
+        """Yield ``await async_fn(item)`` for each item, in input order, through the pool.
+
+        Items start as slots free up, sharing the pool's ``limit`` with `submit`, and at most
+        ``2 * limit`` results wait ahead of the one you are reading. A failed item (after its
+        retries) raises its exception from the iteration at its place, and the iteration ends.
+        Results go to the iterator only, not to ``outputs``/``errors``. If you stop early,
+        the items already started finish in the pool and their results are dropped.
+        """
+        self._check_open()
+        check_async_fn(async_fn, "async_fn")
+        policy = _check_policy(retry)
+        if isinstance(iterable, str | bytes) or not isinstance(iterable, Iterable):
+            raise TypeError(f"map() needs an iterable of items, got {type(iterable).__name__}")
+        return _PoolMap(self, async_fn, iter(iterable), policy)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of running and retrying tasks and the totals so far."""
+        return PoolStats(
+            running=self._running,
+            retrying=self._retrying,
+            submitted_total=self._submitted_total,
+            retries_total=self._retries_total,
+            succeeded_total=len(self.outputs),
+            failed_total=len(self.errors),
+        )
+
+    async def _run(
+        self,
+        token: object,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        policy: RetryPolicy | None,
+        slot: _MapSlot | None,
+    ) -> None:
+        """One task: attempts under a slot, waits between them without one."""
+        attempt = 1
+        while True:
+            self._running += 1
+            try:
+                coro = fn(*args)
+                if not inspect.isawaitable(coro):
+                    raise TypeError(
+                        f"the pool needs an async function; {fn!r} returned {type(coro).__name__}"
+                    )
+                value = await coro
+            except Exception as exc:
+                failure: Exception = exc
+            else:
+                if slot is None:
+                    self.outputs.append(value)
+                else:
+                    slot.result = outcome.Value(value)
+                    slot.done.set()
+                return
+            finally:
+                self._running -= 1
+                self._limiter.release_on_behalf_of(token)
+            if isinstance(failure, Retry):
+                policy = failure.policy or policy or _DEFAULT_RETRY
+                failure = failure.exception
+            if policy is None or attempt >= policy.max_attempts:
+                if slot is None:
+                    self.errors.append(failure)
+                else:
+                    slot.result = outcome.Error(failure)
+                    slot.done.set()
+                return
+            delay = policy.delay(attempt)
+            del failure
+            self._retrying += 1
+            try:
+                await trio.sleep(delay)
+            finally:
+                self._retrying -= 1
+            await self._limiter.acquire_on_behalf_of(token)
+            attempt += 1
+            self._retries_total += 1
+
+
+class _PoolMap(Generic[T, R]):
+    """The async iterator `Pool.map` returns: starts items lazily, yields them in order."""
+
+    __slots__ = ("_done", "_fn", "_items", "_pending", "_policy", "_pool", "_window")
+
+    def __init__(
+        self,
+        pool: Pool,
+        fn: Callable[[T], Awaitable[R]],
+        items: Iterator[T],
+        policy: RetryPolicy | None,
+    ) -> None:
+        self._pool = pool
+        self._fn = fn
+        self._items: Iterator[T] | None = items
+        self._policy = policy
+        self._pending: deque[_MapSlot] = deque()
+        self._window = 2 * pool.limit
+        self._done = False
+
+    def __aiter__(self) -> _PoolMap[T, R]:
+        return self
+
+    async def __anext__(self) -> R:
+        pool = self._pool
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            raise StopAsyncIteration
+        pool._check_open()
+        while self._items is not None and len(self._pending) < self._window:
+            token = object()
+            # Take the slot first, then the item: a cancel while waiting loses no item.
+            await pool._limiter.acquire_on_behalf_of(token)
+            try:
+                item = next(self._items)
+            except BaseException as exc:
+                pool._limiter.release_on_behalf_of(token)
+                self._items = None
+                if not isinstance(exc, StopIteration):
+                    self._done = True
+                    raise
+                if self._pending:
+                    break
+                self._done = True
+                raise StopAsyncIteration from None
+            slot = _MapSlot()
+            self._pending.append(slot)
+            pool._submitted_total += 1
+            pool._nursery.start_soon(pool._run, token, self._fn, (item,), self._policy, slot)
+        if not self._pending:
+            self._done = True
+            await trio.lowlevel.checkpoint()
+            raise StopAsyncIteration
+        slot = self._pending[0]
+        await slot.done.wait()
+        self._pending.popleft()
+        assert slot.result is not None
+        try:
+            value: R = slot.result.unwrap()
+        except BaseException:
+            self._done = True
+            raise
+        return value
+
+
+@asynccontextmanager
+async def open_pool(limit: int = 5, *, name: str = "pool") -> AsyncIterator[Pool]:
+    """Open a pool running at most ``limit`` attempts at once.
+
+    Leaving the block waits for every task, retries included, then closes the pool; cancelling
+    the enclosing scope cancels them at once. ``submit`` after the block raises
+    `ComponentClosed`.
+    """
+    check_positive_int(limit, "limit")
+    pool: Pool | None = None
+    try:
+        async with open_component_nursery() as nursery:
+            pool = Pool(nursery, limit, name)
+            yield pool
+    finally:
+        if pool is not None:
+            pool._closed = True

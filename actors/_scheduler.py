@@ -1,0 +1,463 @@
+"""Scheduler: a ticker that asks each registered job ``is_due(now)`` and runs the due ones.
+
+>>> async with actors.open_scheduler(limit=50) as sched:
+...     sched.add(Cron("*/5 * * * *", sync_inventory))
+...     async for tick in sched.results():          # one TickResult per tick
+...         for job_id, result in tick.items():
+...             print(tick.time, job_id, result.value if result.ok else result.error)
+
+Ticks fall on multiples of ``interval`` of the scheduler's clock (each minute at :00 by
+default). Each due job runs in its own task, at most ``limit`` at once; a tick's result is
+published when all of its jobs have finished, so ticks may complete out of order.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from ._checks import check_async_fn, check_duration, check_positive_int
+from ._clock import trio_clock
+from ._errors import ActorsError, ComponentClosed
+from ._keys import check_key
+from ._nursery import open_component_nursery
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class ScheduledJob(Protocol):
+    """What the `Scheduler` runs: `Cron`, `Every`, or any object with these three members."""
+
+    @property
+    def id(self) -> str:
+        """A non-empty name; one registered job per id, and the key of its result in a tick."""
+
+    def is_due(self, now: datetime) -> bool:
+        """Whether to run at the tick ``now`` (an aware UTC datetime on an interval boundary)."""
+
+    async def run(self) -> object:
+        """Do the work; the value lands in `JobResult.value`, an exception in `JobCrashed`."""
+
+
+class SkippedDuplicate(ActorsError):
+    """The job was due, but with ``dedupe=True`` a run of the same id was still in flight."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} skipped: a run of it is still in flight (dedupe)")
+        self.job_id = job_id
+
+
+class JobCrashed(ActorsError, RuntimeError):
+    """The job raised (from ``run`` or from ``is_due``); the scheduler itself went on.
+
+    ``exception`` (also ``__cause__``) is what it raised, ``traceback`` the formatted text.
+    """
+
+    def __init__(self, job_id: str, exception: BaseException) -> None:
+        super().__init__(f"job {job_id!r} crashed: {exception!r}")
+        self.job_id = job_id
+        self.exception = exception
+        self.traceback = "".join(traceback.format_exception(exception))
+        self.__cause__ = exception
+
+
+class NotStarted(ActorsError):
+    """The job was waiting for a slot when the scheduler shut down, so it never ran."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not started: the scheduler shut down first")
+        self.job_id = job_id
+
+
+@attrs.frozen
+class JobResult:
+    """What one due job did in one tick: a value, or an error saying why there is none."""
+
+    value: Any = None
+    """What ``run()`` returned (``None`` when ``error`` is set)."""
+    error: ActorsError | None = None
+    """`JobCrashed`, `SkippedDuplicate` or `NotStarted`; ``None`` if the job succeeded."""
+
+    @property
+    def ok(self) -> bool:
+        """The job ran and returned."""
+        return self.error is None
+
+
+@attrs.frozen(eq=True)
+class TickResult(Mapping[str, JobResult]):
+    """One tick: its time and, for each job that was due, its `JobResult` (``tick[job.id]``)."""
+
+    time: datetime
+    """The tick's time: an interval boundary (or the clock's time for `Scheduler.run_now`)."""
+    results: Mapping[str, JobResult]
+    """Job id -> result, in the order the jobs were registered (or passed to ``run_now``)."""
+
+    def __getitem__(self, job_id: str) -> JobResult:
+        return self.results[job_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def errors(self) -> dict[str, ActorsError]:
+        """Job id -> error for the jobs that did not succeed."""
+        return {job_id: r.error for job_id, r in self.results.items() if r.error is not None}
+
+
+@attrs.frozen
+class SchedulerStats:
+    """A snapshot of a `Scheduler`."""
+
+    in_flight: int
+    """Jobs running now (each holds one of the ``limit`` slots)."""
+    queued: int
+    """Due jobs waiting for a slot."""
+    ticks_total: int
+    """Ticks so far, `Scheduler.run_now` calls included."""
+    dedupe_skips_total: int
+    """Due jobs skipped because a run of the same id was in flight."""
+    dropped_results_total: int
+    """Tick results dropped (oldest first) because no one read them in time."""
+
+
+class _Tick:
+    """A tick in progress: its results fill in as its jobs end."""
+
+    __slots__ = ("order", "pending", "publish", "result", "results", "time")
+
+    def __init__(self, time: datetime, publish: bool) -> None:
+        self.time = time
+        self.publish = publish
+        self.order: list[str] = []
+        self.results: dict[str, JobResult] = {}
+        self.pending = 0
+        self.result: TickResult | None = None
+
+
+class _Results:
+    """The async iterator `Scheduler.results` returns."""
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[TickResult]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> _Results:
+        return self
+
+    async def __anext__(self) -> TickResult:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+def _check_job(job: object) -> ScheduledJob:
+    job_id = getattr(job, "id", None)
+    if job_id is None or not callable(getattr(job, "is_due", None)):
+        raise TypeError(
+            f"a scheduled job needs `id`, `is_due(now)` and `async run()`, got {job!r}; "
+            "for a plain async function use Cron(expr, fn) or Every(seconds, fn)"
+        )
+    check_key(job_id, "job id")
+    check_async_fn(getattr(job, "run", None), f"run of job {job_id!r}")
+    return job  # type: ignore[return-value]  # checked member by member above
+
+
+class Scheduler:
+    """Runs registered jobs when due, at most ``limit`` at once. Made by `open_scheduler`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        limit: int,
+        dedupe: bool,
+        interval: float,
+        clock: Callable[[], datetime],
+        results_buffer: int,
+    ) -> None:
+        self._nursery = nursery
+        self._limiter = trio.CapacityLimiter(limit)
+        self._dedupe = dedupe
+        self._interval_us = round(interval * 1_000_000)
+        self._clock = clock
+        self._jobs: dict[str, ScheduledJob] = {}
+        self._in_flight_ids: set[str] = set()
+        self._waiting: set[trio.CancelScope] = set()
+        self._send, self._receive = trio.open_memory_channel[TickResult](results_buffer)
+        self._last_tick_us: int | None = None
+        self._in_flight = 0
+        self._queued = 0
+        self._ticks_total = 0
+        self._dedupe_skips_total = 0
+        self._dropped_results_total = 0
+        self._closing = False
+        self._closed = False
+
+    # ---------------------------------------------------------------- public
+
+    def add(self, job: ScheduledJob) -> None:
+        """Register ``job``; from the next tick on it is asked ``is_due(now)``.
+
+        Raises `TypeError` for an object that is not a job, `ValueError` if a job with the same
+        id is registered already.
+        """
+        self._check_open()
+        job = _check_job(job)
+        if job.id in self._jobs:
+            raise ValueError(
+                f"a job with id {job.id!r} is already scheduled: remove it first, "
+                "or give this one another id"
+            )
+        self._jobs[job.id] = job
+
+    def remove(self, job_id: str) -> None:
+        """Unregister a job; a run of it in flight finishes. Unknown id: `KeyError`."""
+        self._check_open()
+        try:
+            del self._jobs[job_id]
+        except KeyError:
+            raise KeyError(f"no job with id {job_id!r} is scheduled") from None
+
+    async def run_now(self, jobs: Iterable[ScheduledJob] | None = None) -> TickResult:
+        """Ask ``jobs`` (default: the registered ones) ``is_due`` now and run the due ones.
+
+        Returns this tick's result once all its jobs ended; it is not published to
+        `results`. The same ``limit`` and ``dedupe`` apply; cancelling the call cancels its jobs.
+        """
+        self._check_open()
+        if jobs is None:
+            batch = list(self._jobs.values())
+        else:
+            if isinstance(jobs, str) or not isinstance(jobs, Iterable):
+                raise TypeError(f"run_now() takes a list of jobs, got {jobs!r}")
+            batch = [_check_job(job) for job in jobs]
+            ids = [job.id for job in batch]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"run_now() got two jobs with the same id: {ids}")
+        now = self._now()
+        async with trio.open_nursery() as nursery:
+            tick = self._start_tick(now, batch, nursery, publish=False)
+        assert tick.result is not None
+        return tick.result
+
+    def results(self) -> AsyncIterator[TickResult]:
+        """Iterate over the published ticks as they complete; ends after the scheduler closed.
+
+        The buffer holds ``results_buffer`` ticks; when it is full the oldest is dropped (and
+        counted in ``stats().dropped_results_total``). Several readers share the ticks.
+        """
+        return _Results(self._receive)
+
+    def stats(self) -> SchedulerStats:
+        """A snapshot of running and waiting jobs and the totals so far."""
+        return SchedulerStats(
+            in_flight=self._in_flight,
+            queued=self._queued,
+            ticks_total=self._ticks_total,
+            dedupe_skips_total=self._dedupe_skips_total,
+            dropped_results_total=self._dropped_results_total,
+        )
+
+    # ---------------------------------------------------------------- the ticker
+
+    async def _ticker(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The long-lived service: sleep to the next interval boundary, start a tick, repeat."""
+        interval = self._interval_us
+        now_us = self._micros(self._now())
+        task_status.started()
+        while True:
+            next_us = (now_us // interval + 1) * interval
+            if self._last_tick_us is not None and next_us <= self._last_tick_us:
+                next_us = self._last_tick_us + interval
+            await trio.sleep((next_us - now_us) / 1_000_000)
+            self._last_tick_us = next_us
+            tick_time = _EPOCH + timedelta(microseconds=next_us)
+            self._start_tick(tick_time, list(self._jobs.values()), self._nursery, publish=True)
+            now_us = self._micros(self._now())
+
+    # ---------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed:
+            raise ComponentClosed("the scheduler is closed: use it inside its `async with` block")
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if not isinstance(now, datetime) or now.tzinfo is None:
+            raise TypeError(f"the scheduler's clock must return an aware datetime, got {now!r}")
+        return now
+
+    @staticmethod
+    def _micros(now: datetime) -> int:
+        return (now - _EPOCH) // _MICROSECOND
+
+    def _start_tick(
+        self, time: datetime, jobs: list[ScheduledJob], nursery: trio.Nursery, *, publish: bool
+    ) -> _Tick:
+        tick = _Tick(time, publish)
+        self._ticks_total += 1
+        for job in jobs:
+            job_id = job.id
+            try:
+                due = bool(job.is_due(time))
+            except Exception as exc:
+                tick.order.append(job_id)
+                tick.results[job_id] = JobResult(error=JobCrashed(job_id, exc))
+                continue
+            if not due:
+                continue
+            tick.order.append(job_id)
+            if self._dedupe:
+                if job_id in self._in_flight_ids:
+                    self._dedupe_skips_total += 1
+                    tick.results[job_id] = JobResult(error=SkippedDuplicate(job_id))
+                    continue
+                self._in_flight_ids.add(job_id)
+            tick.pending += 1
+            self._queued += 1
+            nursery.start_soon(self._run_job, tick, job)
+        if not tick.pending:
+            self._finish(tick)
+        return tick
+
+    async def _run_job(self, tick: _Tick, job: ScheduledJob) -> None:
+        job_id = job.id
+        acquired = False
+        try:
+            with trio.CancelScope() as waiting:
+                self._waiting.add(waiting)
+                try:
+                    if self._closing:
+                        waiting.cancel()
+                    await self._limiter.acquire()
+                    acquired = True
+                finally:
+                    self._waiting.discard(waiting)
+                    self._queued -= 1
+            if not acquired:  # only our own scope, cancelled by a graceful shutdown
+                self._record(tick, job_id, JobResult(error=NotStarted(job_id)))
+                return
+            self._in_flight += 1
+            try:
+                value = await job.run()
+            except Exception as exc:
+                result = JobResult(error=JobCrashed(job_id, exc))
+            else:
+                result = JobResult(value=value)
+            finally:
+                self._in_flight -= 1
+                self._limiter.release()
+            self._record(tick, job_id, result)
+        finally:
+            if self._dedupe:
+                self._in_flight_ids.discard(job_id)
+
+    def _record(self, tick: _Tick, job_id: str, result: JobResult) -> None:
+        tick.results[job_id] = result
+        tick.pending -= 1
+        if not tick.pending:
+            self._finish(tick)
+
+    def _finish(self, tick: _Tick) -> None:
+        results = {job_id: tick.results[job_id] for job_id in tick.order}
+        tick.result = TickResult(tick.time, results)
+        if tick.publish:
+            self._publish(tick.result)
+
+    def _publish(self, result: TickResult) -> None:
+        """Buffer ``result`` for `results`; when the buffer is full drop the oldest. Never waits."""
+        try:
+            self._send.send_nowait(result)
+            return
+        except trio.WouldBlock:
+            pass
+        self._dropped_results_total += 1
+        try:
+            self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return  # no buffer at all (results_buffer=0) and no reader waiting: drop this one
+        self._send.send_nowait(result)
+
+    def _begin_close(self) -> None:
+        """Graceful shutdown: no new ticks; waiting jobs end `NotStarted`; running ones finish."""
+        self._closing = True
+        for scope in self._waiting:
+            scope.cancel()
+
+
+@asynccontextmanager
+async def open_scheduler(
+    limit: int = 50,
+    dedupe: bool = False,
+    interval: float = 60.0,
+    clock: Callable[[], datetime] | None = None,
+    *,
+    results_buffer: int = 100,
+) -> AsyncIterator[Scheduler]:
+    """Open a scheduler that ticks every ``interval`` seconds of ``clock``.
+
+    ``limit``: jobs running at once. ``dedupe``: skip a due job whose id is still in flight
+    (running or waiting for a slot). ``clock``: returns aware UTC datetimes; the default is
+    `trio_clock` (the wall clock at open, advanced by Trio's clock). ``results_buffer``: tick
+    results kept for `Scheduler.results` before the oldest are dropped.
+
+    Leaving the block stops the ticks, reports the jobs still waiting for a slot as
+    `NotStarted`, waits for the running ones, and publishes the last ticks; cancelling the
+    enclosing scope stops everything at once.
+    """
+    check_positive_int(limit, "limit")
+    if not isinstance(dedupe, bool):
+        raise TypeError(f"dedupe must be True or False, got {dedupe!r}")
+    interval = check_duration(interval, "interval", allow_zero=False)
+    if interval == float("inf") or round(interval * 1_000_000) < 1:
+        raise ValueError(f"interval must be a finite number of seconds >= 1e-6, got {interval!r}")
+    check_positive_int(results_buffer, "results_buffer", minimum=0)
+    if clock is None:
+        clock = trio_clock()
+    elif not callable(clock):
+        raise TypeError(f"clock must be a callable returning an aware datetime, got {clock!r}")
+    sched: Scheduler | None = None
+    try:
+        async with open_component_nursery() as nursery:
+            sched = Scheduler(
+                nursery,
+                limit=limit,
+                dedupe=dedupe,
+                interval=interval,
+                clock=clock,
+                results_buffer=results_buffer,
+            )
+            ticker = trio.CancelScope()
+
+            async def run_ticker(
+                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                assert sched is not None
+                with ticker:
+                    await sched._ticker(task_status=task_status)
+
+            await nursery.start(run_ticker)
+            try:
+                yield sched
+            finally:
+                ticker.cancel()
+                sched._begin_close()
+    finally:
+        if sched is not None:
+            sched._closed = True
+            sched._send.close()

@@ -1,0 +1,141 @@
+"""The keyed-actor registry's own surface: tell, on_error, take_pending, backpressure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors import ComponentClosed, KeyedStats, open_keyed
+
+
+async def test_told_messages_are_handled_in_order_per_key(autojump_clock: Any) -> None:
+    seen: list[tuple[str, int, float]] = []
+
+    async def handler(key: str, message: int) -> None:
+        await trio.sleep(1)
+        seen.append((key, message, trio.current_time()))
+
+    async with open_keyed(handler) as keyed:
+        for i in range(3):
+            await keyed.tell("a", i)
+            await keyed.tell("b", i)
+        assert trio.current_time() == 0.0  # tell does not wait for the handler
+    assert [m for k, m, _ in seen if k == "a"] == [0, 1, 2]
+    assert [t for k, _, t in seen if k == "b"] == [1.0, 2.0, 3.0]
+
+
+async def test_handler_error_on_a_told_message_goes_to_on_error_and_key_goes_on() -> None:
+    errors: list[tuple[str, int, str]] = []
+    handled: list[int] = []
+
+    async def handler(key: str, message: int) -> None:
+        if message == 1:
+            raise RuntimeError("bad message")
+        handled.append(message)
+
+    def on_error(key: str, message: int, exc: BaseException) -> None:
+        errors.append((key, message, str(exc)))
+
+    async with open_keyed(handler, on_error=on_error) as keyed:
+        for i in range(3):
+            await keyed.tell("k", i)
+    assert errors == [("k", 1, "bad message")]
+    assert handled == [0, 2]
+
+
+async def test_handler_error_without_on_error_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def handler(key: str, message: int) -> None:
+        raise RuntimeError("nobody listens")
+
+    async with open_keyed(handler, name="widgets") as keyed:
+        await keyed.tell("k", 1)
+    assert "widgets: handler failed for key 'k'" in caplog.text
+
+
+async def test_take_pending_gathers_the_told_messages_waiting(autojump_clock: Any) -> None:
+    batches: list[list[int]] = []
+
+    async def handler(key: str, first: int) -> None:
+        await trio.sleep(1)  # a window: messages told meanwhile wait in the mailbox
+        batches.append([first, *keyed.take_pending(key)])
+
+    async with open_keyed(handler) as keyed:
+        for i in range(4):
+            await keyed.tell("k", i)
+        await trio.sleep(1.5)
+        await keyed.tell("k", 4)
+    assert batches == [[0, 1, 2, 3], [4]]
+
+
+async def test_take_pending_outside_the_handler_is_an_error() -> None:
+    async def handler(key: str, message: int) -> None:
+        pass
+
+    async with open_keyed(handler) as keyed:
+        with pytest.raises(RuntimeError, match="only inside that key's handler"):
+            keyed.take_pending("k")
+
+
+async def test_full_mailbox_makes_senders_wait(autojump_clock: Any) -> None:
+    async def handler(key: str, message: int) -> None:
+        await trio.sleep(1)
+
+    async with open_keyed(handler, mailbox_size=2) as keyed:
+        for i in range(4):
+            await keyed.tell("k", i)
+        # two fill the mailbox; the key task takes one at t=0, making room for the third;
+        # the fourth waits until the next one is taken at t=1
+        assert trio.current_time() == 1.0
+        assert keyed.stats().queued == 2
+
+
+async def test_stats_and_closing() -> None:
+    async def handler(key: str, message: int) -> int:
+        return message * 2
+
+    async with open_keyed(handler) as keyed:
+        assert await keyed.ask("a", 2) == 4
+        await keyed.tell("b", 1)
+    assert keyed.stats() == KeyedStats(
+        live=2, busy=0, queued=0, messages_total=2, reaped_total=0, restarts_total=0
+    )
+    with pytest.raises(ComponentClosed):
+        await keyed.tell("a", 1)
+    with pytest.raises(ComponentClosed):
+        await keyed.ask("a", 1)
+
+
+async def test_handlers_may_send_while_the_block_shuts_down(autojump_clock: Any) -> None:
+    """Leaving the block is graceful: queued work may still tell other keys."""
+    seen: list[str] = []
+
+    async def handler(key: str, message: str) -> None:
+        await trio.sleep(1)
+        seen.append(key)
+        if key == "first":
+            await keyed.tell("second", "from first")
+
+    async with open_keyed(handler) as keyed:
+        await keyed.tell("first", "go")
+    assert seen == ["first", "second"]
+    assert trio.current_time() == 2.0
+
+
+async def test_bad_arguments() -> None:
+    async def handler(key: str, message: int) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="handler"):
+        async with open_keyed(42):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="mailbox_size"):
+        async with open_keyed(handler, mailbox_size=0):
+            pass
+    async with open_keyed(handler) as keyed:
+        with pytest.raises(ValueError, match="empty"):
+            await keyed.tell("", 1)
+        with pytest.raises(TypeError, match="must be a str"):
+            await keyed.ask(3, 1)  # type: ignore[arg-type]
