@@ -1,4 +1,7 @@
-"""Single actors: a task that owns a bounded mailbox and handles one message at a time.
+"""Single actors: an object whose state only its own turn touches, one message at a time.
+
+A spawned actor is a keyed actor with one key (see `_keyed`): its mailbox is bounded, its
+messages are handled in order, and an `ask` to an idle actor runs in the caller's task.
 
 >>> class Counter(Actor[int, int]):
 ...     def __init__(self) -> None:
@@ -13,21 +16,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from typing import Any, Generic, TypeVar
+import math
+from typing import Generic, TypeVar
 
-import attrs
 import trio
 
 from ._checks import check_positive_int
 from ._errors import ActorCrashed, ComponentClosed
-from ._reply import Reply
+from ._keyed import KeyedActors, open_keyed
 
 M = TypeVar("M")
 R = TypeVar("R")
-
-log = logging.getLogger("actors")
 
 
 class Actor(Generic[M, R]):
@@ -48,107 +47,98 @@ class Actor(Generic[M, R]):
         """Runs in the actor's task when it stops after `ActorRef.stop` (not when cancelled)."""
 
 
-@attrs.define(slots=True, eq=False)
-class _Envelope(Generic[M, R]):
-    message: M
-    reply: Reply[R] | None
-
-
-class _Stop:
-    """The sentinel `stop()` sends: handled after everything queued before it."""
-
-
-_STOP = _Stop()
-
-
 class ActorRef(Generic[M, R]):
     """The address of a spawned actor. Only `spawn` makes one."""
 
-    __slots__ = ("_done", "_send", "alive", "name")
+    __slots__ = ("_done", "_keyed", "_stopping", "alive", "name")
 
-    def __init__(self, send: trio.MemorySendChannel[Any], name: str) -> None:
-        self._send = send
+    def __init__(self, name: str) -> None:
+        self._keyed: KeyedActors[M, R] | None = None
+        self._stopping = trio.Event()
         self._done = trio.Event()
         self.name = name
-        #: False once the actor's task has ended, for whatever reason.
+        #: False once the actor has ended, for whatever reason.
         self.alive = True
 
     def __repr__(self) -> str:
         return f"<ActorRef {self.name!r} {'alive' if self.alive else 'stopped'}>"
 
-    def _closed(self) -> ComponentClosed:
-        return ComponentClosed(
-            f"actor {self.name!r} has stopped; spawn a new one to send it messages"
-        )
-
-    async def _put(self, item: object) -> None:
-        try:
-            await self._send.send(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._closed() from None
+    def _mailbox(self) -> KeyedActors[M, R]:
+        if self._keyed is None or not self.alive or self._stopping.is_set():
+            raise ComponentClosed(
+                f"actor {self.name!r} has stopped; spawn a new one to send it messages"
+            )
+        return self._keyed
 
     async def tell(self, message: M) -> None:
         """Send ``message`` without waiting for it to be handled (waits while the mailbox is full).
 
         If `Actor.receive` raises for a told message, the actor crashes: the error propagates
-        into the nursery (or supervisor) that spawned it.
+        into the nursery (or supervisor) that spawned it, and messages still queued fail with
+        `ActorCrashed`.
         """
-        await self._put(_Envelope(message, None))
+        await self._mailbox().tell(_SELF, message)
 
     async def ask(self, message: M) -> R:
         """Send ``message`` and return the reply; `receive`'s exception is raised here instead.
 
         The actor keeps serving after such an exception. Cancelling the caller while the message
-        waits drops it; while it runs, cancels just that handling.
+        waits drops it; while it runs, cancels just that handling. When the actor is idle,
+        `receive` runs right away in the caller's task (no task switch), still one message at a
+        time.
         """
-        reply: Reply[R] = Reply()
-        await self._put(_Envelope(message, reply))
-        return await reply.wait()
+        return await self._mailbox().ask(_SELF, message)
 
     async def stop(self) -> None:
         """Let the actor finish the messages already sent, run `on_stop`, and wait for its end."""
-        if self.alive:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._send.send(_STOP)
+        self._stopping.set()
         await self._done.wait()
+
+
+#: The one key of a single actor's mailbox.
+_SELF = "self"
 
 
 async def _run_actor(
     actor: Actor[M, R],
-    receive: trio.MemoryReceiveChannel[Any],
     ref: ActorRef[M, R],
+    mailbox_size: int,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    crashed: list[BaseException] = []
+    wait_for_stop = trio.CancelScope()
+
+    async def handle(key: str, message: M) -> R:
+        if crashed:
+            raise ActorCrashed(f"actor {ref.name!r} crashed before handling this") from crashed[0]
+        return await actor.receive(message)
+
+    def on_error(key: str, message: M, exc: BaseException) -> None:
+        if not crashed:
+            crashed.append(exc)
+            wait_for_stop.cancel()
+
     try:
-        await actor.on_start()
-        task_status.started()
-        async for item in receive:
-            if item is _STOP:
-                await actor.on_stop()
-                return
-            envelope: _Envelope[M, R] = item
-            if envelope.reply is None:
-                await actor.receive(envelope.message)
-            elif not envelope.reply.abandoned:
-                await envelope.reply.run(actor.receive, envelope.message)
+        async with open_keyed(
+            handle,
+            idle_timeout=math.inf,
+            mailbox_size=mailbox_size,
+            name=f"actor {ref.name!r}",
+            on_error=on_error,
+        ) as keyed:
+            ref._keyed = keyed
+            await actor.on_start()
+            task_status.started()
+            with wait_for_stop:
+                await ref._stopping.wait()
+            if crashed:
+                keyed.crashed_by = crashed[0]
+                raise crashed[0]
+        await actor.on_stop()
     finally:
         ref.alive = False
-        _fail_queued(receive, ref)
-        receive.close()
         ref._done.set()
-
-
-def _fail_queued(receive: trio.MemoryReceiveChannel[Any], ref: ActorRef[Any, Any]) -> None:
-    """Answer every ask still queued, so no caller waits forever on a dead actor."""
-    ref._send.close()
-    while True:
-        try:
-            item = receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            return
-        if isinstance(item, _Envelope) and item.reply is not None:
-            item.reply.fail(ActorCrashed(f"actor {ref.name!r} ended before handling this message"))
 
 
 async def spawn(
@@ -158,7 +148,7 @@ async def spawn(
     mailbox_size: int = 64,
     name: str | None = None,
 ) -> ActorRef[M, R]:
-    """Start ``actor`` as a task of ``nursery`` and return its `ActorRef`.
+    """Start ``actor`` under ``nursery`` and return its `ActorRef`.
 
     Runs `Actor.on_start` first (through ``nursery.start``), so a failing start raises here.
     The mailbox holds ``mailbox_size`` messages; senders wait when it is full.
@@ -166,11 +156,6 @@ async def spawn(
     if not isinstance(actor, Actor):
         raise TypeError(f"spawn() needs an actors.Actor instance, got {type(actor).__name__}")
     check_positive_int(mailbox_size, "mailbox_size")
-    send, receive = trio.open_memory_channel[Any](mailbox_size)
-    ref: ActorRef[M, R] = ActorRef(send, name or type(actor).__name__)
-    try:
-        await nursery.start(_run_actor, actor, receive, ref)
-    except BaseException:
-        send.close()
-        raise
+    ref: ActorRef[M, R] = ActorRef(name or type(actor).__name__)
+    await nursery.start(_run_actor, actor, ref, mailbox_size)
     return ref

@@ -35,6 +35,7 @@ import trio
 
 from ._checks import check_duration, check_positive_int
 from ._errors import ActorCrashed, ComponentClosed
+from ._groups import single_errors_unwrapped
 from ._keys import check_key
 from ._reply import Reply
 
@@ -123,6 +124,8 @@ class KeyedActors(Generic[M, R]):
         self._closed = False
         self._handling: dict[str, _Live] = {}
         self._all_idle = trio.lowlevel.ParkingLot()
+        #: Set by an owner that shuts the registry down because something crashed.
+        self.crashed_by: BaseException | None = None
 
     # ---------------------------------------------------------------- sending
 
@@ -226,7 +229,7 @@ class KeyedActors(Generic[M, R]):
         try:
             self._nursery.start_soon(self._run_key, key, live)
         except RuntimeError:  # the registry is gone (cancelled) while a caller held the turn
-            self._fail_all(live, None, ComponentClosed(f"{self._name} shut down before this ran"))
+            self._fail_all(live, None, self._shutdown_error())
             self._go_idle(key, live)
 
     def _go_idle(self, key: str, live: _Live) -> None:
@@ -282,9 +285,7 @@ class KeyedActors(Generic[M, R]):
                     handled = 0
                     await trio.lowlevel.checkpoint()
         except trio.Cancelled:
-            self._fail_all(
-                live, item, ComponentClosed(f"{self._name} shut down before handling this")
-            )
+            self._fail_all(live, item, self._shutdown_error())
             raise
         except BaseException as exc:
             # Our own machinery broke. Fail what was in hand, log it, restart for the rest.
@@ -302,6 +303,13 @@ class KeyedActors(Generic[M, R]):
         self._handling.pop(key, None)
         self._go_idle(key, live)
 
+    def _shutdown_error(self) -> BaseException:
+        if self.crashed_by is not None:
+            error: BaseException = ActorCrashed(f"{self._name} crashed before handling this")
+            error.__cause__ = self.crashed_by
+            return error
+        return ComponentClosed(f"{self._name} shut down before handling this")
+
     def _report(self, key: str, message: M, exc: Exception) -> None:
         if self._on_error is None:
             log.error("%s: handler failed for key %r", self._name, key, exc_info=exc)
@@ -317,7 +325,8 @@ class KeyedActors(Generic[M, R]):
         error: BaseException,
         cause: BaseException | None = None,
     ) -> None:
-        error.__cause__ = cause
+        if cause is not None:
+            error.__cause__ = cause
         if isinstance(item, _Envelope) and item.reply is not None:
             item.reply.fail(error)
         elif isinstance(item, _Hold):
@@ -440,33 +449,34 @@ async def open_keyed(
     check_positive_int(mailbox_size, "mailbox_size")
     keyed: KeyedActors[M, R] | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            keyed = KeyedActors(
-                handler,
-                nursery,
-                idle_timeout=idle_timeout,
-                mailbox_size=mailbox_size,
-                name=name,
-                on_error=on_error,
-            )
-            reaper = trio.CancelScope()
+        with single_errors_unwrapped():
+            async with trio.open_nursery() as nursery:
+                keyed = KeyedActors(
+                    handler,
+                    nursery,
+                    idle_timeout=idle_timeout,
+                    mailbox_size=mailbox_size,
+                    name=name,
+                    on_error=on_error,
+                )
+                reaper = trio.CancelScope()
 
-            async def reap_forever(
-                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-            ) -> None:
-                assert keyed is not None
-                with reaper:
-                    await keyed._reaper(task_status=task_status)
+                async def reap_forever(
+                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+                    assert keyed is not None
+                    with reaper:
+                        await keyed._reaper(task_status=task_status)
 
-            await nursery.start(reap_forever)
-            try:
-                yield keyed
-            except BaseException:
+                await nursery.start(reap_forever)
+                try:
+                    yield keyed
+                except BaseException:
+                    reaper.cancel()
+                    raise
+                # Graceful: running and queued messages finish (and may send more); then we close.
+                await keyed._wait_all_idle()
                 reaper.cancel()
-                raise
-            # Graceful: running and queued messages finish (and may send more); then we close.
-            await keyed._wait_all_idle()
-            reaper.cancel()
     finally:
         if keyed is not None:
             keyed._closed = True

@@ -95,6 +95,22 @@ async def _ask_rounds(n: int) -> float:
     return elapsed
 
 
+async def _ask_concurrent(n: int, askers: int) -> float:
+    async def asker(ref: actors.ActorRef[int, int]) -> None:
+        for i in range(n // askers):
+            await ref.ask(i)
+
+    async with trio.open_nursery() as nursery:
+        ref = await actors.spawn(nursery, _Echo(), mailbox_size=askers)
+        start = time.perf_counter()
+        async with trio.open_nursery() as inner:
+            for _ in range(askers):
+                inner.start_soon(asker, ref)
+        elapsed = time.perf_counter() - start
+        await ref.stop()
+    return elapsed
+
+
 def _pykka_rounds(n: int) -> float | None:
     try:
         import pykka
@@ -121,7 +137,9 @@ def bench_ask(n: int) -> None:
     line = f"ask         ActorRef.ask {n / ours:>9,.0f} round trips/s"
     if theirs is not None:
         line += f"  pykka ask {n / theirs:>9,.0f}/s  ratio {theirs / ours:5.2f}x"
-    print(line)
+    print(line + "  (one caller: the idle actor runs each ask in the caller's task)")
+    busy = statistics.median(trio.run(_ask_concurrent, n, 100) for _ in range(3))
+    print(f"ask         ActorRef.ask {n / busy:>9,.0f} round trips/s from 100 concurrent callers")
 
 
 async def _idle_memory(n: int) -> tuple[float, float, int]:

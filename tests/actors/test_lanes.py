@@ -365,3 +365,10 @@ async def test_lane_actor_machinery_crash_is_restarted_not_lost(
     assert results[1:] == [None, None]
     assert "crashed; restarting it" in caplog.text
     assert lanes._keyed.stats().restarts_total == 1
+
+
+async def test_an_error_in_the_block_leaves_as_itself_not_in_a_group() -> None:
+    with pytest.raises(KeyError, match="mine"):
+        async with open_lanes() as lanes:
+            await lanes.run("k", trio.sleep, 0)
+            raise KeyError("mine")
