@@ -35,3 +35,6 @@ from ._scheduler import SchedulerStats as SchedulerStats
 from ._scheduler import SkippedDuplicate as SkippedDuplicate
 from ._scheduler import TickResult as TickResult
 from ._scheduler import open_scheduler as open_scheduler
+from ._batcher import Batcher as Batcher
+from ._batcher import BatcherStats as BatcherStats
+from ._batcher import open_batcher as open_batcher

@@ -176,11 +176,11 @@ class KeyedActors(Generic[M, R]):
         await self._enqueue(key, _Envelope(message, None))
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def take_pending(self, key: str) -> list[M]:
+    def take_pending(self, key: str, accept: Callable[[M], bool] | None = None) -> list[M]:
         """From inside ``key``'s handler: remove and return the told messages waiting now.
 
-        Stops at the first asked message or hold, which keep their place. This is how a
-        handler gathers a batch.
+        Stops at the first asked message or hold, which keep their place, and at the first
+        message ``accept`` (if given) refuses. This is how a handler gathers a batch.
         """
         live = self._handling.get(key)
         if live is None:
@@ -190,6 +190,8 @@ class KeyedActors(Generic[M, R]):
         while mailbox:
             head = mailbox[0]
             if head.__class__ is not _Envelope or head.reply is not None:
+                break
+            if accept is not None and not accept(head.message):
                 break
             mailbox.popleft()
             self._queued -= 1
