@@ -20,26 +20,27 @@ DEPOSITS_PER_ACCOUNT = 50
 
 async def deposit(balances: dict[str, int], account: str, amount: int) -> int:
     balance = balances[account]
-    await trio.sleep(0)  # the round trip where another deposit can slip in
+    await trio.lowlevel.checkpoint()  # the round trip where another deposit can slip in
     balances[account] = balance + amount
     return balances[account]
 
 
 async def main() -> None:
-    names = [Key.namespace("account", str(i)) for i in range(ACCOUNTS)]
+    names: list[str] = [Key.namespace("account", str(i)) for i in range(ACCOUNTS)]
 
     racy = dict.fromkeys(names, 0)
     async with trio.open_nursery() as nursery:
         for name in names * DEPOSITS_PER_ACCOUNT:
             nursery.start_soon(deposit, racy, name, 1)
-    print(f"without lanes: {sum(racy.values())} of {ACCOUNTS * DEPOSITS_PER_ACCOUNT} deposits kept")
+    total = ACCOUNTS * DEPOSITS_PER_ACCOUNT
+    print(f"without lanes: {sum(racy.values())} of {total} deposits kept")
 
     safe = dict.fromkeys(names, 0)
     async with actors.open_lanes(idle_timeout=60.0) as lanes:
         async with trio.open_nursery() as nursery:
             for name in names * DEPOSITS_PER_ACCOUNT:
                 nursery.start_soon(lanes.run, name, deposit, safe, name, 1)
-        print(f"with lanes:    {sum(safe.values())} of {ACCOUNTS * DEPOSITS_PER_ACCOUNT} deposits kept")
+        print(f"with lanes:    {sum(safe.values())} of {total} deposits kept")
         print("lane stats:", lanes.stats())
 
 

@@ -23,7 +23,9 @@ async def transfer(balances: dict[str, int], source: str, target: str, amount: i
     if balances[source] < amount:
         raise InsufficientFunds(f"{source} has {balances[source]}, needs {amount}")
     balances[source] -= amount
-    await trio.sleep(0)  # money is in flight: nobody may look at these two accounts now
+    await (
+        trio.lowlevel.checkpoint()
+    )  # money is in flight: nobody may look at these two accounts now
     balances[target] += amount
 
 

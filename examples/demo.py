@@ -1,0 +1,31 @@
+"""`make demo`: the main job of trio-lanes, end to end, on embedded defaults (no server).
+
+Run: python -m examples.demo  (``--quick`` for a smaller run)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+from rich.console import Console
+
+from examples import demo_bank
+
+
+async def main(quick: bool = False) -> None:
+    console = Console()
+    console.rule("[bold]trio-lanes demo")
+    if quick:
+        report = await demo_bank.run_bank(accounts=500, tellers=10, jobs_per_teller=100)
+    else:
+        report = await demo_bank.run_bank()
+    demo_bank.show(console, report)
+    if not report.conserved:
+        raise SystemExit("the bank lost money: this is a bug")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    trio.run(main, parser.parse_args().quick)
