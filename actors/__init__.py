@@ -8,12 +8,16 @@ are built on that idea; `supervisors` keeps them running.
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import spawn as spawn
+from ._batcher import Batcher as Batcher
+from ._batcher import BatcherStats as BatcherStats
+from ._batcher import open_batcher as open_batcher
 from ._clock import trio_clock as trio_clock
 from ._cron import Cron as Cron
 from ._cron import Every as Every
 from ._errors import ActorCrashed as ActorCrashed
 from ._errors import ActorsError as ActorsError
 from ._errors import ComponentClosed as ComponentClosed
+from ._errors import WouldDeadlock as WouldDeadlock
 from ._keyed import KeyedActors as KeyedActors
 from ._keyed import KeyedStats as KeyedStats
 from ._keyed import open_keyed as open_keyed
@@ -35,6 +39,3 @@ from ._scheduler import SchedulerStats as SchedulerStats
 from ._scheduler import SkippedDuplicate as SkippedDuplicate
 from ._scheduler import TickResult as TickResult
 from ._scheduler import open_scheduler as open_scheduler
-from ._batcher import Batcher as Batcher
-from ._batcher import BatcherStats as BatcherStats
-from ._batcher import open_batcher as open_batcher

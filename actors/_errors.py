@@ -26,3 +26,10 @@ class ActorCrashed(ActorsError, RuntimeError):
     The message it was handling fails with this error, ``__cause__`` holds the
     original exception, and the actor is restarted for the messages after it.
     """
+
+
+class WouldDeadlock(ActorsError, RuntimeError):
+    """A task asked a key whose turn it already holds (say, a lane job running its own lane).
+
+    The call would wait for itself forever, so it fails at once. Call the function directly.
+    """

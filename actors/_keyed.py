@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from ._checks import check_duration, check_positive_int
-from ._errors import ActorCrashed, ComponentClosed
+from ._errors import ActorCrashed, ComponentClosed, WouldDeadlock
 from ._groups import single_errors_unwrapped
 from ._keys import check_key
 from ._reply import Reply
@@ -70,12 +70,13 @@ class KeyedStats:
 class _Hold:
     """A multi-key hold waiting in a mailbox: the key task grants its turn and waits."""
 
-    __slots__ = ("abandoned", "granted", "released")
+    __slots__ = ("abandoned", "granted", "released", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: trio.lowlevel.Task) -> None:
         self.granted = trio.Event()
         self.released = trio.Event()
         self.abandoned = False
+        self.task = task
 
 
 class _Envelope(Generic[M, R]):
@@ -87,12 +88,13 @@ class _Envelope(Generic[M, R]):
 
 
 class _Live:
-    """A busy key: its mailbox, and a parking lot for senders while the mailbox is full."""
+    """A busy key: its mailbox, the task holding its turn, and room for waiting senders."""
 
-    __slots__ = ("mailbox", "space")
+    __slots__ = ("mailbox", "owner", "space")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: trio.lowlevel.Task) -> None:
         self.mailbox: deque[_Envelope[Any, Any] | _Hold] = deque()
+        self.owner = owner
         self.space: trio.lowlevel.ParkingLot | None = None
 
 
@@ -146,9 +148,10 @@ class KeyedActors(Generic[M, R]):
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
         entry = self._keys.get(key)
+        task = trio.lowlevel.current_task()
         if entry is None or entry.__class__ is float:
             # Idle key: take its turn and run here, in the caller's task.
-            live = _Live()
+            live = _Live(task)
             self._keys[key] = live
             self._busy += 1
             self._messages_total += 1
@@ -160,6 +163,7 @@ class KeyedActors(Generic[M, R]):
                 self._release(key, live)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return result
+        self._check_not_holding(key, entry, task)
         reply: Reply[R] = Reply()
         await self._enqueue(key, _Envelope(message, reply))
         return await reply.wait()
@@ -204,7 +208,7 @@ class KeyedActors(Generic[M, R]):
         while True:
             entry = self._keys.get(key)
             if entry is None or entry.__class__ is float:
-                live = _Live()
+                live = _Live(trio.lowlevel.current_task())  # until the key task starts
                 self._keys[key] = live
                 self._busy += 1
                 live.mailbox.append(item)
@@ -250,6 +254,7 @@ class KeyedActors(Generic[M, R]):
         mailbox = live.mailbox
         handled = 0
         item: _Envelope[M, R] | _Hold | None = None
+        me = live.owner = trio.lowlevel.current_task()
         self._handling[key] = live
         try:
             while mailbox:
@@ -262,8 +267,10 @@ class KeyedActors(Generic[M, R]):
                     if item.abandoned:
                         continue
                     self._messages_total += 1
+                    live.owner = item.task
                     item.granted.set()
                     await item.released.wait()
+                    live.owner = me
                     handled = 0
                     continue
                 assert isinstance(item, _Envelope)
@@ -371,14 +378,16 @@ class KeyedActors(Generic[M, R]):
     async def _acquire(self, key: str) -> _Live | _Hold:
         await trio.lowlevel.checkpoint_if_cancelled()
         entry = self._keys.get(key)
+        task = trio.lowlevel.current_task()
         if entry is None or entry.__class__ is float:
-            live = _Live()
+            live = _Live(task)
             self._keys[key] = live
             self._busy += 1
             self._messages_total += 1
             await trio.lowlevel.cancel_shielded_checkpoint()
             return live
-        hold = _Hold()
+        self._check_not_holding(key, entry, task)
+        hold = _Hold(task)
         await self._enqueue(key, hold)
         try:
             await hold.granted.wait()
@@ -391,6 +400,14 @@ class KeyedActors(Generic[M, R]):
         if hold.abandoned:  # the key's task crashed before granting it
             raise ActorCrashed(f"the actor for key {key!r} crashed while you waited for it")
         return hold
+
+    def _check_not_holding(self, key: str, entry: object, task: trio.lowlevel.Task) -> None:
+        if isinstance(entry, _Live) and entry.owner is task:
+            raise WouldDeadlock(
+                f"{self._name}: key {key!r} was asked from the task that holds its turn (a job "
+                "of that key, or a run_multi holding it); it would wait for itself forever. "
+                "Call the function directly instead."
+            )
 
     # ---------------------------------------------------------------- housekeeping
 

@@ -368,7 +368,37 @@ async def test_lane_actor_machinery_crash_is_restarted_not_lost(
 
 
 async def test_an_error_in_the_block_leaves_as_itself_not_in_a_group() -> None:
-    with pytest.raises(KeyError, match="mine"):
+    async def body() -> None:
         async with open_lanes() as lanes:
             await lanes.run("k", trio.sleep, 0)
             raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        await body()
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["inline", "queued"])
+async def test_running_a_held_lane_from_inside_its_job_fails_instead_of_deadlocking(
+    queued: bool,
+) -> None:
+    async def inner() -> str:
+        return "inner"
+
+    async def outer() -> str:
+        return await lanes.run("k", inner)
+
+    async def outer_multi() -> str:
+        return await lanes.run_multi(["j", "k"], inner)
+
+    async with open_lanes() as lanes, trio.open_nursery() as nursery:
+        if queued:  # the jobs run in the lane's own task
+            nursery.start_soon(lanes.run, "k", trio.sleep, 0)
+            await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(actors.WouldDeadlock, match="would wait for itself"):
+            await lanes.run("k", outer)
+        with pytest.raises(actors.WouldDeadlock):
+            await lanes.run("k", outer_multi)
+        with pytest.raises(actors.WouldDeadlock):
+            await lanes.run_multi(["k", "x"], outer)
+        assert await lanes.run("k", inner) == "inner"
+        assert lanes.stats().busy <= 1
