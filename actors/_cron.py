@@ -3,8 +3,8 @@
 >>> sched.add(Cron("*/5 * * * *", sync_inventory))          # at :00, :05, :10, ... UTC
 >>> sched.add(Every(3600, rotate_logs, id="rotate-logs"))    # first tick, then hourly
 
-Both answer `is_due(now)` for the `Scheduler` and remember when they last said yes, so each
-fires at most once per cron minute (or per period) whatever the scheduler's interval.
+Both answer `is_due(now)` for the `Scheduler` and remember what they said, so a job fires
+once per cron time (or per period) whatever the scheduler's interval.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from croniter import croniter
 
 from ._checks import check_async_fn
 from ._keys import check_key
+
+_JUST_BEFORE = timedelta(microseconds=1)
 
 
 def _check_now(now: object) -> datetime:
@@ -49,15 +51,19 @@ class _FunctionJob:
 
 
 class Cron(_FunctionJob):
-    """A job due once in each minute that matches a cron expression.
+    """A job due at the times a cron expression names.
 
     ``Cron("*/5 * * * *", fn, *args, id="report")``: five fields (minute hour day month
     weekday) or an ``@hourly``-style alias, parsed by croniter; an invalid expression raises
-    `ValueError` here. Minutes are matched in ``tz`` (default: the zone of ``now``, UTC for
-    the Scheduler's clock). ``id`` defaults to the function's qualified name.
+    `ValueError` here. Times are read in ``tz`` (default: the zone of ``now``, UTC for the
+    Scheduler's clock). ``id`` defaults to the function's qualified name.
+
+    It is due when its next cron time has come: on a scheduler ticking each minute at :00
+    that is exactly the matching minutes. A cron time that falls between two ticks runs once,
+    at the later tick; cron times before the first `is_due` call are not caught up.
     """
 
-    __slots__ = ("_last_minute", "expression", "tz")
+    __slots__ = ("_next", "expression", "tz")
 
     def __init__(
         self,
@@ -80,17 +86,18 @@ class Cron(_FunctionJob):
         super().__init__(fn, args, id)
         self.expression = expression
         self.tz = tz
-        self._last_minute: datetime | None = None
+        self._next: datetime | None = None
 
     def is_due(self, now: datetime) -> bool:
-        """True the first time it is asked within a matching minute."""
+        """True if a cron time has come since the last time it said yes (or was first asked)."""
         now = _check_now(now)
         if self.tz is not None:
             now = now.astimezone(self.tz)
-        minute = now.replace(second=0, microsecond=0)
-        if minute == self._last_minute or not croniter.match(self.expression, minute):
+        if self._next is None:
+            self._next = croniter(self.expression, now - _JUST_BEFORE).get_next(datetime)
+        if now < self._next:
             return False
-        self._last_minute = minute
+        self._next = croniter(self.expression, now).get_next(datetime)
         return True
 
     def __repr__(self) -> str:

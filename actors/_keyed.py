@@ -35,8 +35,8 @@ import trio
 
 from ._checks import check_duration, check_positive_int
 from ._errors import ActorCrashed, ComponentClosed, WouldDeadlock
-from ._groups import single_errors_unwrapped
 from ._keys import check_key
+from ._nursery import open_component_nursery
 from ._reply import Reply
 
 M = TypeVar("M")
@@ -468,34 +468,33 @@ async def open_keyed(
     check_positive_int(mailbox_size, "mailbox_size")
     keyed: KeyedActors[M, R] | None = None
     try:
-        with single_errors_unwrapped():
-            async with trio.open_nursery() as nursery:
-                keyed = KeyedActors(
-                    handler,
-                    nursery,
-                    idle_timeout=idle_timeout,
-                    mailbox_size=mailbox_size,
-                    name=name,
-                    on_error=on_error,
-                )
-                reaper = trio.CancelScope()
+        async with open_component_nursery() as nursery:
+            keyed = KeyedActors(
+                handler,
+                nursery,
+                idle_timeout=idle_timeout,
+                mailbox_size=mailbox_size,
+                name=name,
+                on_error=on_error,
+            )
+            reaper = trio.CancelScope()
 
-                async def reap_forever(
-                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                ) -> None:
-                    assert keyed is not None
-                    with reaper:
-                        await keyed._reaper(task_status=task_status)
+            async def reap_forever(
+                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                assert keyed is not None
+                with reaper:
+                    await keyed._reaper(task_status=task_status)
 
-                await nursery.start(reap_forever)
-                try:
-                    yield keyed
-                except BaseException:
-                    reaper.cancel()
-                    raise
-                # Graceful: running and queued messages finish (and may send more); then we close.
-                await keyed._wait_all_idle()
+            await nursery.start(reap_forever)
+            try:
+                yield keyed
+            except BaseException:
                 reaper.cancel()
+                raise
+            # Graceful: running and queued messages finish (and may send more); then we close.
+            await keyed._wait_all_idle()
+            reaper.cancel()
     finally:
         if keyed is not None:
             keyed._closed = True

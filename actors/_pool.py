@@ -10,7 +10,6 @@ For a stream in input order, ``async for page in pool.map(fetch, urls): ...``.
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -52,11 +51,17 @@ class PoolStats:
 class _MapSlot:
     """Where one ``map`` item's outcome waits for its turn to be yielded."""
 
-    __slots__ = ("done", "result")
+    __slots__ = ("owner", "result")
 
-    def __init__(self) -> None:
-        self.done = trio.Event()
+    def __init__(self, owner: _PoolMap[Any, Any]) -> None:
+        self.owner = owner
         self.result: outcome.Outcome[Any] | None = None
+
+    def deliver(self, result: outcome.Outcome[Any]) -> None:
+        self.result = result
+        owner = self.owner
+        if owner._wake is not None and owner._pending[0] is self:
+            owner._wake.set()
 
 
 def _check_policy(retry: object) -> RetryPolicy | None:
@@ -77,12 +82,12 @@ class Pool:
 
     __slots__ = (
         "_closed",
+        "_last_fn",
         "_limiter",
         "_name",
         "_nursery",
         "_retries_total",
         "_retrying",
-        "_running",
         "_submitted_total",
         "errors",
         "limit",
@@ -94,7 +99,7 @@ class Pool:
         self._limiter = trio.CapacityLimiter(limit)
         self._name = name
         self._closed = False
-        self._running = 0
+        self._last_fn: object = None
         self._retrying = 0
         self._submitted_total = 0
         self._retries_total = 0
@@ -120,7 +125,9 @@ class Pool:
         its block, but a task that waits in ``submit`` holds its own slot meanwhile.
         """
         self._check_open()
-        check_async_fn(async_fn, "async_fn")
+        if async_fn is not self._last_fn:  # a loop submits the same function: check it once
+            check_async_fn(async_fn, "async_fn")
+            self._last_fn = async_fn
         policy = _check_policy(retry)
         token = object()
         await self._limiter.acquire_on_behalf_of(token)
@@ -152,7 +159,7 @@ class Pool:
     def stats(self) -> PoolStats:
         """A snapshot of running and retrying tasks and the totals so far."""
         return PoolStats(
-            running=self._running,
+            running=self._limiter.borrowed_tokens,
             retrying=self._retrying,
             submitted_total=self._submitted_total,
             retries_total=self._retries_total,
@@ -165,41 +172,37 @@ class Pool:
         token: object,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
-        policy: RetryPolicy | None,
+        submit_policy: RetryPolicy | None,
         slot: _MapSlot | None,
     ) -> None:
-        """One task: attempts under a slot, waits between them without one."""
+        """One task: attempts under a slot, waits between them without one.
+
+        A `Retry` picks the policy for its own retry only; a plain exception is retried under
+        ``submit_policy``. The attempt count runs across both.
+        """
         attempt = 1
         while True:
-            self._running += 1
             try:
-                coro = fn(*args)
-                if not inspect.isawaitable(coro):
-                    raise TypeError(
-                        f"the pool needs an async function; {fn!r} returned {type(coro).__name__}"
-                    )
-                value = await coro
+                value = await fn(*args)
             except Exception as exc:
                 failure: Exception = exc
             else:
                 if slot is None:
                     self.outputs.append(value)
                 else:
-                    slot.result = outcome.Value(value)
-                    slot.done.set()
+                    slot.deliver(outcome.Value(value))
                 return
             finally:
-                self._running -= 1
                 self._limiter.release_on_behalf_of(token)
+            policy = submit_policy
             if isinstance(failure, Retry):
-                policy = failure.policy or policy or _DEFAULT_RETRY
+                policy = failure.policy or submit_policy or _DEFAULT_RETRY
                 failure = failure.exception
             if policy is None or attempt >= policy.max_attempts:
                 if slot is None:
                     self.errors.append(failure)
                 else:
-                    slot.result = outcome.Error(failure)
-                    slot.done.set()
+                    slot.deliver(outcome.Error(failure))
                 return
             delay = policy.delay(attempt)
             del failure
@@ -216,7 +219,7 @@ class Pool:
 class _PoolMap(Generic[T, R]):
     """The async iterator `Pool.map` returns: starts items lazily, yields them in order."""
 
-    __slots__ = ("_done", "_fn", "_items", "_pending", "_policy", "_pool", "_window")
+    __slots__ = ("_done", "_fn", "_items", "_pending", "_policy", "_pool", "_wake", "_window")
 
     def __init__(
         self,
@@ -232,6 +235,7 @@ class _PoolMap(Generic[T, R]):
         self._pending: deque[_MapSlot] = deque()
         self._window = 2 * pool.limit
         self._done = False
+        self._wake: trio.Event | None = None  # set while the reader waits for the head item
 
     def __aiter__(self) -> _PoolMap[T, R]:
         return self
@@ -242,10 +246,12 @@ class _PoolMap(Generic[T, R]):
             await trio.lowlevel.checkpoint()
             raise StopAsyncIteration
         pool._check_open()
+        checkpointed = False
         while self._items is not None and len(self._pending) < self._window:
             token = object()
             # Take the slot first, then the item: a cancel while waiting loses no item.
             await pool._limiter.acquire_on_behalf_of(token)
+            checkpointed = True
             try:
                 item = next(self._items)
             except BaseException as exc:
@@ -258,7 +264,7 @@ class _PoolMap(Generic[T, R]):
                     break
                 self._done = True
                 raise StopAsyncIteration from None
-            slot = _MapSlot()
+            slot = _MapSlot(self)
             self._pending.append(slot)
             pool._submitted_total += 1
             pool._nursery.start_soon(pool._run, token, self._fn, (item,), self._policy, slot)
@@ -267,7 +273,14 @@ class _PoolMap(Generic[T, R]):
             await trio.lowlevel.checkpoint()
             raise StopAsyncIteration
         slot = self._pending[0]
-        await slot.done.wait()
+        if slot.result is None:
+            self._wake = trio.Event()
+            try:
+                await self._wake.wait()
+            finally:
+                self._wake = None
+        elif not checkpointed:
+            await trio.lowlevel.checkpoint()
         self._pending.popleft()
         assert slot.result is not None
         try:

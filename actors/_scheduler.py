@@ -7,13 +7,15 @@
 ...             print(tick.time, job_id, result.value if result.ok else result.error)
 
 Ticks fall on multiples of ``interval`` of the scheduler's clock (each minute at :00 by
-default). Each due job runs in its own task, at most ``limit`` at once; a tick's result is
-published when all of its jobs have finished, so ticks may complete out of order.
+default). Due jobs wait in one FIFO queue (a record each, no task) and run in their own task
+as slots free up, at most ``limit`` at once; a tick's result is published when all of its jobs
+have finished, so ticks may complete out of order.
 """
 
 from __future__ import annotations
 
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -91,7 +93,7 @@ class JobResult:
         return self.error is None
 
 
-@attrs.frozen(eq=True)
+@attrs.frozen
 class TickResult(Mapping[str, JobResult]):
     """One tick: its time and, for each job that was due, its `JobResult` (``tick[job.id]``)."""
 
@@ -134,7 +136,7 @@ class SchedulerStats:
 class _Tick:
     """A tick in progress: its results fill in as its jobs end."""
 
-    __slots__ = ("order", "pending", "publish", "result", "results", "time")
+    __slots__ = ("done", "order", "pending", "publish", "result", "results", "time")
 
     def __init__(self, time: datetime, publish: bool) -> None:
         self.time = time
@@ -143,6 +145,7 @@ class _Tick:
         self.results: dict[str, JobResult] = {}
         self.pending = 0
         self.result: TickResult | None = None
+        self.done = trio.Event()
 
 
 class _Results:
@@ -189,17 +192,16 @@ class Scheduler:
         results_buffer: int,
     ) -> None:
         self._nursery = nursery
-        self._limiter = trio.CapacityLimiter(limit)
+        self._limit = limit
         self._dedupe = dedupe
         self._interval_us = round(interval * 1_000_000)
         self._clock = clock
         self._jobs: dict[str, ScheduledJob] = {}
         self._in_flight_ids: set[str] = set()
-        self._waiting: set[trio.CancelScope] = set()
+        self._queue: deque[tuple[_Tick, ScheduledJob]] = deque()
         self._send, self._receive = trio.open_memory_channel[TickResult](results_buffer)
         self._last_tick_us: int | None = None
         self._in_flight = 0
-        self._queued = 0
         self._ticks_total = 0
         self._dedupe_skips_total = 0
         self._dropped_results_total = 0
@@ -235,7 +237,8 @@ class Scheduler:
         """Ask ``jobs`` (default: the registered ones) ``is_due`` now and run the due ones.
 
         Returns this tick's result once all its jobs ended; it is not published to
-        `results`. The same ``limit`` and ``dedupe`` apply; cancelling the call cancels its jobs.
+        `results`. Its jobs queue with the ticks' jobs under the same ``limit`` and ``dedupe``
+        and run in the scheduler: cancelling the call abandons the wait, not the jobs.
         """
         self._check_open()
         if jobs is None:
@@ -247,9 +250,8 @@ class Scheduler:
             ids = [job.id for job in batch]
             if len(set(ids)) != len(ids):
                 raise ValueError(f"run_now() got two jobs with the same id: {ids}")
-        now = self._now()
-        async with trio.open_nursery() as nursery:
-            tick = self._start_tick(now, batch, nursery, publish=False)
+        tick = self._start_tick(self._now(), batch, publish=False)
+        await tick.done.wait()
         assert tick.result is not None
         return tick.result
 
@@ -265,7 +267,7 @@ class Scheduler:
         """A snapshot of running and waiting jobs and the totals so far."""
         return SchedulerStats(
             in_flight=self._in_flight,
-            queued=self._queued,
+            queued=len(self._queue),
             ticks_total=self._ticks_total,
             dedupe_skips_total=self._dedupe_skips_total,
             dropped_results_total=self._dropped_results_total,
@@ -287,7 +289,7 @@ class Scheduler:
             await trio.sleep((next_us - now_us) / 1_000_000)
             self._last_tick_us = next_us
             tick_time = _EPOCH + timedelta(microseconds=next_us)
-            self._start_tick(tick_time, list(self._jobs.values()), self._nursery, publish=True)
+            self._start_tick(tick_time, list(self._jobs.values()), publish=True)
             now_us = self._micros(self._now())
 
     # ---------------------------------------------------------------- internals
@@ -306,9 +308,8 @@ class Scheduler:
     def _micros(now: datetime) -> int:
         return (now - _EPOCH) // _MICROSECOND
 
-    def _start_tick(
-        self, time: datetime, jobs: list[ScheduledJob], nursery: trio.Nursery, *, publish: bool
-    ) -> _Tick:
+    def _start_tick(self, time: datetime, jobs: list[ScheduledJob], *, publish: bool) -> _Tick:
+        """Ask each job ``is_due(time)`` and queue the due ones (dedupe decides here)."""
         tick = _Tick(time, publish)
         self._ticks_total += 1
         for job in jobs:
@@ -329,43 +330,34 @@ class Scheduler:
                     continue
                 self._in_flight_ids.add(job_id)
             tick.pending += 1
-            self._queued += 1
-            nursery.start_soon(self._run_job, tick, job)
-        if not tick.pending:
+            self._queue.append((tick, job))
+        if tick.pending:
+            self._dispatch()
+        else:
             self._finish(tick)
         return tick
 
+    def _dispatch(self) -> None:
+        """Start queued jobs, oldest first, while slots are free."""
+        while self._queue and self._in_flight < self._limit:
+            tick, job = self._queue.popleft()
+            self._in_flight += 1
+            self._nursery.start_soon(self._run_job, tick, job)
+
     async def _run_job(self, tick: _Tick, job: ScheduledJob) -> None:
         job_id = job.id
-        acquired = False
         try:
-            with trio.CancelScope() as waiting:
-                self._waiting.add(waiting)
-                try:
-                    if self._closing:
-                        waiting.cancel()
-                    await self._limiter.acquire()
-                    acquired = True
-                finally:
-                    self._waiting.discard(waiting)
-                    self._queued -= 1
-            if not acquired:  # only our own scope, cancelled by a graceful shutdown
-                self._record(tick, job_id, JobResult(error=NotStarted(job_id)))
-                return
-            self._in_flight += 1
-            try:
-                value = await job.run()
-            except Exception as exc:
-                result = JobResult(error=JobCrashed(job_id, exc))
-            else:
-                result = JobResult(value=value)
-            finally:
-                self._in_flight -= 1
-                self._limiter.release()
-            self._record(tick, job_id, result)
+            value = await job.run()
+        except Exception as exc:
+            result = JobResult(error=JobCrashed(job_id, exc))
+        else:
+            result = JobResult(value=value)
         finally:
+            self._in_flight -= 1
             if self._dedupe:
                 self._in_flight_ids.discard(job_id)
+        self._record(tick, job_id, result)
+        self._dispatch()
 
     def _record(self, tick: _Tick, job_id: str, result: JobResult) -> None:
         tick.results[job_id] = result
@@ -376,6 +368,7 @@ class Scheduler:
     def _finish(self, tick: _Tick) -> None:
         results = {job_id: tick.results[job_id] for job_id in tick.order}
         tick.result = TickResult(tick.time, results)
+        tick.done.set()
         if tick.publish:
             self._publish(tick.result)
 
@@ -396,8 +389,10 @@ class Scheduler:
     def _begin_close(self) -> None:
         """Graceful shutdown: no new ticks; waiting jobs end `NotStarted`; running ones finish."""
         self._closing = True
-        for scope in self._waiting:
-            scope.cancel()
+        queue, self._queue = self._queue, deque()
+        for tick, job in queue:
+            self._in_flight_ids.discard(job.id)
+            self._record(tick, job.id, JobResult(error=NotStarted(job.id)))
 
 
 @asynccontextmanager

@@ -1,0 +1,95 @@
+"""The Pool against a bare ``trio.CapacityLimiter`` loop: 100k no-op tasks, same limit.
+
+Run: ``python -m bench.pool`` (``--n 20000`` for a quicker run, ``--limit`` to change the
+concurrency). Both run in this one process and alternate, so the figure that matters is the
+ratio (the machine is noisy, see PERF.md). The baseline is what users write by hand:
+``start_soon`` under a limiter, the task releasing its token when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+import actors
+
+
+async def _noop() -> None:
+    pass
+
+
+async def limiter_loop(n: int, limit: int) -> float:
+    limiter = trio.CapacityLimiter(limit)
+
+    async def task(token: object) -> None:
+        try:
+            await _noop()
+        finally:
+            limiter.release_on_behalf_of(token)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            token = object()
+            await limiter.acquire_on_behalf_of(token)
+            nursery.start_soon(task, token)
+    return time.perf_counter() - start
+
+
+async def pool_submit(n: int, limit: int) -> float:
+    start = time.perf_counter()
+    async with actors.open_pool(limit=limit) as pool:
+        for _ in range(n):
+            await pool.submit(_noop)
+    elapsed = time.perf_counter() - start
+    assert len(pool.outputs) == n
+    return elapsed
+
+
+async def pool_map(n: int, limit: int) -> float:
+    async def noop_item(i: int) -> int:
+        return i
+
+    start = time.perf_counter()
+    async with actors.open_pool(limit=limit) as pool:
+        count = 0
+        async for _ in pool.map(noop_item, range(n)):
+            count += 1
+    assert count == n
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="tasks per run (100000)")
+    parser.add_argument("--limit", type=int, default=100, help="pool limit (100)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, median kept (3)")
+    args = parser.parse_args()
+    n, limit = args.n, args.limit
+
+    contenders: dict[str, Callable[[int, int], Awaitable[float]]] = {
+        "CapacityLimiter loop": limiter_loop,
+        "Pool.submit": pool_submit,
+        "Pool.map": pool_map,
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeat):  # alternate, so drift on a noisy machine hits all alike
+        for name, fn in contenders.items():
+            gc.collect()
+            times[name].append(trio.run(fn, n, limit))
+
+    base = statistics.median(times["CapacityLimiter loop"])
+    print(f"{n:,} no-op tasks, limit {limit}, median of {args.repeat} runs (python -m bench.pool)")
+    for name, runs in times.items():
+        t = statistics.median(runs)
+        print(f"  {name:<22} {n / t:>10,.0f} tasks/s  {t / n * 1e6:6.1f} µs/task  "
+              f"ratio {base / t:5.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
