@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+import supervisors
+
 from ._checks import check_async_fn, check_duration, check_positive_int
 from ._clock import trio_clock
 from ._errors import ActorsError, ComponentClosed
@@ -437,20 +439,18 @@ async def open_scheduler(
                 clock=clock,
                 results_buffer=results_buffer,
             )
-            ticker = trio.CancelScope()
-
-            async def run_ticker(
-                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-            ) -> None:
-                assert sched is not None
-                with ticker:
-                    await sched._ticker(task_status=task_status)
-
-            await nursery.start(run_ticker)
-            try:
-                yield sched
-            finally:
-                ticker.cancel()
+            # The ticker is a permanent child of a supervisor: a crash restarts it (no tick is
+            # repeated: it resumes after the last one); repeated crashes escalate to the caller.
+            async with supervisors.open_supervisor(
+                "one_for_one", max_restarts=3, max_seconds=60.0, name="scheduler"
+            ) as sup:
+                await sup.start_child("ticker", sched._ticker, restart="permanent", shutdown=0)
+                try:
+                    yield sched
+                except BaseException:
+                    sched._begin_close()  # the supervisor stops the ticker on its way out
+                    raise
+                await sup.shutdown()  # shutdown=0: the ticker stops at once
                 sched._begin_close()
     finally:
         if sched is not None:
