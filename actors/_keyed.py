@@ -70,13 +70,14 @@ class KeyedStats:
 class _Hold:
     """A multi-key hold waiting in a mailbox: the key task grants its turn and waits."""
 
-    __slots__ = ("abandoned", "granted", "released", "task")
+    __slots__ = ("abandoned", "granted", "live", "released", "task")
 
     def __init__(self, task: trio.lowlevel.Task) -> None:
         self.granted = trio.Event()
         self.released = trio.Event()
         self.abandoned = False
         self.task = task
+        self.live: _Live | None = None  # the key it was granted on
 
 
 class _Envelope(Generic[M, R]):
@@ -88,11 +89,15 @@ class _Envelope(Generic[M, R]):
 
 
 class _Live:
-    """A busy key: its mailbox, the task holding its turn, and room for waiting senders."""
+    """A busy key: its mailbox, the task holding its turn, and room for waiting senders.
+
+    ``owner`` is the task holding the turn right now, or None while the turn passes to the
+    key's task; it is how a task asking a key it holds is caught (`WouldDeadlock`).
+    """
 
     __slots__ = ("mailbox", "owner", "space")
 
-    def __init__(self, owner: trio.lowlevel.Task) -> None:
+    def __init__(self, owner: trio.lowlevel.Task | None) -> None:
         self.mailbox: deque[_Envelope[Any, Any] | _Hold] = deque()
         self.owner = owner
         self.space: trio.lowlevel.ParkingLot | None = None
@@ -208,7 +213,7 @@ class KeyedActors(Generic[M, R]):
         while True:
             entry = self._keys.get(key)
             if entry is None or entry.__class__ is float:
-                live = _Live(trio.lowlevel.current_task())  # until the key task starts
+                live = _Live(None)  # the key task takes the turn when it starts
                 self._keys[key] = live
                 self._busy += 1
                 live.mailbox.append(item)
@@ -229,6 +234,7 @@ class KeyedActors(Generic[M, R]):
 
     def _release(self, key: str, live: _Live) -> None:
         """The turn holder is done: hand the mailbox to the key's task, or go idle."""
+        live.owner = None
         if not live.mailbox:
             self._go_idle(key, live)
             return
@@ -268,6 +274,7 @@ class KeyedActors(Generic[M, R]):
                         continue
                     self._messages_total += 1
                     live.owner = item.task
+                    item.live = live
                     item.granted.set()
                     await item.released.wait()
                     live.owner = me
@@ -371,6 +378,8 @@ class KeyedActors(Generic[M, R]):
         finally:
             for key, token in reversed(taken):
                 if isinstance(token, _Hold):
+                    assert token.live is not None
+                    token.live.owner = None  # the key's task takes the turn back
                     token.released.set()
                 else:
                     self._release(key, token)
@@ -393,6 +402,8 @@ class KeyedActors(Generic[M, R]):
             await hold.granted.wait()
         except BaseException:
             if hold.granted.is_set():
+                assert hold.live is not None
+                hold.live.owner = None
                 hold.released.set()
             else:
                 hold.abandoned = True

@@ -402,3 +402,27 @@ async def test_running_a_held_lane_from_inside_its_job_fails_instead_of_deadlock
             await lanes.run_multi(["k", "x"], outer)
         assert await lanes.run("k", inner) == "inner"
         assert lanes.stats().busy <= 1
+
+
+async def test_the_same_task_may_use_a_lane_again_right_after_handing_it_on() -> None:
+    """Releasing a turn with mail waiting hands it to the lane's task: the caller holds nothing."""
+    async with open_lanes() as lanes, trio.open_nursery() as nursery:
+
+        async def job() -> None:
+            # while we run inline, another task queues on the lane
+            nursery.start_soon(lanes.run, "k", trio.sleep, 0)
+            await trio.testing.wait_all_tasks_blocked()
+
+        await lanes.run("k", job)
+        await lanes.run("k", trio.sleep, 0)  # the lane's task has not started yet
+        await lanes.run_multi(["k"], job)
+        await lanes.run_multi(["k", "j"], trio.sleep, 0)
+
+
+async def test_tell_then_ask_the_same_key_from_one_task() -> None:
+    async def handler(key: str, message: int) -> int:
+        return message
+
+    async with actors.open_keyed(handler) as keyed:
+        await keyed.tell("k", 1)
+        assert await keyed.ask("k", 2) == 2
