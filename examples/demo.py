@@ -10,7 +10,7 @@ import argparse
 import trio
 from rich.console import Console
 
-from examples import demo_bank
+from examples import demo_bank, demo_workers
 
 
 async def main(quick: bool = False) -> None:
@@ -23,6 +23,12 @@ async def main(quick: bool = False) -> None:
     demo_bank.show(console, report)
     if not report.conserved:
         raise SystemExit("the bank lost money: this is a bug")
+
+    console.rule("Batcher, Scheduler and Pool")
+    workers = await demo_workers.run_workers(console, lines=100 if quick else 400)
+    demo_workers.show(console, workers)
+    if workers.total_in_db != workers.total_expected:
+        raise SystemExit("the import lost a balance update: this is a bug")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from examples import demo, demo_bank
+from examples import demo, demo_bank, demo_workers
 
 
 async def test_bank_conserves_money_and_survives_the_injected_fault() -> None:
@@ -20,3 +22,14 @@ async def test_demo_main_prints_the_report(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "conserved" in out
     assert "NOT conserved" not in out
+
+
+async def test_nightly_import_adds_up_batches_and_reports_progress(autojump_clock: Any) -> None:
+    report = await demo_workers.run_workers(lines=400)
+    assert report.imported + report.failed == 400
+    assert report.total_in_db == report.total_expected
+    assert report.batcher_ops == report.imported
+    assert report.api_calls > report.lines  # some fetches failed and were retried
+    assert report.db_calls < report.batcher_ops  # fewer than one load+save per update
+    assert report.ticks  # the scheduler reported while the import ran
+    assert report.ticks[-1].endswith("/400 lines")
