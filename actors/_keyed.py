@@ -156,10 +156,7 @@ class KeyedActors(Generic[M, R]):
         task = trio.lowlevel.current_task()
         if entry is None or entry.__class__ is float:
             # Idle key: take its turn and run here, in the caller's task.
-            live = _Live(task)
-            self._keys[key] = live
-            self._busy += 1
-            self._messages_total += 1
+            live = self._take_turn(key, task)
             self._handling[key] = live
             try:
                 result = await self._handler(key, message)
@@ -231,6 +228,14 @@ class KeyedActors(Generic[M, R]):
             self._check_open()
 
     # ---------------------------------------------------------------- turns
+
+    def _take_turn(self, key: str, task: trio.lowlevel.Task) -> _Live:
+        """An idle key becomes busy, its turn held by ``task`` (no key task needed)."""
+        live = _Live(task)
+        self._keys[key] = live
+        self._busy += 1
+        self._messages_total += 1
+        return live
 
     def _release(self, key: str, live: _Live) -> None:
         """The turn holder is done: hand the mailbox to the key's task, or go idle."""
@@ -389,10 +394,7 @@ class KeyedActors(Generic[M, R]):
         entry = self._keys.get(key)
         task = trio.lowlevel.current_task()
         if entry is None or entry.__class__ is float:
-            live = _Live(task)
-            self._keys[key] = live
-            self._busy += 1
-            self._messages_total += 1
+            live = self._take_turn(key, task)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return live
         self._check_not_holding(key, entry, task)
