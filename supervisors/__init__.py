@@ -9,7 +9,8 @@
 Every stop of a child (``shutdown()``, the end of the block after an exception or
 cancellation, ``terminate_child``, a strategy restart of its siblings, the intensity
 exceeded) sets its `shutting_down` event and gives it up to its ``shutdown`` seconds
-(default 5; ``0`` cancels at once) to return on its own before cancelling it.
+(default 5; ``0`` cancels at once) to return on its own before cancelling it. A
+supervisor running in a child of another supervisor passes that stop down its subtree.
 
 See `open_supervisor` for strategies, the restart intensity and how the block ends, and
 `Supervisor.start_child` for restart types and the ``shutdown`` grace.

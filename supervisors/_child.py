@@ -63,6 +63,7 @@ class _Run:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
     stop_event: trio.Event = attrs.field(factory=trio.Event)
+    task: trio.lowlevel.Task | None = None  # the task running it
     started: bool = False
     started_at: float = 0.0
     stop_requested: bool = False
@@ -85,7 +86,8 @@ def shutting_down() -> trio.Event:
     restart under ``one_for_all``/``rest_for_one``, the intensity exceeded) sets this event,
     gives the child up to its ``shutdown`` seconds to return on its own, then cancels it
     (``shutdown=0``: at once). Watching the event is how a child wraps up early, like trapping
-    exits in OTP; a child that ignores it simply runs until its grace is over::
+    exits in OTP; a child that ignores it simply runs until its grace is over (a supervisor
+    opened in the child watches it for you and stops its own children, see `open_supervisor`)::
 
         async def worker(jobs, *, task_status=trio.TASK_STATUS_IGNORED):
             stopping = supervisors.shutting_down()

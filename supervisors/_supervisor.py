@@ -104,7 +104,9 @@ class Supervisor:
         self._live = 0  # child tasks alive right now
         self._nursery: trio.Nursery | None = None
         self._body_scope = trio.CancelScope()
-        self._manager_scope = trio.CancelScope()
+        # The manager task does the work shutdown() waits for, so, like the children, it is
+        # shielded from the enclosing scope and ends only when the supervisor closes.
+        self._manager_scope = trio.CancelScope(shield=True)
         self._closing: str | None = None  # why no new children are accepted
         self._closed = False  # the async with block has ended
         self._shutdown_requested = False
@@ -280,6 +282,9 @@ class Supervisor:
         Each child, one at a time, gets its `shutting_down` event set and up to its
         ``shutdown`` seconds to return, then is cancelled. Returns once all have stopped; the
         ``async with`` block can then end. Calling it again, or after the block, does nothing.
+        It also works from a ``finally`` in the block (under a shield) while an exception or
+        a cancellation of the enclosing scope leaves it: until the block is left, the
+        supervisor goes on working.
         A child may call it: it is cancelled at once, and the supervisor goes on stopping the
         others.
         """
@@ -287,11 +292,7 @@ class Supervisor:
             await trio.lowlevel.checkpoint()
             return
         self._check_not_starting("shutdown")
-        if not self._shutdown_requested:
-            self._shutdown_requested = True
-            if self._closing is None:
-                self._closing = "it was shut down"
-            self._wake.set()
+        self._request_shutdown("it was shut down")
         run = _current_run()
         if run is not None and run.owner is self:
             # A child shutting its own supervisor down would only wait for itself: it stops now.
@@ -301,6 +302,14 @@ class Supervisor:
         await self._stopped.wait()
 
     # ------------------------------------------------------------------------------ internals
+
+    def _request_shutdown(self, why: str) -> None:
+        """Have the manager task stop every child; `_stopped` is set once it has."""
+        if not self._shutdown_requested:
+            self._shutdown_requested = True
+            if self._closing is None:
+                self._closing = why
+            self._wake.set()
 
     def _check_usable(self, what: str) -> None:
         if self._closed:
@@ -407,8 +416,9 @@ class Supervisor:
     def _on_started(self, run: _Run) -> None:
         run.started = True
         run.started_at = trio.current_time()
-        if trio.current_effective_deadline() != -math.inf:
-            # From now on only the supervisor stops it. (If the caller of start was cancelled
+        if run.task is not None and run.task.parent_nursery is self._nursery:
+            # From now on only the supervisor stops it, even if the scope around the
+            # supervisor is cancelled already. (If the caller of start was cancelled
             # meanwhile, trio leaves the task under that caller: let the cancellation reach it.)
             run.scope.shield = True
         child = run.child
@@ -421,6 +431,7 @@ class Supervisor:
         """The task of one run: calls the child's function and reports how it ended."""
         child = run.child
         _CURRENT_RUN.set(run)
+        run.task = trio.lowlevel.current_task()
         status = _StartedStatus(run, task_status, self._on_started)
         self._live += 1
         error: Exception | None = None
@@ -536,24 +547,40 @@ class Supervisor:
             return False
         return bool(self._exits) or self._next_due() <= trio.current_time()
 
-    async def _manage(self) -> None:
+    async def _manage(self, parent_stop: trio.Event | None) -> None:
+        """The manager task: handles exits and due restarts, and stops all on request.
+
+        ``parent_stop`` is the `shutting_down` event of the supervised child this supervisor
+        runs in, if any: once it is set, this supervisor shuts down (the stop goes down the tree).
+        """
         with self._manager_scope:
-            while True:
-                if self._shutdown_requested:
-                    async with self._lock:
-                        await self._stop_all()
-                    return
-                if self._closing is None:
-                    async with self._lock:
-                        await self._process()
-                    self._bump()
-                if self._fatal is not None:
-                    return
-                if self._has_work():
-                    continue
-                self._wake = trio.Event()
-                with trio.move_on_at(self._next_due()):
-                    await self._wake.wait()
+            async with trio.open_nursery() as nursery:
+                if parent_stop is not None:
+                    nursery.start_soon(self._pass_stop_on, parent_stop)
+                await self._serve()
+                nursery.cancel_scope.cancel()
+
+    async def _pass_stop_on(self, parent_stop: trio.Event) -> None:
+        await parent_stop.wait()
+        self._request_shutdown("the supervisor above it is stopping it")
+
+    async def _serve(self) -> None:
+        while True:
+            if self._shutdown_requested:
+                async with self._lock:
+                    await self._stop_all()
+                return
+            if self._closing is None:
+                async with self._lock:
+                    await self._process()
+                self._bump()
+            if self._fatal is not None:
+                return
+            if self._has_work():
+                continue
+            self._wake = trio.Event()
+            with trio.move_on_at(self._next_due()):
+                await self._wake.wait()
 
     async def _process(self) -> None:
         """Handle every queued exit and due restart; the lock is held."""
@@ -717,6 +744,14 @@ async def open_supervisor(
     it. Children are stopped one at a time, so a strategy restart, giving up or the end of
     the block waits for each grace in turn.
 
+    Trees: a supervisor that is a child of another supervisor stops its subtree when asked
+    to stop. Opened inside a supervised child (anywhere `shutting_down` works), it watches
+    that event and, once it is set, shuts itself down as `Supervisor.shutdown` does: its
+    children stop last started first, each given its own grace, and their children in turn.
+    The parent's stop then ends as soon as the subtree has stopped and the child returns,
+    not after the whole grace of the supervisor child. The block's own code is not
+    cancelled: a block that goes on running keeps the child until its grace is over.
+
     ``on_event`` (optional) is called with a `SupervisorEvent` for every start, restart,
     exit, crash and stop; an ``on_event`` that raises is logged and ignored. Crashes are also
     logged on the ``"supervisors"`` logger.
@@ -740,7 +775,8 @@ async def open_supervisor(
     try:
         async with trio.open_nursery() as nursery:
             sup._nursery = nursery
-            nursery.start_soon(sup._manage)
+            parent = _current_run()  # set if this supervisor runs in a supervised child
+            nursery.start_soon(sup._manage, None if parent is None else parent.stop_event)
             with sup._body_scope:
                 try:
                     yield sup
@@ -753,7 +789,7 @@ async def open_supervisor(
                     with trio.CancelScope(shield=True):
                         await sup._stop_all()
                     raise
-            nursery.cancel_scope.cancel()  # only the manager task is left
+            sup._manager_scope.cancel()  # only the (shielded) manager task is left
     except BaseExceptionGroup as group:
         # Trio wraps the block's own exception in a group; give it back as itself.
         if raised is None or len(group.exceptions) != 1 or group.exceptions[0] is not raised:

@@ -19,6 +19,7 @@ from supervisors import (
     SupervisorEventKind,
     open_supervisor,
 )
+from tests.helpers import task_count
 from tests.supervisors.helpers import Boom, Crew, infos
 
 
@@ -312,9 +313,9 @@ async def test_giving_up_gives_each_child_its_grace(autojump_clock: Any) -> None
     ]
 
 
-@pytest.mark.parametrize("forwards", [False, True])
+@pytest.mark.parametrize("body", ["ends", "forwards", "keeps_running"])
 async def test_stopping_a_child_supervisor_stops_its_children_gracefully(
-    forwards: bool, autojump_clock: Any
+    body: str, autojump_clock: Any
 ) -> None:
     crew = Crew()
 
@@ -324,21 +325,127 @@ async def test_stopping_a_child_supervisor_stops_its_children_gracefully(
             await sup.start_child("x", slow_child, "x", shutdown=5.0)
             await sup.start_child("y", slow_child, "y", shutdown=5.0)
             task_status.started()
-            if forwards:  # pass its own stop on to its children
+            if body == "forwards":  # passes its stop on by hand too: no harm done
                 await supervisors.shutting_down().wait()
                 await sup.shutdown()
+            elif body == "keeps_running":  # the block's own code is not cancelled
+                await trio.sleep_forever()
 
     async with open_supervisor(name="root") as root:
         await root.start_child("team", graceful_team, shutdown=4.0)
         await trio.sleep(1)
         await root.terminate_child("team")
-        # Forwarding, the team stops at once; otherwise it is cancelled after its 4 s grace,
-        # and its own supervisor then stops y then x, each given its second of cleanup.
-        begin = 1.0 if forwards else 5.0
-        assert trio.current_time() == begin + 2
+        # The team passes the stop on at once: it stops y then x, each given its second of
+        # cleanup, and ends, unless its block's code still runs: then it is cancelled after
+        # its own 4 s grace.
+        assert trio.current_time() == (5.0 if body == "keeps_running" else 3.0)
         assert crew.log[2:] == [
-            (begin + 1, "graceful", "y"),
-            (begin + 1, "end", "y"),
-            (begin + 2, "graceful", "x"),
-            (begin + 2, "end", "x"),
+            (2.0, "graceful", "y"),
+            (2.0, "end", "y"),
+            (3.0, "graceful", "x"),
+            (3.0, "end", "x"),
         ]
+
+
+async def subtree(
+    crew: Crew,
+    name: str,
+    children: list[tuple[str, Any, float]],
+    *,
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A child supervisor with ``(id, fn, shutdown)`` children whose block ends at once."""
+    async with open_supervisor(name=name) as sup:
+        for cid, fn, grace in children:
+            await sup.start_child(cid, fn, cid, shutdown=grace)
+        task_status.started(sup)
+
+
+@pytest.mark.parametrize("where", ["in_the_child", "in_a_task_of_the_child"])
+async def test_a_child_supervisor_stops_its_subtree_when_asked_to_stop(
+    where: str, autojump_clock: Any
+) -> None:
+    crew = Crew()
+    events: list[SupervisorEvent] = []
+    before = task_count()
+
+    async def team(*, task_status: trio.TaskStatus[Supervisor]) -> None:
+        grow = functools.partial(subtree, crew, "team", [("worker", crew.child, 2.0)])
+        if where == "in_the_child":
+            await grow(task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:  # shutting_down() works there too
+            task_status.started(await nursery.start(grow))
+
+    async with open_supervisor(name="root", on_event=events.append) as root:
+        await root.start_child("team", team, shutdown=10.0)
+        await root.shutdown()
+        # The worker ignores its event: cancelled after its 2 s, then the team is done;
+        # without passing the stop on, the team would be cancelled after its 10 s.
+        assert trio.current_time() == 2.0
+    assert crew.log == [
+        (0.0, "start", "worker"),
+        (2.0, "cancelled", "worker"),
+        (2.0, "end", "worker"),
+    ]
+    assert [(e.kind, e.child_id, e.time) for e in events] == [
+        (SupervisorEventKind.CHILD_STARTED, "team", 0.0),
+        (SupervisorEventKind.CHILD_STOPPED, "team", 2.0),
+    ]
+    assert events[1].error is None
+    assert task_count() == before
+
+
+async def test_a_stop_goes_down_a_deep_tree_last_started_first(autojump_clock: Any) -> None:
+    crew = Crew()
+    tidy = functools.partial(crew.child, cleanup=1.0)
+
+    async def mid(*, task_status: trio.TaskStatus[None]) -> None:
+        async with open_supervisor(name="mid") as sup:
+            leaf_children = [("x", tidy, 5.0), ("y", crew.child, 2.0)]
+            await sup.start_child("leaf", subtree, crew, "leaf", leaf_children, shutdown=10.0)
+            await sup.start_child("m", crew.child, "m", shutdown=1.0)
+            task_status.started()
+
+    async with open_supervisor(name="root") as root:
+        await root.start_child("a", crew.child, "a", shutdown=3.0)
+        await root.start_child("mid", mid, shutdown=10.0)
+        await trio.sleep(1)
+        await root.shutdown()
+        assert trio.current_time() == 8.0
+    assert crew.log[4:] == [
+        (2.0, "cancelled", "m"),  # mid stops its children last started first: m after 1 s,
+        (2.0, "end", "m"),
+        (4.0, "cancelled", "y"),  # then leaf, which stops y after its 2 s,
+        (4.0, "end", "y"),
+        (5.0, "graceful", "x"),  # and x, which returns after its second of cleanup;
+        (5.0, "end", "x"),
+        (8.0, "cancelled", "a"),  # only then does root ask a, cancelled after its 3 s
+        (8.0, "end", "a"),
+    ]
+    assert crew.live == 0
+
+
+async def test_a_strategy_restart_of_a_child_supervisor_stops_its_subtree(
+    autojump_clock: Any,
+) -> None:
+    crew = Crew()
+    async with open_supervisor("one_for_all", name="root") as root:
+        first: Supervisor = await root.start_child(
+            "team", subtree, crew, "team", [("worker", crew.child, 2.0)], shutdown=10.0
+        )
+        await root.start_child("crashy", crashing([], after=1.0), shutdown=0)
+        await trio.sleep(1.5)
+        assert first.closed  # asked to stop by root: the team shuts down
+        assert infos(root) == [("team", False, 0), ("crashy", False, 0)]
+        await trio.sleep(2)
+        assert crew.starts("worker") == [0.0, 3.0]  # the worker's 2 s, not the team's 10 s
+        assert infos(root) == [("team", True, 1), ("crashy", True, 1)]
+        with pytest.raises(supervisors.SupervisorClosed):
+            await first.start_child("late", crew.child, "late")
+        await root.shutdown()
+    assert crew.log[:3] == [
+        (0.0, "start", "worker"),
+        (3.0, "cancelled", "worker"),
+        (3.0, "end", "worker"),
+    ]

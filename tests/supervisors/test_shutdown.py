@@ -428,3 +428,99 @@ async def test_a_strategy_restart_waits_for_each_siblings_grace(
     assert crew.log[4 : 4 + len(stops) + len(restarted)] == stops + [
         (again, "start", c) for c in restarted
     ]
+
+
+@pytest.mark.parametrize("how", ["cancel", "raise"])
+async def test_shutdown_from_a_finally_while_the_block_is_being_left(
+    how: str, autojump_clock: Any
+) -> None:
+    # The enclosing scope is cancelled (or the body raises) and the body's finally calls
+    # shutdown() under a shield: it stops the children as usual and returns, then the block
+    # re-raises. (The supervisor's manager task, which does the stopping, used to be
+    # cancelled with the enclosing scope, and shutdown() then waited for it forever.)
+    crew = Crew()
+    before = task_count()
+    returned: list[float] = []
+
+    async def run() -> None:
+        with trio.move_on_after(1 if how == "cancel" else 100) as scope:
+            async with open_supervisor() as sup:
+                await sup.start_child("a", crew.child, "a", shutdown=2.0)
+                await sup.start_child("b", functools.partial(crew.child, cleanup=0.5), "b")
+                await sup.start_child("z", crew.child, "z", shutdown=0)
+                try:
+                    if how == "raise":
+                        await trio.sleep(1)
+                        raise KeyError("oops")
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True), trio.fail_after(60):  # not a hang
+                        await sup.shutdown()
+                    returned.append(trio.current_time())
+                    assert infos(sup) == [("a", False, 0), ("b", False, 0), ("z", False, 0)]
+        assert scope.cancelled_caught is (how == "cancel")
+
+    if how == "raise":
+        with pytest.raises(KeyError, match="oops") as info:
+            await run()
+        assert type(info.value) is KeyError
+    else:
+        await run()
+    assert returned == [3.5]
+    assert trio.current_time() == 3.5
+    assert crew.log[3:] == [
+        (1.0, "cancelled", "z"),
+        (1.0, "end", "z"),
+        (1.5, "graceful", "b"),
+        (1.5, "end", "b"),
+        (3.5, "cancelled", "a"),
+        (3.5, "end", "a"),
+    ]
+    assert task_count() == before
+    assert crew.live == 0
+
+
+async def test_the_example_of_the_hang_finishes(autojump_clock: Any) -> None:
+    async def child(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    with trio.move_on_after(1) as scope:
+        async with open_supervisor() as sup:
+            await sup.start_child("c", child, shutdown=0)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.fail_after(60):  # not a hang
+                    await sup.shutdown()
+    assert scope.cancelled_caught
+    assert trio.current_time() == 1.0
+
+
+async def test_a_supervisor_supervises_until_its_block_is_left_even_once_cancelled(
+    autojump_clock: Any,
+) -> None:
+    # The enclosing scope is cancelled at 1 but the block goes on under a shield: a child
+    # that crashes then is restarted as usual, and the new run still gets its grace.
+    crew = Crew()
+    with trio.move_on_after(1) as scope:
+        async with open_supervisor() as sup:
+            await sup.start_child("a", functools.partial(crew.child, cleanup=1.0), "a")
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.fail_after(60):  # not a hang
+                    crew.crash("a")
+                    await trio.sleep(1)
+                    assert infos(sup) == [("a", True, 1)]
+                    await sup.shutdown()
+    assert scope.cancelled_caught
+    assert trio.current_time() == 3.0
+    assert crew.log == [
+        (0.0, "start", "a"),
+        (1.0, "end", "a"),
+        (1.0, "start", "a"),
+        (3.0, "graceful", "a"),  # asked at 2, returned after its second of cleanup
+        (3.0, "end", "a"),
+    ]
+    assert crew.live == 0
