@@ -5,6 +5,7 @@ handling one message at a time, and reaped when idle. Lanes, Batcher, Bus, Sched
 are built on that idea; `supervisors` keeps them running.
 """
 
+from . import bus as bus  # `actors.bus.open_bus(...)` after a plain `import actors`
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import spawn as spawn
@@ -55,14 +56,9 @@ __all__ = [
     "Key",
     "KeyedActors",
     "KeyedStats",
-    "Lanes",
     "LaneStats",
+    "Lanes",
     "NotStarted",
-    "open_batcher",
-    "open_keyed",
-    "open_lanes",
-    "open_pool",
-    "open_scheduler",
     "Pool",
     "PoolStats",
     "Retry",
@@ -71,8 +67,13 @@ __all__ = [
     "Scheduler",
     "SchedulerStats",
     "SkippedDuplicate",
-    "spawn",
     "TickResult",
-    "trio_clock",
     "WouldDeadlock",
+    "open_batcher",
+    "open_keyed",
+    "open_lanes",
+    "open_pool",
+    "open_scheduler",
+    "spawn",
+    "trio_clock",
 ]
