@@ -6,11 +6,13 @@ Run: python -m examples.demo  (``--quick`` for a smaller run)
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import trio
 from rich.console import Console
 
-from examples import demo_bank, demo_workers
+from examples import demo_bank, demo_bus, demo_workers
 
 
 async def main(quick: bool = False) -> None:
@@ -29,6 +31,10 @@ async def main(quick: bool = False) -> None:
     demo_workers.show(console, workers)
     if workers.total_in_db != workers.total_expected:
         raise SystemExit("the import lost a balance update: this is a bug")
+
+    console.rule("The Bus: a nightly-report batch and an order chain on embedded SQLite")
+    with tempfile.TemporaryDirectory(prefix="trio-lanes-demo-") as tmp:
+        await demo_bus.run(console, str(Path(tmp) / "bus.sqlite3"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,329 @@
+"""The bus's values: jobs and their options, what a handler sees, and chain and batch states.
+
+Everything here is a frozen attrs class: safe to share between tasks, cheap to compare in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from itertools import count
+from typing import Any, TypeVar
+
+import attrs
+
+from .._checks import check_duration
+from .._keys import check_key
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def check_seconds(value: object, what: str, *, allow_zero: bool = True) -> float:
+    """A finite, non-negative number of seconds (NaN, negatives and infinity rejected)."""
+    seconds = check_duration(value, what, allow_zero=allow_zero)
+    if math.isinf(seconds):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
+    return seconds
+
+
+def check_callback(fn: object, what: str) -> None:
+    """Callbacks may be sync or async; they must at least be callable."""
+    if not callable(fn):
+        raise TypeError(
+            f"{what} must be a function (sync or async) taking the state, "
+            f"got {type(fn).__name__}: {fn!r}"
+        )
+
+
+# ------------------------------------------------------------------------------ payloads
+
+
+def _to_json(value: object) -> object:
+    if attrs.has(type(value)):
+        return attrs.asdict(value)  # type: ignore[arg-type]
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def encode_payload(job_type: str, payload: object) -> str:
+    """The payload as canonical JSON text (sorted keys), or `TypeError` saying what to pass."""
+    if payload is None:
+        return "null"
+    try:
+        return json.dumps(
+            payload, default=_to_json, sort_keys=True, allow_nan=False, separators=(",", ":")
+        )
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the payload of job {job_type!r} is not JSON-serialisable ({exc}); pass dicts, "
+            "lists, str, int, float (not NaN), bool, None or attrs instances of those"
+        ) from None
+
+
+def decode_payload(text: str) -> Any:
+    return None if text == "null" else json.loads(text)
+
+
+def _structure(cls: Any, data: object) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"cannot bind {type(data).__name__} payload to {cls.__name__}: need a dict")
+    with contextlib.suppress(Exception):  # unresolvable forward references: bind flat
+        attrs.resolve_types(cls)
+    fields = attrs.fields(cls)
+    known = {f.name for f in fields}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TypeError(f"payload has keys {unknown} that {cls.__name__} has no field for")
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if isinstance(f.type, type) and attrs.has(f.type) and isinstance(value, dict):
+            value = _structure(f.type, value)
+        kwargs[f.alias or f.name] = value
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------ jobs
+
+
+def _check_job_type(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    check_key(value, "job type")
+
+
+@attrs.frozen
+class JobOptions:
+    """How a `Job` runs; set through the `Job` builder methods."""
+
+    queue: str | None = None
+    """The queue to run on; ``None``: the chain's or batch's queue, else the bus's first."""
+    delay: float = 0.0
+    """Seconds to wait before the first attempt."""
+    timeout: float | None = None
+    """Seconds an attempt may run before it is cancelled and fails with `TimeoutError`."""
+    retry: int = 0
+    """Retries after the first attempt (so ``retry + 1`` attempts at most)."""
+    backoff: float = 0.0
+    """Seconds between a failed attempt and its retry."""
+    unique_for: float | None = None
+    """Seconds during which a second dispatch of the same type and payload is refused."""
+
+
+@attrs.frozen
+class Job:
+    """A job to dispatch: its type, a JSON-serialisable payload, and options.
+
+    Each builder method returns a new `Job`; bad values fail at once::
+
+        Job("emails:send", {"to": "a@b"}).on_queue("mail").delay(2).timeout(15).retry(3)
+    """
+
+    type: str = attrs.field(validator=_check_job_type)
+    """The job type: the name a handler was registered under."""
+    payload: Any = None
+    """JSON-serialisable data (dicts, lists, scalars, attrs instances); checked at dispatch."""
+    options: JobOptions = JobOptions()
+    """Queue, delay, timeout, retries, backoff and uniqueness."""
+
+    def _with(self, **changes: Any) -> Job:
+        return attrs.evolve(self, options=attrs.evolve(self.options, **changes))
+
+    def on_queue(self, name: str) -> Job:
+        """Run on the queue called ``name`` (one of the bus's ``queues``)."""
+        return self._with(queue=check_key(name, "queue name"))
+
+    def delay(self, seconds: float) -> Job:
+        """Wait ``seconds`` (>= 0) after dispatch before the first attempt."""
+        return self._with(delay=check_seconds(seconds, "delay"))
+
+    def timeout(self, seconds: float) -> Job:
+        """Cancel an attempt after ``seconds`` (> 0); it then fails with `TimeoutError`."""
+        return self._with(timeout=check_seconds(seconds, "timeout", allow_zero=False))
+
+    def retry(self, times: int) -> Job:
+        """Retry up to ``times`` (>= 0) times after a failed first attempt."""
+        if isinstance(times, bool) or not isinstance(times, int):
+            raise TypeError(f"retry must be an int, got {type(times).__name__}: {times!r}")
+        if times < 0:
+            raise ValueError(f"retry must be >= 0, got {times!r}")
+        return self._with(retry=times)
+
+    def backoff(self, seconds: float) -> Job:
+        """Wait ``seconds`` (>= 0) between a failed attempt and its retry."""
+        return self._with(backoff=check_seconds(seconds, "backoff"))
+
+    def unique_for(self, seconds: float) -> Job:
+        """Refuse (`DuplicateJob`) a second dispatch of this type and payload within ``seconds``."""
+        return self._with(unique_for=check_seconds(seconds, "unique_for", allow_zero=False))
+
+
+@attrs.frozen
+class DispatchResult:
+    """What `Bus.dispatch` returns: the ids the job's events and context carry."""
+
+    dispatch_id: str
+    job_id: str
+    queue: str
+
+
+@attrs.frozen
+class JobRecord:
+    """A job as stored and queued: its payload already JSON text, its queue resolved."""
+
+    job_id: str
+    job_type: str
+    payload: str
+    queue: str
+    delay: float = 0.0
+    timeout: float | None = None
+    retry: int = 0
+    backoff: float = 0.0
+
+    def to_job(self) -> Job:
+        return Job(
+            self.job_type,
+            decode_payload(self.payload),
+            JobOptions(
+                queue=self.queue,
+                delay=self.delay,
+                timeout=self.timeout,
+                retry=self.retry,
+                backoff=self.backoff,
+            ),
+        )
+
+
+@attrs.frozen
+class QueuedJob:
+    """One attempt's worth of a job, as it travels through a `Queue` to a worker.
+
+    Plain data only (ids, JSON text, numbers), so a broker-backed queue can serialise it.
+    """
+
+    job_id: str
+    dispatch_id: str
+    job_type: str
+    payload: str
+    queue: str
+    timeout: float | None = None
+    retry: int = 0
+    backoff: float = 0.0
+    attempt: int = 1
+    """The attempt this run will be: 1 on the first run."""
+    chain_id: str | None = None
+    chain_index: int = 0
+    batch_id: str | None = None
+
+
+class _AttemptFlags:
+    """Mutable flags one attempt's middleware shares with the worker (kept out of equality)."""
+
+    __slots__ = ("no_retry",)
+
+    def __init__(self) -> None:
+        self.no_retry = False
+
+
+@attrs.frozen
+class JobContext:
+    """What a handler (and middleware) gets: the payload, the ids, and which attempt this is."""
+
+    payload: Any
+    """The decoded JSON payload (attrs instances arrive as dicts: use `bind`)."""
+    attempt: int
+    """1 on the first run, 2 on the first retry, ..."""
+    job_type: str
+    dispatch_id: str
+    job_id: str
+    chain_id: str | None
+    batch_id: str | None
+    queue: str
+    _flags: _AttemptFlags = attrs.field(factory=_AttemptFlags, eq=False, repr=False)
+
+    def bind(self, cls: type[T]) -> T:
+        """Build an attrs instance of ``cls`` from the payload (nested attrs classes too).
+
+        ``ctx.bind(Email)`` is the inverse of dispatching ``Job("emails:send", Email(...))``.
+        """
+        if not (isinstance(cls, type) and attrs.has(cls)):
+            raise TypeError(f"bind() needs an attrs class, got {cls!r}")
+        result: T = _structure(cls, self.payload)
+        return result
+
+
+# ------------------------------------------------------------------------------ states
+
+
+@attrs.frozen
+class BatchState:
+    """Where a batch stands. ``processed`` counts finished jobs, failed or not."""
+
+    batch_id: str
+    dispatch_id: str
+    name: str | None
+    queue: str
+    allow_failures: bool
+    total: int
+    """Jobs in the batch."""
+    pending: int
+    """Jobs not finished yet (cancelled jobs leave this count without being processed)."""
+    processed: int
+    """Jobs that finished, successfully or not."""
+    failed: int
+    """Jobs that failed (after their retries)."""
+    cancelled: bool
+    """Jobs not yet started were (or are being) cancelled: by `Bus.cancel_batch`, or by a
+    failure without `allow_failures`."""
+    completed: bool
+    """The batch is over: no job runs or will run any more."""
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class ChainNode:
+    """One step of a chain: its id (the job id it runs under) and its job."""
+
+    node_id: str
+    job: Job
+
+
+@attrs.frozen
+class ChainState:
+    """Where a chain stands: ``nodes[next_index]`` is the job running or due next."""
+
+    chain_id: str
+    dispatch_id: str
+    queue: str
+    nodes: tuple[ChainNode, ...]
+    next_index: int
+    completed: bool
+    """Every node succeeded."""
+    failed: bool
+    """A node failed (after its retries); the chain stopped there."""
+    failure: str | None
+    """``"ExceptionType: message"`` of that failure."""
+    created_at: datetime
+    updated_at: datetime
+
+
+# ------------------------------------------------------------------------------ ids
+
+
+def id_source() -> Callable[[], str]:
+    """Ids unique across processes sharing a store: a random prefix and a counter."""
+    prefix = secrets.token_hex(6)
+    counter = count(1)
+    return lambda: f"{prefix}-{next(counter):x}"
+
+
+def describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

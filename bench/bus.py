@@ -1,0 +1,161 @@
+"""The Bus against a bare Trio worker pool: no-op jobs dispatched and handled.
+
+Run: ``python -m bench.bus`` (``--jobs 20000`` for a quicker run; ``--sqlite-scale`` sets the
+share of each workload that runs on SQLite, whose every chain step or batch outcome is a
+transaction in a thread). Everything runs in this one process, alternating with the
+baseline, so the figure that matters is the ratio (the machine is noisy, see PERF.md).
+
+The baseline is what users write by hand: a memory channel and ``workers`` tasks that
+receive a job and ``await`` a no-op handler. The bus runs the same no-op handler with the
+same number of workers, for:
+
+* plain ``dispatch`` of every job (no store traffic: plain jobs never touch the store);
+* batches of ``--batch-size`` jobs (each outcome counted by the batch's coordinator);
+* chains of ``--chain-length`` jobs (each step recorded before the next is queued).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from actors.bus import Job, JobContext, MemoryStore, SQLiteStore, Store, open_bus
+
+
+async def _noop(ctx: object) -> None:
+    pass
+
+
+async def baseline(n: int, workers: int) -> float:
+    """A bare memory-channel worker pool doing the same no-op work."""
+    send, receive = trio.open_memory_channel[object](1024)
+
+    async def worker(receive: trio.MemoryReceiveChannel[object]) -> None:
+        async with receive:
+            async for job in receive:
+                await _noop(job)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(workers):
+            nursery.start_soon(worker, receive.clone())
+        receive.close()
+        async with send:
+            for i in range(n):
+                await send.send(i)
+    return time.perf_counter() - start
+
+
+async def _handler(ctx: JobContext) -> None:
+    pass
+
+
+def _store(kind: str, tmp: str) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    path = Path(tmp) / f"bench-{time.monotonic_ns()}.db"
+    return SQLiteStore(path)
+
+
+async def bus_dispatch(n: int, workers: int, kind: str, tmp: str) -> float:
+    store = _store(kind, tmp)
+    start = time.perf_counter()
+    async with open_bus(store=store, queues={"default": workers}) as bus:
+        bus.register("noop", _handler)
+        job = Job("noop")
+        for _ in range(n):
+            await bus.dispatch(job)
+        await bus.wait_idle()
+    return time.perf_counter() - start
+
+
+async def bus_batches(n: int, workers: int, kind: str, tmp: str, size: int) -> float:
+    store = _store(kind, tmp)
+    batches = max(1, n // size)
+    start = time.perf_counter()
+    async with open_bus(store=store, queues={"default": workers}, max_pending=2 * size) as bus:
+        bus.register("noop", _handler)
+        for _ in range(batches):
+            await bus.batch(*[Job("noop")] * size).dispatch()
+        await bus.wait_idle()
+    return time.perf_counter() - start
+
+
+async def bus_chains(n: int, workers: int, kind: str, tmp: str, length: int) -> float:
+    store = _store(kind, tmp)
+    chains = max(1, n // length)
+    start = time.perf_counter()
+    async with open_bus(store=store, queues={"default": workers}) as bus:
+        bus.register("noop", _handler)
+        for _ in range(chains):
+            await bus.chain(*[Job("noop")] * length).dispatch()
+        await bus.wait_idle()
+    return time.perf_counter() - start
+
+
+def _median(runs: int, fn: Callable[[], Awaitable[float]]) -> float:
+    times = []
+    for _ in range(runs):
+        gc.collect()
+        times.append(trio.run(fn))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs per workload")
+    parser.add_argument("--workers", type=int, default=4, help="workers (bus: of one queue)")
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--chain-length", type=int, default=100)
+    parser.add_argument(
+        "--sqlite-scale",
+        type=float,
+        default=0.2,
+        help="share of --jobs run on SQLite (1.0: the same number)",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    args = parser.parse_args()
+    n, w = args.jobs, args.workers
+    n_sql = max(args.chain_length, int(n * args.sqlite_scale))
+
+    print(f"bus bench: no-op jobs, {w} workers, median of {args.runs} runs")
+    print(f"{'workload':<40} {'jobs':>8} {'jobs/s':>10} {'baseline/s':>11} {'ratio':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, jobs in (("memory", n), ("sqlite", n_sql)):
+            batches = max(1, jobs // args.batch_size) * args.batch_size
+            chains = max(1, jobs // args.chain_length) * args.chain_length
+            workloads: list[tuple[str, int, Callable[[], Awaitable[float]]]] = [
+                (f"dispatch, {kind} store", jobs, partial(bus_dispatch, jobs, w, kind, tmp)),
+                (
+                    f"batches of {args.batch_size}, {kind}",
+                    batches,
+                    partial(bus_batches, batches, w, kind, tmp, args.batch_size),
+                ),
+                (
+                    f"chains of {args.chain_length}, {kind}",
+                    chains,
+                    partial(bus_chains, chains, w, kind, tmp, args.chain_length),
+                ),
+            ]
+            for name, count, run in workloads:
+                base = _median(args.runs, partial(baseline, count, w))
+                took = _median(args.runs, run)
+                rate, base_rate = count / took, count / base
+                print(
+                    f"{name:<40} {count:>8} {rate:>10,.0f} {base_rate:>11,.0f} "
+                    f"{rate / base_rate:>6.2f}x"
+                )
+    if n_sql < n:
+        print(f"(SQLite workloads use {n_sql} jobs: --sqlite-scale {args.sqlite_scale:g})")
+
+
+if __name__ == "__main__":
+    main()

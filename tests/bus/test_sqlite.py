@@ -1,0 +1,350 @@
+"""SQLiteStore: schema on first use, state that survives a reopen, exactly-once across buses.
+
+Threads carry the SQLite calls, and the autojump clock would race ahead while a thread works
+(any timer, such as the coordinators' reaper, is due "next"). So these tests run on the real
+clock without waiting on timers, and move wall-clock time with a `ManualClock`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors import trio_clock
+from actors.bus import (
+    BatchRecord,
+    BatchState,
+    ChainState,
+    DuplicateJob,
+    EventKind,
+    Job,
+    JobContext,
+    JobOutcome,
+    JobRecord,
+    MemoryStore,
+    NotFound,
+    SQLiteStore,
+    Store,
+    open_bus,
+)
+
+from .helpers import Recorder
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class ManualClock:
+    """A wall clock that moves only when told."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def _ok(ctx: JobContext) -> None:
+    if ctx.payload == "fail":
+        raise ValueError("failed")
+
+
+async def test_the_schema_is_created_once_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    store = SQLiteStore(path)
+    assert isinstance(store, Store)
+    await store.open()
+    await store.open()  # idempotent
+    await store.close()
+    assert store.schema_version() == 1
+    again = SQLiteStore(str(path))
+    await again.open()
+    await again.close()
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+    finally:
+        conn.close()
+    assert {"schema_version", "chains", "chain_nodes", "batches", "batch_jobs"} <= tables
+    assert {"callbacks", "uniques"} <= tables
+
+
+async def test_a_store_must_be_open() -> None:
+    store = SQLiteStore(":memory:")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get_batch("x")
+    with pytest.raises(TypeError):
+        SQLiteStore(42)  # type: ignore[arg-type]
+
+
+async def test_state_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    finals: list[BatchState] = []
+    chain_finals: list[ChainState] = []
+    async with open_bus(store=SQLiteStore(path), clock=trio_clock(T0)) as bus:
+        bus.register("work", _ok)
+        batch_id = await (
+            bus.batch(Job("work", 1), Job("work", "fail"), Job("work", {"k": [1, 2]}))
+            .name("nightly")
+            .allow_failures()
+            .finally_(finals.append)
+            .dispatch()
+        )
+        chain_id = await (
+            bus.chain(Job("work", "a"), Job("work", "b").retry(2).timeout(5))
+            .finally_(chain_finals.append)
+            .dispatch()
+        )
+        await bus.wait_idle()
+        batch = await bus.find_batch(batch_id)
+        chain = await bus.find_chain(chain_id)
+    assert finals == [batch]
+    assert chain_finals == [chain]
+    assert (batch.processed, batch.failed, batch.completed, batch.name) == (3, 1, True, "nightly")
+    assert chain.completed
+    assert chain.nodes[1].job.options.retry == 2
+
+    async with open_bus(store=SQLiteStore(path)) as reopened:
+        assert await reopened.find_batch(batch_id) == batch
+        assert await reopened.find_chain(chain_id) == chain
+        with pytest.raises(NotFound):
+            await reopened.find_batch(chain_id)
+
+
+async def test_unfinished_state_survives_a_stop(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    stuck_now = 0
+    with trio.CancelScope() as scope:
+        async with open_bus(store=SQLiteStore(path)) as bus:
+
+            @bus.handler("stuck")
+            async def stuck(ctx: JobContext) -> None:
+                nonlocal stuck_now
+                if ctx.payload:
+                    stuck_now += 1
+                    if stuck_now == 2:
+                        scope.cancel()  # stop the bus the hard way, mid-work
+                    await trio.sleep_forever()
+
+            batch_id = await bus.batch(Job("stuck", 0), Job("stuck", 1)).dispatch()
+            chain_id = await bus.chain(Job("stuck", 0), Job("stuck", 1)).dispatch()
+            await trio.sleep_forever()
+    async with open_bus(store=SQLiteStore(path)) as reopened:
+        batch = await reopened.find_batch(batch_id)
+        chain = await reopened.find_chain(chain_id)
+    assert (batch.processed, batch.pending, batch.completed) == (1, 1, False)
+    assert (chain.next_index, chain.completed, chain.failed) == (1, False, False)
+
+
+async def test_callbacks_run_once_across_two_buses_on_one_file(tmp_path: Path) -> None:
+    """Bus B cancels a batch that bus A runs; A finishes it and runs its finally once."""
+    path = tmp_path / "bus.db"
+    release = trio.Event()
+    first_ran = trio.Event()
+    finals: list[BatchState] = []
+    thens: list[BatchState] = []
+    ran: list[int] = []
+    events_a, events_b = Recorder(), Recorder()
+    async with (
+        open_bus(store=SQLiteStore(path), queues={"default": 1}, observers=[events_a]) as a,
+        open_bus(store=SQLiteStore(path), observers=[events_b]) as b,
+    ):
+
+        @a.handler("work")
+        async def work(ctx: JobContext) -> None:
+            ran.append(ctx.payload)
+            first_ran.set()
+            await release.wait()
+
+        b.register("work", work)
+        batch_id = await (
+            a.batch(*[Job("work", i) for i in range(4)])
+            .then(thens.append)
+            .finally_(finals.append)
+            .dispatch()
+        )
+        await first_ran.wait()
+        at_cancel = await b.cancel_batch(batch_id)
+        assert at_cancel.cancelled
+        assert not at_cancel.completed
+        release.set()
+        await a.wait_idle()
+        await b.wait_idle()
+        state = await a.find_batch(batch_id)
+        # B cancelling again, or A's coordinator seeing a duplicate, changes nothing.
+        assert await b.cancel_batch(batch_id) == state
+    # A's worker may run a few more jobs before A's coordinator reads the cancel in the store
+    # (cross-process cancels are noticed at the coordinator's next message); none is lost.
+    assert ran == list(range(len(ran)))
+    assert 1 <= len(ran) <= 4
+    assert (state.processed, state.pending, state.cancelled, state.completed) == (
+        len(ran),
+        0,
+        True,
+        True,
+    )
+    assert finals == [state]
+    assert thens == []
+    assert events_a.count()[EventKind.BATCH_CANCELLED] == 1
+    assert events_b.count()[EventKind.BATCH_CANCELLED] == 0
+    conn = sqlite3.connect(path)
+    try:
+        claims = conn.execute("SELECT key FROM callbacks").fetchall()
+    finally:
+        conn.close()
+    assert claims == [(f"batch:{batch_id}:finally",)]
+
+
+async def test_claims_and_outcomes_count_once_under_concurrent_stores(tmp_path: Path) -> None:
+    """Two connections (as two processes would) race on one file from many threads."""
+    path = tmp_path / "bus.db"
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    for store in stores:
+        await store.open()
+    jobs = tuple(JobRecord(f"j{i}", "work", "null", "default") for i in range(20))
+    await stores[0].create_batch(BatchRecord("b1", "d1", None, "default", True, jobs, T0))
+    claims: list[bool] = []
+    finished: list[bool] = []
+
+    async def claim(store: SQLiteStore) -> None:
+        claims.append(await store.claim_callback("batch:b1", "finally", T0))
+
+    async def report(store: SQLiteStore, job_ids: list[str]) -> None:
+        outcomes = [JobOutcome(job_id, "succeeded") for job_id in job_ids]
+        update = await store.record_batch("b1", outcomes, T0)
+        finished.append(update.finished_now)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(claim, stores[i % 2])
+            # Every job is reported twice, by both stores, in overlapping groups.
+            ids = [f"j{k}" for k in range(20) if k % 10 in (i, (i + 1) % 10)]
+            nursery.start_soon(report, stores[i % 2], ids)
+            nursery.start_soon(report, stores[(i + 1) % 2], ids)
+    state = await stores[1].get_batch("b1")
+    for store in stores:
+        await store.close()
+    assert claims.count(True) == 1
+    assert len(claims) == 10
+    assert finished.count(True) == 1
+    assert (state.processed, state.pending, state.completed) == (20, 0, True)
+
+
+async def test_unique_for_holds_across_buses_on_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    async with (
+        open_bus(store=SQLiteStore(path)) as a,
+        open_bus(store=SQLiteStore(path)) as b,
+    ):
+        a.register("report", _ok)
+        b.register("report", _ok)
+        await a.dispatch(Job("report", {"day": 1}).unique_for(3600))
+        with pytest.raises(DuplicateJob):
+            await b.dispatch(Job("report", {"day": 1}).unique_for(3600))
+        await b.dispatch(Job("report", {"day": 2}).unique_for(3600))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_prune_removes_finished_records_before_a_time(kind: str, tmp_path: Path) -> None:
+    store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "bus.db")
+    clock = ManualClock()
+    async with open_bus(store=store, clock=clock) as bus:
+        bus.register("work", _ok)
+
+        unstick = trio.Event()
+
+        @bus.handler("stuck")
+        async def stuck(ctx: JobContext) -> None:
+            await unstick.wait()
+
+        old_batch = await bus.batch(Job("work", 1)).finally_(lambda s: None).dispatch()
+        old_chain = await bus.chain(Job("work", "fail")).dispatch()
+        await bus.dispatch(Job("work", 9).unique_for(60))
+        await bus.wait_idle()
+        running = await bus.batch(Job("stuck")).dispatch()
+        clock.advance(3600)
+        new_done = trio.Event()
+        new_batch = await bus.batch(Job("work", 2)).finally_(lambda s: new_done.set()).dispatch()
+        await new_done.wait()
+        with pytest.raises(TypeError):
+            await bus.prune("yesterday")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="aware"):
+            await bus.prune(datetime(2030, 1, 1))
+        assert await bus.prune(T0 + timedelta(minutes=30)) == 2
+        for gone in (old_batch, old_chain):
+            with pytest.raises(NotFound):
+                await (bus.find_batch(gone) if gone == old_batch else bus.find_chain(gone))
+        assert not (await bus.find_batch(running)).completed
+        assert (await bus.find_batch(new_batch)).completed
+        # The unique key expired (and was pruned): a repeat is accepted.
+        await bus.dispatch(Job("work", 9).unique_for(60))
+        unstick.set()
+
+
+async def test_group_commit_isolates_each_call(tmp_path: Path) -> None:
+    """Concurrent calls share one transaction; a failing call rolls back only itself."""
+    store = SQLiteStore(tmp_path / "bus.db")
+    await store.open()
+    jobs = (JobRecord("j1", "work", "null", "default"),)
+    record = BatchRecord("b1", "d1", None, "default", False, jobs, T0)
+    await store.create_batch(record)
+    claims: dict[int, bool] = {}
+    failures: list[BaseException] = []
+
+    async def claim(i: int) -> None:
+        claims[i] = await store.claim_callback(f"batch:b{i}", "finally", T0)
+
+    async def fail(call: Any) -> None:
+        try:
+            await call
+        except (NotFound, sqlite3.IntegrityError) as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(30):
+            nursery.start_soon(claim, i)
+            if i % 10 == 0:
+                nursery.start_soon(fail, store.get_batch(f"missing-{i}"))
+                nursery.start_soon(fail, store.create_batch(record))  # duplicate id
+    state = await store.get_batch("b1")
+    await store.close()
+    assert claims == dict.fromkeys(range(30), True)
+    assert sorted(type(e).__name__ for e in failures) == ["IntegrityError"] * 3 + ["NotFound"] * 3
+    assert state.total == 1
+
+
+async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "bus.db")
+    await store.open()
+    gate = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> str:
+        gate.wait(10)
+        return "slow"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, slow)  # leads a group, held in its thread by `gate`
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+
+            async def cancel_once_queued() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+
+            nursery.start_soon(cancel_once_queued)
+            await store.claim_callback("batch:x", "then", T0)  # queued behind, then cancelled
+        assert scope.cancelled_caught
+        gate.set()
+    assert await store.claim_callback("batch:x", "then", T0)  # the cancelled claim never ran
+    await store.close()
