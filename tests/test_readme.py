@@ -1,4 +1,7 @@
-"""The Python in README.md runs and prints what its comments say."""
+"""The Python in README.md runs and prints what its comments say.
+
+Whole programs are fenced ```python and run here; fragments are fenced ```py.
+"""
 
 from __future__ import annotations
 
