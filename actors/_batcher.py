@@ -1,17 +1,19 @@
 """Batcher: per key, load a resource once, apply every op that arrives within a window, save once.
 
->>> async with actors.open_batcher(load=load_account, save=save_account, min_duration=0.1) as b:
-...     balance = await b.run("account:1", lambda account: account.deposit(5))
+>>> async with actors.open_batcher(load=load_balance, save=save_balance, min_duration=0.1) as b:
+...     balance = await b.run("account:1", lambda balance: balance + 5)
 
 Each key is a keyed actor. Its first op opens a batch: the actor loads the key's resource
 and keeps the window open for ``min_duration``; ops told to the key meanwhile wait in its
-mailbox. When the window closes the actor takes those that arrived within it, applies them in
-arrival order, saves, and answers every caller. Ops arriving after that wait in the mailbox
+mailbox. When the window closes the actor takes those that arrived before it closed, applies
+them in arrival order, saves, and answers every caller. (An op arriving at the very instant
+the window closes may land in either batch.) Ops arriving after that wait in the mailbox
 for the next batch, which loads after this save.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +24,7 @@ import attrs
 import outcome
 import trio
 
-from ._checks import check_duration, check_positive_int
+from ._checks import check_async_fn, check_duration, check_positive_int
 from ._errors import ComponentClosed
 from ._keyed import KeyedActors, open_keyed
 from ._keys import check_key
@@ -73,8 +75,11 @@ class Batcher(Generic[Res]):
         min_duration: float,
         max_duration: float,
         max_concurrent_io: int,
+        copy_resource: Callable[[Res], Res] | None,
     ) -> None:
         self._load = load
+        self._copy = copy_resource
+        self._waiting: set[_Op[Res]] = set()
         self._save = save
         self._min_duration = min_duration
         self._max_duration = max_duration
@@ -97,14 +102,23 @@ class Batcher(Generic[Res]):
             raise TypeError(f"op must be a sync function resource -> resource, got {op!r}")
         assert self._keyed is not None
         item: _Op[Res] = _Op(op)
-        await self._keyed.tell(key, item)
+        self._waiting.add(item)
         try:
+            await self._keyed.tell(key, item)
             await item.done.wait()
         except BaseException:
             item.abandoned = True
             raise
+        finally:
+            self._waiting.discard(item)
         assert item.result is not None
         return item.result.unwrap()
+
+    def _answer_the_rest(self) -> None:
+        """The batcher is gone: answer every op still waiting (queued for a batch never run)."""
+        for item in list(self._waiting):
+            if not item.done.is_set():
+                item.answer(outcome.Error(ComponentClosed("the batcher closed before this op ran")))
 
     def stats(self) -> BatcherStats:
         """A snapshot of keys, batches and ops so far."""
@@ -171,7 +185,9 @@ class Batcher(Generic[Res]):
                 continue
             self._ops_total += 1
             try:
-                resource_after = op.fn(resource)
+                # a copy, so an op that changes the resource in place and then raises leaves
+                # nothing behind
+                resource_after = op.fn(resource if self._copy is None else self._copy(resource))
             except Exception as exc:
                 answers.append((op, outcome.Error(exc)))
             else:
@@ -201,17 +217,25 @@ async def open_batcher(
     max_duration: float | None = None,
     max_concurrent_io: int = 64,
     idle_timeout: float = 60.0,
+    mailbox_size: int = 10_000,
+    copy_resource: Callable[[Res], Res] | None = copy.deepcopy,
 ) -> AsyncIterator[Batcher[Res]]:
     """Open a batcher over ``load(key) -> resource`` and ``save(key, resource)``.
 
     ``min_duration`` (> 0): how long a batch accepts ops. ``max_duration`` (> ``min_duration``,
     default twice it): the deadline for ``load`` and ``save``, from the batch start.
     ``max_concurrent_io``: how many loads and saves may run at once across all keys, so a
-    burst of keys cannot open a thousand database connections.
+    burst of keys cannot open a thousand database connections. ``mailbox_size``: ops that may
+    wait for one key before further callers wait to send theirs (backpressure); a window
+    gathers at most this many ops, the rest go to the next batch. ``copy_resource``: each op
+    gets a copy of the resource (``copy.deepcopy`` by default), so an op that raises leaves
+    the resource exactly as it was even if it changed it in place; pass ``None`` when ops
+    never mutate the resource (ints, tuples, frozen attrs classes) to skip the copy.
     """
-    for fn, name in ((load, "load"), (save, "save")):
-        if not callable(fn):
-            raise TypeError(f"{name} must be an async function, got {fn!r}")
+    check_async_fn(load, "load")
+    check_async_fn(save, "save")
+    if copy_resource is not None and not callable(copy_resource):
+        raise TypeError(f"copy_resource must be a function or None, got {copy_resource!r}")
     min_duration = check_duration(min_duration, "min_duration", allow_zero=False)
     if max_duration is None:
         max_duration = 2 * min_duration
@@ -221,7 +245,13 @@ async def open_batcher(
             f"max_duration ({max_duration}) must be greater than min_duration ({min_duration})"
         )
     check_positive_int(max_concurrent_io, "max_concurrent_io")
-    batcher = Batcher(load, save, min_duration, max_duration, max_concurrent_io)
-    async with open_keyed(batcher._batch, idle_timeout=idle_timeout, name="batcher") as keyed:
-        batcher._keyed = keyed
-        yield batcher
+    check_positive_int(mailbox_size, "mailbox_size")
+    batcher = Batcher(load, save, min_duration, max_duration, max_concurrent_io, copy_resource)
+    try:
+        async with open_keyed(
+            batcher._batch, idle_timeout=idle_timeout, mailbox_size=mailbox_size, name="batcher"
+        ) as keyed:
+            batcher._keyed = keyed
+            yield batcher
+    finally:
+        batcher._answer_the_rest()

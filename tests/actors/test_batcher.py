@@ -250,3 +250,109 @@ async def test_bad_run_input_fails_at_once() -> None:
         with pytest.raises(TypeError, match="sync function"):
             await batcher.run("k", 3)  # type: ignore[arg-type]
     assert db.calls == []
+
+
+async def test_an_op_that_mutates_then_raises_leaves_the_resource_as_before(
+    autojump_clock: Any,
+) -> None:
+    saved: list[list[str]] = []
+
+    async def load(key: str) -> list[str]:
+        return []
+
+    async def save(key: str, value: list[str]) -> None:
+        saved.append(value)
+
+    def good(items: list[str]) -> list[str]:
+        items.append("good")
+        return items
+
+    def bad(items: list[str]) -> list[str]:
+        items.append("bad")
+        raise ValueError("changed my mind")
+
+    errors: list[str] = []
+
+    async def run(batcher: Any, fn: Any) -> None:
+        try:
+            await batcher.run("k", fn)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    async with open_batcher(load, save, min_duration=1.0) as batcher:
+        async with trio.open_nursery() as nursery:
+            for fn in [good, bad, good]:
+                nursery.start_soon(run, batcher, fn)
+                await trio.testing.wait_all_tasks_blocked()
+    assert errors == ["changed my mind"]
+    assert saved == [["good", "good"]]
+
+
+async def test_a_full_window_of_thousands_of_ops_is_one_batch(autojump_clock: Any) -> None:
+    db = FakeDb()
+    async with open_batcher(db.load, db.save, min_duration=0.1) as batcher:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3_000):
+                nursery.start_soon(batcher.run, "k", add(1))
+    assert [c[0] for c in db.calls] == ["load", "save"]
+    assert db.data == {"k": 3_000}
+    assert trio.current_time() == 0.1
+
+
+async def test_past_the_mailbox_size_senders_wait_for_the_next_batch(autojump_clock: Any) -> None:
+    db = FakeDb()
+    async with open_batcher(db.load, db.save, min_duration=1.0, mailbox_size=2) as batcher:
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(batcher.run, "k", add(1))
+    # the first op opens the batch, two fill the mailbox, two wait: two batches
+    assert [c[:2] for c in db.calls] == [("load", "k"), ("save", "k")] * 2
+    assert db.data == {"k": 5}
+
+
+async def test_default_max_duration_is_twice_min_duration(autojump_clock: Any) -> None:
+    db = FakeDb(load_delay=5.0)
+    async with open_batcher(db.load, db.save, min_duration=1.0) as batcher:
+        with pytest.raises(TimeoutError, match=r"max_duration=2\.0s"):
+            await batcher.run("k", add(1))
+        assert trio.current_time() == 2.0
+
+
+async def test_ops_still_queued_when_the_batcher_is_cancelled_are_answered(
+    autojump_clock: Any,
+) -> None:
+    db = FakeDb(save_delay=0.05)
+    outcomes: dict[str, str] = {}
+
+    async def op(name: str, at: float, batcher: Any) -> None:
+        await trio.sleep_until(at)
+        try:
+            await batcher.run("k", add(1))
+            outcomes[name] = "ok"
+        except ComponentClosed:
+            outcomes[name] = "closed"
+
+    async with trio.open_nursery() as outer:
+        with trio.move_on_after(0.13):
+            async with open_batcher(db.load, db.save, min_duration=0.1) as batcher:
+                outer.start_soon(op, "in the batch being saved", 0.0, batcher)
+                outer.start_soon(op, "queued for the next batch", 0.12, batcher)
+                await trio.sleep_forever()
+    assert outcomes == {"in the batch being saved": "closed", "queued for the next batch": "closed"}
+    assert trio.current_time() == 0.13
+
+
+async def _async_load(key: str) -> int:
+    return 0
+
+
+async def test_sync_load_or_save_is_refused_at_open() -> None:
+    def sync_load(key: str) -> int:
+        return 0
+
+    with pytest.raises(TypeError, match="load must be an async function"):
+        async with open_batcher(sync_load, FakeDb().save):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(TypeError, match="copy_resource"):
+        async with open_batcher(_async_load, FakeDb().save, copy_resource=3):  # type: ignore[arg-type]
+            pass
