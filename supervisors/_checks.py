@@ -66,6 +66,6 @@ def check_async_fn(fn: object, what: str) -> None:
     if inspect.isfunction(plain) or inspect.ismethod(plain) or inspect.isbuiltin(plain):
         raise TypeError(
             f"{what} must be an async function (async def), got the sync function "
-            f"{getattr(plain, '__qualname__', plain)!r}; pass the function itself and its "
-            "arguments separately, e.g. run(key, fn, arg1, arg2)"
+            f"{getattr(plain, '__qualname__', plain)!r}; pass an `async def` function itself "
+            "(not a call to it), with its arguments given separately"
         )
