@@ -29,6 +29,9 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.lanes
+	$(BIN)/python -m bench.batcher
+	$(BIN)/python -m bench.pool
+	$(BIN)/python -m bench.bus
 
 clean:
 	rm -rf $(VENV)
