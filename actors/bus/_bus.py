@@ -40,7 +40,7 @@ from .._clock import trio_clock
 from .._keyed import KeyedActors, KeyedStats, open_keyed
 from .._keys import check_key
 from ._builders import BatchBuilder, ChainBuilder, check_jobs
-from ._errors import BusClosed, BusError, DuplicateJob, Release, UnknownJobType
+from ._errors import BusClosed, BusError, DuplicateJob, NotFound, Release, UnknownJobType
 from ._events import Event, EventKind
 from ._middleware import CallNext, Middleware, check_middleware
 from ._model import (
@@ -68,6 +68,12 @@ H = TypeVar("H", bound=Handler)
 #: True in the bus's own tasks (workers, coordinators): their dispatches never wait for room,
 #: or a full bus could wait on itself.
 _INSIDE: ContextVar[bool] = ContextVar("actors.bus.inside", default=False)
+
+#: The coordinator key whose turn the current task holds, and that task (a callback that
+#: calls `Bus.cancel_batch` on its own batch runs inside that turn).
+_TURN: ContextVar[tuple[str, trio.lowlevel.Task] | None] = ContextVar(
+    "actors.bus.turn", default=None
+)
 
 _PRIVATE: Final = object()
 
@@ -135,6 +141,13 @@ class Bus:
         chain_id = await bus.chain(Job("reserve"), Job("charge")).catch(undo).dispatch()
         batch_id = await bus.batch(*jobs).progress(show).then(report).dispatch()
         await bus.wait_idle()
+
+    Durability: the store keeps chain and batch *state*; the jobs themselves wait in the
+    queues, and a `MemoryQueue` (the default) loses them if the process stops. A restarted
+    bus does not re-queue the unfinished batches and chains it finds in its store (a durable
+    queue is future work). Callbacks are recorded as claimed before they run: at most once
+    (not at all, or cut short, if the process dies mid-callback), never twice. They run only
+    in the process that built the chain or batch.
     """
 
     def __init__(
@@ -164,6 +177,9 @@ class Bus:
         self._call = self._compose(middleware)
         self._closed = False
         self._outstanding = 0
+        #: Dispatches under way (checked open, not returned yet): `wait_idle` waits for them
+        #: too, so no dispatch is accepted after the bus has gone idle and closed.
+        self._admitting = 0
         self._idle = trio.lowlevel.ParkingLot()  # wait_idle() callers
         self._room = trio.lowlevel.ParkingLot()
         #: Batches whose jobs not started yet must not start (workers check it).
@@ -173,6 +189,9 @@ class Bus:
         self._batches: dict[str, _BatchLocal] = {}
         self._chains: dict[str, _ChainLocal] = {}
         self._coordinators: KeyedActors[_Message, BatchState | None] | None = None
+        #: Each queue's synchronous ``put_nowait`` if it has one (`MemoryQueue` does): a
+        #: dispatch then queues without yielding, so its events come before the job's.
+        self._put_nowait = {name: _put_nowait(queue) for name, queue in queues.items()}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._outstanding} outstanding"
@@ -210,48 +229,59 @@ class Bus:
 
         Raises at once, and queues nothing, for: an unregistered type (`UnknownJobType`), an
         unknown queue (`ValueError`), a payload that is not JSON-serialisable (`TypeError`),
-        a repeat within ``unique_for`` (`DuplicateJob`).
+        a repeat within ``unique_for`` (`DuplicateJob`). Cancelled while it waits for room,
+        it queues (and claims) nothing; once the job is accepted the dispatch completes, and
+        the cancellation takes effect at the caller's next checkpoint.
         """
         self._check_open()
         if not isinstance(job, Job):
             raise TypeError(f"dispatch() takes an actors.bus.Job, got {type(job).__name__}")
+        self._admitting += 1
+        try:
+            return await self._dispatch(job)
+        finally:
+            self._admitted()
+
+    async def _dispatch(self, job: Job) -> DispatchResult:
         await trio.lowlevel.checkpoint_if_cancelled()
         dispatch_id = self._ids()
         observed = bool(self._observers)
+        queue = job.options.queue or self._default_queue
         if observed:
             started = trio.current_time()
             await self._emit(
-                EventKind.DISPATCH_STARTED,
-                dispatch_id=dispatch_id,
-                job_type=job.type,
-                queue=job.options.queue,
+                EventKind.DISPATCH_STARTED, dispatch_id=dispatch_id, job_type=job.type, queue=queue
             )
         try:
             record = self._record(job, None)
-            if job.options.unique_for is not None:
-                await self._claim_unique(record, job.options.unique_for)
             if self._outstanding >= self._max_pending:
                 await self._wait_room(1)
+            if job.options.unique_for is not None:
+                # Claimed last, just before queueing: a dispatch cancelled earlier claims nothing.
+                await self._claim_unique(record, job.options.unique_for)
         except BaseException as exc:
             if observed:
                 await self._emit(
                     EventKind.DISPATCH_FAILED,
                     dispatch_id=dispatch_id,
                     job_type=job.type,
-                    queue=job.options.queue,
+                    queue=queue,
                     error=exc,
                 )
             raise
-        await self._enqueue(self._queued(record, dispatch_id), record.delay)
-        if observed:
-            await self._emit(
-                EventKind.DISPATCH_SUCCEEDED,
-                dispatch_id=dispatch_id,
-                job_id=record.job_id,
-                job_type=job.type,
-                queue=record.queue,
-                duration=trio.current_time() - started,
-            )
+        # Accepted: queue it and report it, whatever happens to the caller meanwhile.
+        with trio.CancelScope(shield=True):
+            await self._enqueue(self._queued(record, dispatch_id), record.delay)
+            if observed:
+                await self._emit(
+                    EventKind.DISPATCH_SUCCEEDED,
+                    dispatch_id=dispatch_id,
+                    job_id=record.job_id,
+                    job_type=job.type,
+                    queue=record.queue,
+                    duration=trio.current_time() - started,
+                )
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return DispatchResult(dispatch_id=dispatch_id, job_id=record.job_id, queue=record.queue)
 
     def chain(self, *jobs: Job) -> ChainBuilder:
@@ -266,46 +296,65 @@ class Bus:
 
     async def _submit_chain(self, chain: ChainBuilder) -> str:
         self._check_open()
+        self._admitting += 1
+        try:
+            return await self._dispatch_chain(chain)
+        finally:
+            self._admitted()
+
+    async def _dispatch_chain(self, chain: ChainBuilder) -> str:
         await trio.lowlevel.checkpoint_if_cancelled()
         chain_id, dispatch_id = self._ids(), self._ids()
         ids: dict[str, Any] = {"dispatch_id": dispatch_id, "chain_id": chain_id}
         started = trio.current_time()
+        queue = chain.queue or self._default_queue
         if self._observers:
-            await self._emit(EventKind.DISPATCH_STARTED, queue=chain.queue, **ids)
+            await self._emit(EventKind.DISPATCH_STARTED, queue=queue, **ids)
         try:
             nodes = tuple(self._record(job, chain.queue) for job in chain.jobs)
-            queue = chain.queue or self._default_queue
             await self._wait_room(1)
             await self._store.create_chain(
                 ChainRecord(chain_id, dispatch_id, queue, nodes, self._clock())
             )
         except BaseException as exc:
             if self._observers:
-                await self._emit(EventKind.DISPATCH_FAILED, queue=chain.queue, error=exc, **ids)
+                await self._emit(EventKind.DISPATCH_FAILED, queue=queue, error=exc, **ids)
             raise
-        self._chains[chain_id] = _ChainLocal(chain, started)
-        if self._observers:
-            await self._emit(EventKind.CHAIN_STARTED, queue=queue, **ids)
-        first = nodes[0]
-        await self._enqueue(
-            self._queued(first, dispatch_id, chain_id=chain_id, chain_index=0), first.delay
-        )
-        if self._observers:
-            duration = trio.current_time() - started
-            await self._emit(EventKind.DISPATCH_SUCCEEDED, queue=queue, duration=duration, **ids)
+        # Stored: queue the first job and report, whatever happens to the caller meanwhile
+        # (a stored chain whose first job is never queued would never end).
+        with trio.CancelScope(shield=True):
+            self._chains[chain_id] = _ChainLocal(chain, started)
+            first = nodes[0]
+            await self._enqueue(
+                self._queued(first, dispatch_id, chain_id=chain_id, chain_index=0), first.delay
+            )
+            if self._observers:
+                await self._emit(EventKind.CHAIN_STARTED, queue=queue, **ids)
+                duration = trio.current_time() - started
+                await self._emit(
+                    EventKind.DISPATCH_SUCCEEDED, queue=queue, duration=duration, **ids
+                )
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return chain_id
 
     async def _submit_batch(self, batch: BatchBuilder) -> str:
         self._check_open()
+        self._admitting += 1
+        try:
+            return await self._dispatch_batch(batch)
+        finally:
+            self._admitted()
+
+    async def _dispatch_batch(self, batch: BatchBuilder) -> str:
         await trio.lowlevel.checkpoint_if_cancelled()
         batch_id, dispatch_id = self._ids(), self._ids()
         ids: dict[str, Any] = {"dispatch_id": dispatch_id, "batch_id": batch_id}
         started = trio.current_time()
+        queue = batch.queue or self._default_queue
         if self._observers:
-            await self._emit(EventKind.DISPATCH_STARTED, queue=batch.queue, **ids)
+            await self._emit(EventKind.DISPATCH_STARTED, queue=queue, **ids)
         try:
             jobs = tuple(self._record(job, batch.queue) for job in batch.jobs)
-            queue = batch.queue or self._default_queue
             await self._wait_room(len(jobs))
             await self._store.create_batch(
                 BatchRecord(
@@ -320,17 +369,21 @@ class Bus:
             )
         except BaseException as exc:
             if self._observers:
-                await self._emit(EventKind.DISPATCH_FAILED, queue=batch.queue, error=exc, **ids)
+                await self._emit(EventKind.DISPATCH_FAILED, queue=queue, error=exc, **ids)
             raise
-        self._batches[batch_id] = _BatchLocal(batch, started)
-        if self._observers:
-            await self._emit(EventKind.BATCH_STARTED, queue=queue, **ids)
-        await self._enqueue_many(
-            [(self._queued(job, dispatch_id, batch_id=batch_id), job.delay) for job in jobs]
-        )
-        if self._observers:
-            duration = trio.current_time() - started
-            await self._emit(EventKind.DISPATCH_SUCCEEDED, queue=queue, duration=duration, **ids)
+        # Stored: queue every job and report, whatever happens to the caller meanwhile.
+        with trio.CancelScope(shield=True):
+            self._batches[batch_id] = _BatchLocal(batch, started)
+            await self._enqueue_many(
+                [(self._queued(job, dispatch_id, batch_id=batch_id), job.delay) for job in jobs]
+            )
+            if self._observers:
+                await self._emit(EventKind.BATCH_STARTED, queue=queue, **ids)
+                duration = trio.current_time() - started
+                await self._emit(
+                    EventKind.DISPATCH_SUCCEEDED, queue=queue, duration=duration, **ids
+                )
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return batch_id
 
     def _record(self, job: Job, default_queue: str | None) -> JobRecord:
@@ -400,10 +453,16 @@ class Bus:
 
     def _done(self, n: int) -> None:
         self._outstanding -= n
-        if not self._outstanding and self._idle:
+        if not self._outstanding and not self._admitting and self._idle:
             self._idle.unpark_all()
         if self._room and self._outstanding <= self._max_pending // 2:
             self._room.unpark_all()
+
+    def _admitted(self) -> None:
+        """A dispatch returned (accepted or not)."""
+        self._admitting -= 1
+        if not self._outstanding and not self._admitting and self._idle:
+            self._idle.unpark_all()
 
     async def _wait_room(self, n: int) -> None:
         if _INSIDE.get():
@@ -412,11 +471,15 @@ class Bus:
             await self._room.park()
 
     async def _enqueue(self, job: QueuedJob, delay: float) -> None:
+        """Queue one job; without yielding if its queue has ``put_nowait``."""
         self._add(1)
+        at = trio.current_time() + delay if delay else None
         try:
-            await self._queues[job.queue].put(
-                (job,), at=trio.current_time() + delay if delay else None
-            )
+            put_nowait = self._put_nowait[job.queue]
+            if put_nowait is not None:
+                put_nowait((job,), at=at)
+            else:
+                await self._queues[job.queue].put((job,), at=at)
         except BaseException:
             self._done(1)
             raise
@@ -429,8 +492,13 @@ class Bus:
         now = trio.current_time()
         for (queue, delay), group in groups.items():
             self._add(len(group))
+            at = now + delay if delay else None
             try:
-                await self._queues[queue].put(group, at=now + delay if delay else None)
+                put_nowait = self._put_nowait[queue]
+                if put_nowait is not None:
+                    put_nowait(group, at=at)
+                else:
+                    await self._queues[queue].put(group, at=at)
             except BaseException:
                 self._done(len(group))
                 raise
@@ -438,38 +506,47 @@ class Bus:
     # ------------------------------------------------------------------ waiting, looking
 
     async def wait_idle(self) -> None:
-        """Wait until every accepted job, retry, chain step and callback has finished."""
+        """Wait until every accepted job, retry, chain step and callback has finished (and
+        every dispatch under way has returned)."""
         self._check_open()
-        if not self._outstanding:
+        if not self._outstanding and not self._admitting:
             await trio.lowlevel.checkpoint()
-        while self._outstanding:
+        while self._outstanding or self._admitting:
             await self._idle.park()
 
     async def find_batch(self, batch_id: str) -> BatchState:
         """The batch's current state from the store; `NotFound` (a `LookupError`) if unknown."""
         self._check_open()
-        check_key(batch_id, "batch_id")
+        _check_id(batch_id, "batch")
         return await self._store.get_batch(batch_id)
 
     async def find_chain(self, chain_id: str) -> ChainState:
         """The chain's current state from the store; `NotFound` (a `LookupError`) if unknown."""
         self._check_open()
-        check_key(chain_id, "chain_id")
+        _check_id(chain_id, "chain")
         return await self._store.get_chain(chain_id)
 
     async def cancel_batch(self, batch_id: str) -> BatchState:
         """Cancel the batch's jobs that have not started; return its state.
 
         Running jobs finish; ``finally_`` runs once they have. Cancelling a finished (or
-        already cancelled) batch does nothing. `NotFound` for an unknown id.
+        already cancelled) batch does nothing. `NotFound` for an unknown id. May be called
+        from the batch's own callbacks (``progress(state)`` cancelling on some condition).
         """
         self._check_open()
-        check_key(batch_id, "batch_id")
+        _check_id(batch_id, "batch")
         coordinators = self._coordinators
         assert coordinators is not None
+        key = "b:" + batch_id
+        turn = _TURN.get()
+        if turn is not None and turn[0] == key and turn[1] is trio.lowlevel.current_task():
+            # Called from this batch's own callback: its coordinator is us, mid-turn (asking
+            # it would wait for ourselves). Apply the cancel here, as the coordinator would.
+            update = await self._store.cancel_batch(batch_id, self._clock())
+            return await self._settle_batch(batch_id, update, ())
         self._add(1)
         try:
-            state = await coordinators.ask("b:" + batch_id, _CANCEL)
+            state = await coordinators.ask(key, _CANCEL)
         finally:
             self._done(1)
         assert state is not None
@@ -504,7 +581,20 @@ class Bus:
         handlers = self._handlers
 
         async def run_handler(ctx: JobContext) -> None:
-            await handlers[ctx.job_type](ctx)
+            # The timeout wraps the handler alone, innermost, so every middleware sees the
+            # attempt fail with TimeoutError (FailOnError can match it), never Cancelled.
+            timeout = ctx._flags.timeout
+            if timeout is None:
+                await handlers[ctx.job_type](ctx)
+                return
+            with trio.move_on_after(timeout) as scope:
+                await handlers[ctx.job_type](ctx)
+            # cancel_called, not cancelled_caught: a handler that swallowed the Cancelled
+            # and returned still ran out of time.
+            if scope.cancel_called:
+                raise TimeoutError(
+                    f"job {ctx.job_type!r} (attempt {ctx.attempt}) timed out after {timeout:g}s"
+                )
 
         call: CallNext = run_handler
         for mw in reversed(middleware):
@@ -542,6 +632,7 @@ class Bus:
             batch_id,
             job.queue,
         )
+        ctx._flags.timeout = job.timeout
         observed = bool(self._observers)
         if observed:
             await self._emit_job(EventKind.JOB_STARTED, job)
@@ -551,16 +642,7 @@ class Bus:
         try:
             if not known:
                 raise UnknownJobType(f"no handler is registered for job type {job.job_type!r}")
-            if job.timeout is None:
-                await self._call(ctx)
-            else:
-                with trio.move_on_after(job.timeout) as scope:
-                    await self._call(ctx)
-                if scope.cancelled_caught:
-                    raise TimeoutError(
-                        f"job {job.job_type!r} (attempt {job.attempt}) timed out "
-                        f"after {job.timeout:g}s"
-                    )
+            await self._call(ctx)
         except Release as release:
             await queue.put((job,), at=trio.current_time() + release.delay)
             return
@@ -631,6 +713,7 @@ class Bus:
 
     async def _coordinate(self, key: str, message: _Message) -> BatchState | None:
         token = _INSIDE.set(True)
+        turn = _TURN.set((key, trio.lowlevel.current_task()))
         try:
             if key.startswith("b:"):
                 return await self._coordinate_batch(key, key[2:], message)
@@ -638,6 +721,7 @@ class Bus:
             await self._coordinate_chain(key[2:], message)
             return None
         finally:
+            _TURN.reset(turn)
             _INSIDE.reset(token)
 
     async def _coordinate_batch(self, key: str, batch_id: str, message: _Message) -> BatchState:
@@ -716,9 +800,22 @@ class Bus:
         }
         progress = builder.progress_callback if builder is not None else None
         if update.progressed and (self._observers or progress is not None):
-            for step in update.progressed:
+            jobs = update.progressed_jobs
+            by_id = {m.job.job_id: m for m in messages} if self._observers else {}
+            for i, step in enumerate(update.progressed):
                 if self._observers:
-                    await self._emit(EventKind.BATCH_PROGRESSED, **common)
+                    done = by_id.get(jobs[i]) if i < len(jobs) else None
+                    if done is None:
+                        await self._emit(EventKind.BATCH_PROGRESSED, **common)
+                    else:
+                        await self._emit(
+                            EventKind.BATCH_PROGRESSED,
+                            job_id=done.job.job_id,
+                            job_type=done.job.job_type,
+                            attempt=done.job.attempt,
+                            error=done.error if done.outcome == "failed" else None,
+                            **common,
+                        )
                 if progress is not None:
                     await self._callback("batch", batch_id, "progress", progress, (step,), common)
         if builder is not None and first_error is not None and builder.catch_callback:
@@ -726,13 +823,16 @@ class Bus:
                 "batch", batch_id, "catch", builder.catch_callback, (state, first_error), common
             )
         if finished:
+            # Every job ran and succeeded: the batch completed, even if a cancel_batch came
+            # after the last one had started.
+            succeeded = state.failed == 0 and state.processed == state.total
             if self._observers:
                 if state.failed:
                     kind = EventKind.BATCH_FAILED
-                elif state.cancelled:
-                    kind = EventKind.BATCH_CANCELLED
-                else:
+                elif succeeded:
                     kind = EventKind.BATCH_COMPLETED
+                else:
+                    kind = EventKind.BATCH_CANCELLED
                 await self._emit(
                     kind,
                     duration=None if local is None else trio.current_time() - local.started_at,
@@ -740,7 +840,7 @@ class Bus:
                     **common,
                 )
             if builder is not None:
-                if builder.then_callback and not state.failed and not state.cancelled:
+                if builder.then_callback and succeeded:
                     await self._callback(
                         "batch", batch_id, "then", builder.then_callback, (state,), common
                     )
@@ -884,6 +984,26 @@ class Bus:
                 log.exception("bus observer %r raised on %s; ignored", observer, kind)
 
 
+def _put_nowait(queue: Queue) -> Callable[..., None] | None:
+    """``queue.put_nowait`` if the class that defines its ``put`` defines ``put_nowait`` too
+    (a subclass that overrides only ``put`` must still have its ``put`` called)."""
+    for cls in type(queue).__mro__:
+        if "put" in vars(cls):
+            if "put_nowait" in vars(cls):
+                put_nowait: Callable[..., None] = queue.put_nowait  # type: ignore[attr-defined]
+                return put_nowait
+            return None
+    return None
+
+
+def _check_id(value: object, what: str) -> None:
+    """A batch or chain id: a str (else TypeError); an empty one is simply not found."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what}_id must be a str, got {type(value).__name__}: {value!r}")
+    if not value:
+        raise NotFound(f"no {what} with an empty id; pass the id its dispatch() returned")
+
+
 def _check_queues(queues: object) -> dict[str, int]:
     if queues is None:
         return {"default": 4}
@@ -966,6 +1086,9 @@ async def open_bus(
                     await sup.start_child(f"worker {name} {i}", bus._worker, queue, shutdown=0)
             yield bus
             await bus.wait_idle()
+            # Closed with no checkpoint since wait_idle() saw the bus idle: a dispatch from
+            # outside now gets BusClosed instead of queueing a job no worker would run.
+            bus._closed = True
             await sup.shutdown()
     finally:
         bus._closed = True

@@ -55,6 +55,14 @@ def encode_payload(job_type: str, payload: object) -> str:
     """The payload as canonical JSON text (sorted keys), or `TypeError` saying what to pass."""
     if payload is None:
         return "null"
+    bad = _non_str_key(payload, [])
+    if bad is not None:
+        path, key = bad
+        raise TypeError(
+            f"the payload of job {job_type!r} has a dict key that is not a str: {key!r} "
+            f"({type(key).__name__}) in payload{path}; JSON keys are strings, so it would "
+            f"arrive changed. Use str keys (e.g. str({key!r}))"
+        )
     try:
         return json.dumps(
             payload, default=_to_json, sort_keys=True, allow_nan=False, separators=(",", ":")
@@ -64,6 +72,40 @@ def encode_payload(job_type: str, payload: object) -> str:
             f"the payload of job {job_type!r} is not JSON-serialisable ({exc}); pass dicts, "
             "lists, str, int, float (not NaN), bool, None or attrs instances of those"
         ) from None
+
+
+def _non_str_key(value: object, stack: list[object]) -> tuple[str, object] | None:
+    """The path (like ``['a'][0]``) and the first dict key that is not a str, if any.
+
+    ``json.dumps`` would turn ``{1: "a"}`` into ``{"1": "a"}`` silently (and fail on mixed
+    keys with a puzzling message), so the bus refuses such keys at dispatch.
+    """
+    if isinstance(value, str | int | float | bool) or value is None:
+        return None
+    items: Any
+    if isinstance(value, dict):
+        items, step = value.items(), "[{!r}]"
+    elif isinstance(value, list | tuple):
+        items, step = enumerate(value), "[{!r}]"
+    elif attrs.has(type(value)):
+        items = ((f.name, getattr(value, f.name)) for f in attrs.fields(type(value)))  # type: ignore[arg-type]
+        step = ".{}"
+    else:
+        return None  # json.dumps says what is wrong with it
+    if any(v is value for v in stack):
+        return None  # a cycle: json.dumps reports it
+    is_dict = isinstance(value, dict)
+    stack.append(value)
+    try:
+        for key, item in items:
+            if is_dict and not isinstance(key, str):
+                return "", key
+            found = _non_str_key(item, stack)
+            if found is not None:
+                return step.format(key) + found[0], found[1]
+    finally:
+        stack.pop()
+    return None
 
 
 def decode_payload(text: str) -> Any:
@@ -225,10 +267,12 @@ class QueuedJob:
 class _AttemptFlags:
     """Mutable flags one attempt's middleware shares with the worker (kept out of equality)."""
 
-    __slots__ = ("no_retry",)
+    __slots__ = ("no_retry", "timeout")
 
     def __init__(self) -> None:
         self.no_retry = False
+        #: The attempt's timeout, applied around the handler call (inside all middleware).
+        self.timeout: float | None = None
 
 
 @attrs.frozen

@@ -63,6 +63,11 @@ class Queue(Protocol):
 
     def stats(self) -> QueueStats: ...
 
+    # Optional: ``def put_nowait(self, jobs, *, at=None) -> None``, `put` without yielding,
+    # defined by the same class as `put`. The bus then queues a dispatch's jobs and reports
+    # the dispatch before any worker can start them (``dispatch_succeeded`` comes before
+    # ``job_started``). A subclass that overrides only `put` keeps having `put` called.
+
 
 class MemoryQueue:
     """The default queue: a deque of ready jobs and a heap of delayed ones, in one process.
@@ -96,6 +101,11 @@ class MemoryQueue:
 
     async def put(self, jobs: Sequence[QueuedJob], *, at: float | None = None) -> None:
         """Accept ``jobs`` now (never waits for room), then yield to the scheduler."""
+        self.put_nowait(jobs, at=at)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def put_nowait(self, jobs: Sequence[QueuedJob], *, at: float | None = None) -> None:
+        """Accept ``jobs`` now without yielding; workers run them once this task yields."""
         if at is None or at <= trio.current_time():
             self._ready.extend(jobs)
             if self._workers:
@@ -106,7 +116,6 @@ class MemoryQueue:
                 heapq.heappush(self._delayed, (at, next(self._seq), job))
             if earliest:
                 self._timer.unpark_all()
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def get(self) -> QueuedJob:
         """Wait for a ready job and return it; FIFO among ready jobs."""

@@ -285,6 +285,14 @@ class SQLiteStore:
     Uses WAL mode, so readers never block the writer. Several buses, in one process or many,
     may share the file.
 
+    What survives a restart is the *state* (chains, batches, callback records, unique keys),
+    not the work: jobs waiting in a `MemoryQueue` are lost if the process stops, and a
+    restarted bus does not re-queue the unfinished batches and chains it finds (a durable
+    queue is future work). Callbacks are recorded as claimed *before* they run, so a process
+    that dies mid-callback leaves it not run to the end: at most once, never twice. A
+    chain's or batch's callbacks run only in the process that built it (they are functions,
+    not stored).
+
     In tests, prefer the real clock (and a ``clock=`` you move by hand) to the autojump
     clock: while a thread works, the autojump clock sees every task blocked and jumps to the
     next timer, so Trio time races ahead.

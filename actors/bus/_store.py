@@ -67,6 +67,8 @@ class BatchUpdate:
     progressed: tuple[BatchState, ...] = ()
     """The state after each newly finished job (succeeded or failed), in order (unless
     `Store.record_batch` was asked for no progress)."""
+    progressed_jobs: tuple[str, ...] = ()
+    """The job id behind each entry of ``progressed``, in the same order."""
     first_failure: str | None = None
     """The job id of the batch's first failure, if this update recorded it."""
     cancelled_now: bool = False
@@ -205,6 +207,7 @@ class BatchUpdater:
         self.now = now
         self.track_progress = progress
         self.progressed: list[BatchState] = []
+        self.progressed_jobs: list[str] = []
         self.first_failure: str | None = None
         self.cancelled_now = False
         self.finished_now = False
@@ -226,6 +229,7 @@ class BatchUpdater:
             self._check_finished()
             if self.track_progress:
                 self.progressed.append(row.state())
+                self.progressed_jobs.append(outcome.job_id)
         else:
             self._check_finished()
 
@@ -247,6 +251,7 @@ class BatchUpdater:
         return BatchUpdate(
             state=self.row.state(),
             progressed=tuple(self.progressed),
+            progressed_jobs=tuple(self.progressed_jobs),
             first_failure=self.first_failure,
             cancelled_now=self.cancelled_now,
             finished_now=self.finished_now,

@@ -176,7 +176,8 @@ def check_batch(
         assert state.processed == state.total
     # Callbacks: each at most once; finally exactly once; then only on full success.
     assert calls[(owner, "finally")] == 1
-    assert calls[(owner, "then")] == (1 if not state.failed and not state.cancelled else 0)
+    succeeded = state.failed == 0 and state.processed == state.total
+    assert calls[(owner, "then")] == (1 if succeeded else 0)
     assert calls[(owner, "catch")] == (1 if state.failed else 0)
     assert tally.progress[owner] == list(range(1, state.processed + 1))
 
