@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from ._checks import check_async_fn
 from ._keys import check_key
 
 _JUST_BEFORE = timedelta(microseconds=1)
+_PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)  # a leap year: Feb 29 is found within a year
 
 
 def _check_now(now: object) -> datetime:
@@ -83,6 +84,13 @@ class Cron(_FunctionJob):
             )
         if tz is not None and not isinstance(tz, tzinfo):
             raise TypeError(f"tz must be a datetime.tzinfo or None, got {tz!r}")
+        try:  # a valid expression may still never match (Feb 31): find out now, not per tick
+            croniter(expression, _PROBE_START).get_next(datetime)
+        except CroniterError as exc:
+            raise ValueError(
+                f"cron expression {expression!r} never fires ({exc}): "
+                "check that its day and month can meet, e.g. '0 0 28 2 *' rather than '0 0 31 2 *'"
+            ) from None
         super().__init__(fn, args, id)
         self.expression = expression
         self.tz = tz

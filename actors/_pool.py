@@ -60,8 +60,8 @@ class _MapSlot:
     def deliver(self, result: outcome.Outcome[Any]) -> None:
         self.result = result
         owner = self.owner
-        if owner._wake is not None and owner._pending[0] is self:
-            owner._wake.set()
+        if owner._head_wait is not None and owner._pending[0] is self:
+            owner._head_wait.cancel()  # the reader stops filling and takes this result
 
 
 def _check_policy(retry: object) -> RetryPolicy | None:
@@ -217,9 +217,14 @@ class Pool:
 
 
 class _PoolMap(Generic[T, R]):
-    """The async iterator `Pool.map` returns: starts items lazily, yields them in order."""
+    """The async iterator `Pool.map` returns: starts items lazily, yields them in order.
 
-    __slots__ = ("_done", "_fn", "_items", "_pending", "_policy", "_pool", "_wake", "_window")
+    While the reader waits for the head item it also waits for slots to start the items
+    after it (up to the window); the head's delivery cancels that wait, so a ready result is
+    yielded at once. When the head is ready the window is refilled only from free slots.
+    """
+
+    __slots__ = ("_done", "_fn", "_head_wait", "_items", "_pending", "_policy", "_pool", "_window")
 
     def __init__(
         self,
@@ -235,54 +240,79 @@ class _PoolMap(Generic[T, R]):
         self._pending: deque[_MapSlot] = deque()
         self._window = 2 * pool.limit
         self._done = False
-        self._wake: trio.Event | None = None  # set while the reader waits for the head item
+        self._head_wait: trio.CancelScope | None = None  # while the reader waits for the head
 
     def __aiter__(self) -> _PoolMap[T, R]:
         return self
 
-    async def __anext__(self) -> R:
+    def _start_next(self, token: object) -> None:
+        """Start the next item under ``token`` (a slot already taken), or give the slot back."""
+        assert self._items is not None
         pool = self._pool
+        try:
+            item = next(self._items)
+        except BaseException as exc:
+            pool._limiter.release_on_behalf_of(token)
+            self._items = None
+            if not isinstance(exc, StopIteration):
+                self._done = True
+                raise
+            return
+        slot = _MapSlot(self)
+        self._pending.append(slot)
+        pool._submitted_total += 1
+        pool._nursery.start_soon(pool._run, token, self._fn, (item,), self._policy, slot)
+
+    async def _fill(self) -> None:
+        """Start items as slots free up until the window is full or the items ran out."""
+        # Take the slot first, then the item: a cancel while waiting loses no item.
+        while self._items is not None and len(self._pending) < self._window:
+            token = object()
+            await self._pool._limiter.acquire_on_behalf_of(token)
+            self._start_next(token)
+
+    def _fill_nowait(self) -> None:
+        """Start items on the slots free right now, without waiting for more."""
+        limiter = self._pool._limiter
+        while self._items is not None and len(self._pending) < self._window:
+            token = object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(token)
+            except trio.WouldBlock:
+                return
+            self._start_next(token)
+
+    async def __anext__(self) -> R:
         if self._done:
             await trio.lowlevel.checkpoint()
             raise StopAsyncIteration
-        pool._check_open()
+        self._pool._check_open()
         checkpointed = False
-        while self._items is not None and len(self._pending) < self._window:
-            token = object()
-            # Take the slot first, then the item: a cancel while waiting loses no item.
-            await pool._limiter.acquire_on_behalf_of(token)
+        if not self._pending and self._items is not None:
+            token = object()  # nothing started to wait for: wait for a slot for the next item
+            await self._pool._limiter.acquire_on_behalf_of(token)
             checkpointed = True
-            try:
-                item = next(self._items)
-            except BaseException as exc:
-                pool._limiter.release_on_behalf_of(token)
-                self._items = None
-                if not isinstance(exc, StopIteration):
-                    self._done = True
-                    raise
-                if self._pending:
-                    break
-                self._done = True
-                raise StopAsyncIteration from None
-            slot = _MapSlot(self)
-            self._pending.append(slot)
-            pool._submitted_total += 1
-            pool._nursery.start_soon(pool._run, token, self._fn, (item,), self._policy, slot)
+            self._start_next(token)
         if not self._pending:
             self._done = True
-            await trio.lowlevel.checkpoint()
+            if not checkpointed:
+                await trio.lowlevel.checkpoint()
             raise StopAsyncIteration
         slot = self._pending[0]
         if slot.result is None:
-            self._wake = trio.Event()
-            try:
-                await self._wake.wait()
-            finally:
-                self._wake = None
-        elif not checkpointed:
+            with trio.CancelScope() as head_wait:  # cancelled by the head's delivery
+                self._head_wait = head_wait
+                try:
+                    await self._fill()
+                    await trio.sleep_forever()
+                finally:
+                    self._head_wait = None
+            checkpointed = True
+        assert slot.result is not None
+        self._fill_nowait()
+        if not checkpointed:
             await trio.lowlevel.checkpoint()
         self._pending.popleft()
-        assert slot.result is not None
         try:
             value: R = slot.result.unwrap()
         except BaseException:

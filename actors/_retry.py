@@ -133,8 +133,8 @@ class RetryPolicy:
 
     def base_delay(self, retry: int) -> float:
         """The wait before retry ``retry`` (1, 2, ...) without jitter."""
-        if self.kind == "none":
-            return 0.0
+        if self.kind == "none" or self.initial_delay == 0:
+            return 0.0  # also keeps 0 * inf (an overflowing factor ** n) from becoming max_delay
         if self.kind == "linear":
             delay = self.initial_delay * retry
         else:
@@ -160,12 +160,19 @@ class Retry(ActorsError):
     ``RetryPolicy.exponential()``). Attempts count across policies. When the attempts run out
     the pool records ``exc`` itself, never this wrapper.
 
+    A `Retry` of a `Retry` is flattened here: ``exception`` is the innermost non-`Retry`
+    exception, and ``policy`` is the outer one's if given (it was raised last), else the
+    nearest inner one's.
+
     >>> async def fetch(url):
     ...     try:
     ...         return await get(url)
     ...     except TimeoutError as exc:
     ...         raise Retry(exc, RetryPolicy.linear(max_attempts=4)) from exc
     """
+
+    exception: Exception
+    policy: RetryPolicy | None
 
     def __init__(self, exception: Exception, policy: RetryPolicy | None = None) -> None:
         if not isinstance(exception, Exception):
@@ -174,6 +181,9 @@ class Retry(ActorsError):
             )
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise TypeError(f"policy must be a RetryPolicy or None, got {policy!r}")
+        if isinstance(exception, Retry):  # already flat: its own exception is never a Retry
+            policy = policy if policy is not None else exception.policy
+            exception = exception.exception
         super().__init__(exception, policy)
         self.exception = exception
         """The exception that failed this attempt; what the pool records if it gives up."""

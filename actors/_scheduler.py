@@ -14,6 +14,7 @@ have finished, so ticks may complete out of order.
 
 from __future__ import annotations
 
+import inspect
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -87,7 +88,8 @@ class JobResult:
     value: Any = None
     """What ``run()`` returned (``None`` when ``error`` is set)."""
     error: ActorsError | None = None
-    """`JobCrashed`, `SkippedDuplicate` or `NotStarted`; ``None`` if the job succeeded."""
+    """`JobCrashed`, `SkippedDuplicate`, `NotStarted`, or `ComponentClosed` for a run cut off
+    because the scheduler was cancelled; ``None`` if the job succeeded."""
 
     @property
     def ok(self) -> bool:
@@ -170,12 +172,18 @@ class _Results:
 
 def _check_job(job: object) -> ScheduledJob:
     job_id = getattr(job, "id", None)
-    if job_id is None or not callable(getattr(job, "is_due", None)):
+    is_due = getattr(job, "is_due", None)
+    if job_id is None or not callable(is_due):
         raise TypeError(
             f"a scheduled job needs `id`, `is_due(now)` and `async run()`, got {job!r}; "
             "for a plain async function use Cron(expr, fn) or Every(seconds, fn)"
         )
     check_key(job_id, "job id")
+    if inspect.iscoroutinefunction(is_due) or inspect.isasyncgenfunction(is_due):
+        raise TypeError(
+            f"is_due of job {job_id!r} must be a plain (sync) method returning a bool, "
+            "not `async def`: the ticker asks every job at once and cannot wait for it"
+        )
     check_async_fn(getattr(job, "run", None), f"run of job {job_id!r}")
     return job  # type: ignore[return-value]  # checked member by member above
 
@@ -207,6 +215,7 @@ class Scheduler:
         self._ticks_total = 0
         self._dedupe_skips_total = 0
         self._dropped_results_total = 0
+        self._open_ticks: set[_Tick] = set()  # ticks with jobs not yet ended
         self._closing = False
         self._closed = False
 
@@ -253,7 +262,7 @@ class Scheduler:
             if len(set(ids)) != len(ids):
                 raise ValueError(f"run_now() got two jobs with the same id: {ids}")
         tick = self._start_tick(self._now(), batch, publish=False)
-        await tick.done.wait()
+        await tick.done.wait()  # set by _finish, at the latest when the scheduler goes away
         assert tick.result is not None
         return tick.result
 
@@ -290,6 +299,8 @@ class Scheduler:
                 next_us = self._last_tick_us + interval
             await trio.sleep((next_us - now_us) / 1_000_000)
             self._last_tick_us = next_us
+            if self._closing:
+                continue  # shutting down: the supervisor stops this task next
             tick_time = _EPOCH + timedelta(microseconds=next_us)
             self._start_tick(tick_time, list(self._jobs.values()), publish=True)
             now_us = self._micros(self._now())
@@ -317,7 +328,15 @@ class Scheduler:
         for job in jobs:
             job_id = job.id
             try:
-                due = bool(job.is_due(time))
+                answer = job.is_due(time)
+                if inspect.isawaitable(answer):
+                    if inspect.iscoroutine(answer):
+                        answer.close()  # never awaited, on purpose: no RuntimeWarning
+                    raise TypeError(
+                        f"is_due of job {job_id!r} returned an awaitable; "
+                        "it must be a plain (sync) method returning a bool"
+                    )
+                due = bool(answer)
             except Exception as exc:
                 tick.order.append(job_id)
                 tick.results[job_id] = JobResult(error=JobCrashed(job_id, exc))
@@ -334,6 +353,7 @@ class Scheduler:
             tick.pending += 1
             self._queue.append((tick, job))
         if tick.pending:
+            self._open_ticks.add(tick)
             self._dispatch()
         else:
             self._finish(tick)
@@ -341,6 +361,9 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         """Start queued jobs, oldest first, while slots are free."""
+        if self._closing:
+            self._drop_queue()
+            return
         while self._queue and self._in_flight < self._limit:
             tick, job = self._queue.popleft()
             self._in_flight += 1
@@ -348,6 +371,7 @@ class Scheduler:
 
     async def _run_job(self, tick: _Tick, job: ScheduledJob) -> None:
         job_id = job.id
+        result: JobResult | None = None
         try:
             value = await job.run()
         except Exception as exc:
@@ -358,6 +382,10 @@ class Scheduler:
             self._in_flight -= 1
             if self._dedupe:
                 self._in_flight_ids.discard(job_id)
+            if result is None:
+                # Cancelled (the scheduler is going away) or a BaseException on its way out:
+                # the tick still gets this job's result, so no `run_now` caller waits forever.
+                self._record(tick, job_id, JobResult(error=_cut_off(job_id)))
         self._record(tick, job_id, result)
         self._dispatch()
 
@@ -368,6 +396,7 @@ class Scheduler:
             self._finish(tick)
 
     def _finish(self, tick: _Tick) -> None:
+        self._open_ticks.discard(tick)
         results = {job_id: tick.results[job_id] for job_id in tick.order}
         tick.result = TickResult(tick.time, results)
         tick.done.set()
@@ -391,10 +420,31 @@ class Scheduler:
     def _begin_close(self) -> None:
         """Graceful shutdown: no new ticks; waiting jobs end `NotStarted`; running ones finish."""
         self._closing = True
+        self._drop_queue()
+
+    def _drop_queue(self) -> None:
         queue, self._queue = self._queue, deque()
         for tick, job in queue:
             self._in_flight_ids.discard(job.id)
             self._record(tick, job.id, JobResult(error=NotStarted(job.id)))
+
+    def _finish_all(self) -> None:
+        """The scheduler is gone: finish every tick still open, whatever way it ended.
+
+        Waiting jobs are `NotStarted`; a job without a result by now was cut off. After this
+        no `run_now` caller (possibly outside the block) is left waiting.
+        """
+        self._begin_close()
+        for tick in list(self._open_ticks):
+            for job_id in tick.order:
+                if job_id not in tick.results:
+                    tick.results[job_id] = JobResult(error=_cut_off(job_id))
+            tick.pending = 0
+            self._finish(tick)
+
+
+def _cut_off(job_id: str) -> ComponentClosed:
+    return ComponentClosed(f"the scheduler was cancelled while job {job_id!r} ran")
 
 
 @asynccontextmanager
@@ -415,7 +465,9 @@ async def open_scheduler(
 
     Leaving the block stops the ticks, reports the jobs still waiting for a slot as
     `NotStarted`, waits for the running ones, and publishes the last ticks; cancelling the
-    enclosing scope stops everything at once.
+    enclosing scope stops everything at once: the running jobs are reported with a
+    `ComponentClosed` error, the waiting ones `NotStarted`, and their ticks are still
+    published (and returned to `Scheduler.run_now` callers).
     """
     check_positive_int(limit, "limit")
     if not isinstance(dedupe, bool):
@@ -454,5 +506,6 @@ async def open_scheduler(
                 sched._begin_close()
     finally:
         if sched is not None:
+            sched._finish_all()
             sched._closed = True
             sched._send.close()

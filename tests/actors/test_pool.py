@@ -243,6 +243,24 @@ async def test_attempts_count_across_retry_and_submit_policies(
     assert [str(e) for e in pool.errors] == ["plain 5"]
 
 
+async def test_nested_retry_records_the_innermost_error_under_the_outer_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times: list[float] = []
+    cause = ValueError("inner")
+
+    async def task() -> None:
+        times.append(trio.current_time())
+        inner = Retry(cause, RetryPolicy.linear(max_attempts=5, initial_delay=1.0))
+        raise Retry(inner, RetryPolicy.none(max_attempts=2))
+
+    async with open_pool(limit=1) as pool:
+        await pool.submit(task)
+    assert gaps(times) == [0.0]  # the outer policy (raised last) decides
+    assert pool.errors == [cause]
+    assert pool.errors[0] is cause
+
+
 async def test_retry_policy_with_fewer_attempts_than_used_gives_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -280,6 +298,26 @@ async def test_map_yields_in_input_order_under_the_limit(
     assert gauge.most == 3
     assert pool.outputs == []  # map results go to the iterator only
     assert pool.stats().submitted_total == len(items)
+
+
+async def test_map_yields_a_ready_result_without_waiting_for_a_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gauge = Gauge()
+
+    async def task(seconds: int) -> int:
+        with gauge:
+            await trio.sleep(seconds)
+        return seconds
+
+    t0 = trio.current_time()
+    got: list[tuple[int, float]] = []
+    async with open_pool(limit=2) as pool:
+        async for value in pool.map(task, [1, 1, 50, 50, 50]):
+            got.append((value, trio.current_time() - t0))
+    # the 2nd result is ready at 1: it is not held back while the 3rd item waits for a slot
+    assert got == [(1, 1.0), (1, 1.0), (50, 51.0), (50, 51.0), (50, 101.0)]
+    assert gauge.most == 2
 
 
 async def test_map_raises_at_the_failed_items_place(autojump_clock: trio.testing.MockClock) -> None:
@@ -335,11 +373,17 @@ async def test_map_runs_at_most_two_limits_ahead_of_the_reader(
     async with open_pool(limit=2) as pool:
         results = pool.map(task, range(100))
         assert await results.__anext__() == 0
+        # result 0 is yielded as soon as it is ready, so how far ahead it got depends on
+        # which tasks ran first; never beyond the window of 2 * limit = 4 items
+        ahead = pool.stats().submitted_total
+        assert 3 <= ahead <= 4
         await trio.sleep(100)  # a slow reader: nothing more starts meanwhile
-        assert started == [0, 1, 2, 3]
+        assert pool.stats().submitted_total == ahead
+        # (tasks started at the same instant begin in any order: compare the sets)
+        assert sorted(started) == list(range(ahead))
         assert await results.__anext__() == 1
         await trio.sleep(1)
-        assert started == [0, 1, 2, 3, 4]
+        assert sorted(started) == [0, 1, 2, 3, 4]  # the window refilled from free slots
 
 
 async def test_map_propagates_an_error_from_the_input_iterator(

@@ -40,6 +40,15 @@ def test_huge_retry_numbers_are_capped_not_overflowing() -> None:
     assert RetryPolicy.exponential(max_delay=math.inf).delay(5_000) == math.inf
 
 
+def test_zero_initial_delay_stays_zero_even_when_the_factor_overflows() -> None:
+    policy = RetryPolicy.exponential(
+        max_attempts=1000, initial_delay=0.0, factor=10.0, max_delay=10.0
+    )
+    assert policy.delay(500) == 0.0  # 10.0 ** 499 overflows; 0 * anything is still 0
+    assert policy.delay(1) == 0.0
+    assert RetryPolicy.linear(initial_delay=0.0, max_delay=math.inf).delay(10**6) == 0.0
+
+
 def test_jitter_draws_between_half_and_all_reproducibly() -> None:
     policy = RetryPolicy.exponential(
         initial_delay=1.0, max_delay=8.0, jitter=True, rng=random.Random(3)
@@ -95,3 +104,16 @@ def test_retry_wraps_an_exception_and_an_optional_policy() -> None:
         Retry("flaky")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Retry(cause, policy=3)  # type: ignore[arg-type]
+
+
+def test_a_retry_of_a_retry_is_flattened() -> None:
+    cause = OSError("flaky")
+    inner_policy = RetryPolicy.linear(max_attempts=4)
+    outer_policy = RetryPolicy.none(max_attempts=2)
+    outer = Retry(Retry(cause, inner_policy), outer_policy)
+    assert outer.exception is cause  # the innermost non-Retry exception
+    assert outer.policy is outer_policy  # the one raised last wins
+    inherited = Retry(Retry(Retry(cause, inner_policy)))
+    assert inherited.exception is cause
+    assert inherited.policy is inner_policy  # no outer policy: the nearest inner one
+    assert Retry(Retry(cause)).policy is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -121,16 +122,20 @@ async def test_default_clock_is_the_wall_clock_advanced_by_trio(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     before = datetime.now(UTC)
+    t0 = trio.current_time()
     job = FakeJob("a")
     async with open_scheduler() as sched:
         sched.add(job)
         await trio.sleep(130)
     times = [now for now, _ in job.asked]
-    assert len(times) == 2
+    # the first tick falls within the first minute; a third one too if it came by second 10
+    first_tick_at = job.asked[0][1] - t0
+    assert 0 < first_tick_at <= 60
+    assert len(times) == (3 if first_tick_at <= 10 else 2)
     assert times[0] > before
     assert times[0] - before <= timedelta(seconds=61)
     assert (times[0].second, times[0].microsecond) == (0, 0)
-    assert times[1] - times[0] == timedelta(minutes=1)
+    assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(times))
 
 
 async def test_tick_results_are_published_when_all_their_jobs_end(
@@ -323,7 +328,44 @@ async def test_cancelling_the_enclosing_scope_stops_at_once(
             sched.add(job)
             await trio.sleep_forever()
     assert trio.current_time() - t0 == 45
-    assert [tick async for tick in sched.results()] == []
+    assert job.started == [t0 + 30]
+    # the 00:01 tick is still reported once, its cut-off job with a clear error
+    [tick] = [tick async for tick in sched.results()]
+    assert tick.time == at(1)
+    error = tick["j"].error
+    assert isinstance(error, ComponentClosed)
+    assert "cancelled while job 'j' ran" in str(error)
+
+
+async def test_run_now_from_outside_returns_when_the_scheduler_is_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    t0 = trio.current_time()
+    running = FakeJob("running", duration=10, value="never")
+    waiting = FakeJob("waiting", duration=10, value="never")
+    got: list[tuple[float, TickResult]] = []
+
+    async def caller(sched: Scheduler) -> None:
+        tick = await sched.run_now([running, waiting])
+        got.append((trio.current_time() - t0, tick))
+
+    with trio.fail_after(100):  # a run_now left waiting forever fails here, not hangs
+        async with trio.open_nursery() as outer:
+            with trio.move_on_after(3):
+                async with open_scheduler(limit=1, clock=actors.trio_clock(START)) as sched:
+                    outer.start_soon(caller, sched)  # waits outside the scheduler's block
+                    await trio.sleep_forever()
+    assert trio.current_time() - t0 == 3
+    [(returned_at, tick)] = got
+    assert returned_at == 3
+    assert running.started == [t0]
+    assert waiting.started == []
+    cut_off = tick["running"].error
+    assert isinstance(cut_off, ComponentClosed)
+    assert str(cut_off) == "the scheduler was cancelled while job 'running' ran"
+    assert isinstance(tick["waiting"].error, NotStarted)
+    assert sched.stats().in_flight == 0
+    assert [t async for t in sched.results()] == []  # run_now ticks are never published
 
 
 async def test_body_exception_is_not_wrapped(autojump_clock: trio.testing.MockClock) -> None:
@@ -484,6 +526,18 @@ def test_invalid_cron_expressions_fail_at_once(expression: str) -> None:
         Cron(expression, boom)
 
 
+@pytest.mark.parametrize("expression", ["0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6,9,11 *"])
+def test_cron_expressions_that_never_fire_fail_at_once(expression: str) -> None:
+    with pytest.raises(ValueError, match="never fires"):
+        Cron(expression, boom)
+
+
+def test_cron_that_fires_only_in_leap_years_is_accepted() -> None:
+    leap = Cron("0 0 29 2 *", boom, id="leap")
+    assert not leap.is_due(at(0))
+    assert leap.is_due(datetime(2024, 2, 29, tzinfo=UTC))
+
+
 async def test_every_job_fires_first_then_after_each_period(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -556,6 +610,40 @@ async def test_add_remove_and_bad_jobs(autojump_clock: trio.testing.MockClock) -
             sched.add(SyncRun())  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="same id"):
             await sched.run_now([FakeJob("x"), FakeJob("x")])
+
+
+async def test_async_is_due_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    class AsyncDue:
+        id = "async-due"
+
+        async def is_due(self, now: datetime) -> bool:
+            return False
+
+        async def run(self) -> str:
+            return "ran"
+
+    async with open_scheduler(clock=actors.trio_clock(START)) as sched:
+        with pytest.raises(TypeError, match=r"is_due .* must be a plain \(sync\) method"):
+            sched.add(AsyncDue())  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"plain \(sync\)"):
+            await sched.run_now([AsyncDue()])  # type: ignore[list-item]
+        assert sched.stats().ticks_total == 0
+
+
+async def test_is_due_returning_an_awaitable_is_reported_not_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def answer() -> bool:
+        return False
+
+    job = FakeJob("sneaky", due=lambda now: answer())  # type: ignore[arg-type,return-value]
+    async with open_scheduler(clock=actors.trio_clock(START)) as sched:
+        tick = await sched.run_now([job])
+    assert job.started == []
+    crash = tick["sneaky"].error
+    assert isinstance(crash, JobCrashed)
+    assert isinstance(crash.exception, TypeError)
+    assert "plain (sync) method" in str(crash.exception)
 
 
 @pytest.mark.parametrize(
