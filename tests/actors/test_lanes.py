@@ -50,7 +50,7 @@ async def test_different_keys_run_in_parallel(autojump_clock: Any) -> None:
     assert ends == [1.0] * 10
 
 
-async def test_exception_reaches_caller_unchanged_and_lane_goes_on() -> None:
+async def test_exception_reaches_caller_unchanged_and_lane_goes_on(autojump_clock: Any) -> None:
     boom = KeyError("boom")
 
     async def fail() -> None:
