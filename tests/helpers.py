@@ -16,3 +16,18 @@ def task_count() -> int:
     root = trio.lowlevel.current_root_task()
     assert root is not None
     return count(root)
+
+
+class Gauge:
+    """Counts what runs at once (``with gauge:`` around it) and remembers the most."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    def __enter__(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        self.now -= 1

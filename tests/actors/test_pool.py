@@ -12,21 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import ComponentClosed, Pool, Retry, RetryPolicy, open_pool
-
-
-class Gauge:
-    """Counts tasks running at once and remembers the most."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.most = 0
-
-    def __enter__(self) -> None:
-        self.now += 1
-        self.most = max(self.most, self.now)
-
-    def __exit__(self, *exc: object) -> None:
-        self.now -= 1
+from tests.helpers import Gauge
 
 
 async def sleep_and_return(seconds: float, value: Any = None) -> Any:

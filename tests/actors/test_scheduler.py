@@ -25,27 +25,13 @@ from actors import (
     TickResult,
     open_scheduler,
 )
+from tests.helpers import Gauge
 
 START = datetime(2024, 1, 1, 0, 0, 30, tzinfo=UTC)
 
 
 def at(minute: int, second: int = 0) -> datetime:
     return datetime(2024, 1, 1, 0, minute, second, tzinfo=UTC)
-
-
-class Gauge:
-    """Counts jobs running at once and remembers the most."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.most = 0
-
-    def __enter__(self) -> None:
-        self.now += 1
-        self.most = max(self.most, self.now)
-
-    def __exit__(self, *exc: object) -> None:
-        self.now -= 1
 
 
 def always(now: datetime) -> bool:
