@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from supervisors._unwrap import raise_unwrapped
+
 
 @asynccontextmanager
 async def open_component_nursery() -> AsyncIterator[trio.Nursery]:
@@ -29,10 +31,4 @@ async def open_component_nursery() -> AsyncIterator[trio.Nursery]:
                 raised = exc
                 raise
     except BaseExceptionGroup as group:
-        if raised is None or len(group.exceptions) != 1 or group.exceptions[0] is not raised:
-            raise
-        context = raised.__context__
-        try:
-            raise raised  # the group was only Trio's wrapper around this exception
-        finally:
-            raised.__context__ = context
+        raise_unwrapped(group, raised)

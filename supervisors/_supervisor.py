@@ -16,6 +16,7 @@ from ._checks import check_async_fn, check_choice, check_count, check_seconds
 from ._child import _CURRENT_RUN, ChildInfo, _Child, _current_run, _Run, _StartedStatus, _State
 from ._errors import RestartIntensityExceeded, SupervisorClosed
 from ._events import SupervisorEvent, SupervisorEventKind
+from ._unwrap import raise_unwrapped
 
 logger = logging.getLogger("supervisors")
 
@@ -791,14 +792,7 @@ async def open_supervisor(
                     raise
             sup._manager_scope.cancel()  # only the (shielded) manager task is left
     except BaseExceptionGroup as group:
-        # Trio wraps the block's own exception in a group; give it back as itself.
-        if raised is None or len(group.exceptions) != 1 or group.exceptions[0] is not raised:
-            raise
-        context = raised.__context__
-        try:
-            raise raised  # the group was only Trio's wrapper around this exception
-        finally:
-            raised.__context__ = context
+        raise_unwrapped(group, raised)
     finally:
         sup._closed = True
         sup._stopped.set()
