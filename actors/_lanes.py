@@ -56,6 +56,13 @@ class Lanes:
 
     def __init__(self, keyed: KeyedActors[_Job, Any]) -> None:
         self._keyed = keyed
+        self._checked: object = None  # the last async_fn that passed the check
+
+    def _check_fn(self, async_fn: object) -> None:
+        # Callers usually send the same function again and again: check it once, not per job.
+        if async_fn is not self._checked:
+            check_async_fn(async_fn, "async_fn")
+            self._checked = async_fn
 
     async def run(self, key: str, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await async_fn(*args)`` after the jobs sent to ``key`` before; return its result.
@@ -63,7 +70,7 @@ class Lanes:
         The job's exception is raised here unchanged and the lane goes on. Cancelled while
         queued: the job never runs. Cancelled while running: the job is cancelled.
         """
-        check_async_fn(async_fn, "async_fn")
+        self._check_fn(async_fn)
         result: T = await self._keyed.ask(key, (async_fn, args))
         return result
 
@@ -78,7 +85,7 @@ class Lanes:
         """
         if isinstance(keys, str):
             raise TypeError("run_multi() takes a list of keys; for one key use run(key, ...)")
-        check_async_fn(async_fn, "async_fn")
+        self._check_fn(async_fn)
         async with self._keyed.hold(keys):
             return await async_fn(*args)
 
