@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import ComponentClosed, KeyedStats, open_keyed
+from actors import ActorCrashed, ComponentClosed, KeyedStats, open_keyed
 
 
 async def test_told_messages_are_handled_in_order_per_key(autojump_clock: Any) -> None:
@@ -139,3 +139,44 @@ async def test_bad_arguments() -> None:
             await keyed.tell("", 1)
         with pytest.raises(TypeError, match="must be a str"):
             await keyed.ask(3, 1)  # type: ignore[arg-type]
+
+
+async def test_key_task_machinery_crash_is_restarted_not_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in our own key task (not a handler's exception) fails that message, restarts."""
+    from actors import _reply
+
+    real_run = _reply.Reply.run
+    calls = 0
+
+    async def flaky_run(self: Any, fn: Any, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in the keyed machinery")
+        await real_run(self, fn, *args)
+
+    monkeypatch.setattr(_reply.Reply, "run", flaky_run)
+    results: list[object] = []
+
+    async def handler(key: str, message: float) -> float:
+        await trio.sleep(message)
+        return message
+
+    async def call() -> None:
+        try:
+            results.append(await keyed.ask("k", 0))
+        except ActorCrashed as exc:
+            results.append(exc)
+
+    async with open_keyed(handler) as keyed, trio.open_nursery() as nursery:
+        await keyed.tell("k", 0.01)
+        for _ in range(3):
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+    assert isinstance(results[0], ActorCrashed)
+    assert isinstance(results[0].__cause__, RuntimeError)
+    assert results[1:] == [0, 0]
+    assert "crashed; restarting it" in caplog.text
+    assert keyed.stats().restarts_total == 1
