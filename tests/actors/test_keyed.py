@@ -178,5 +178,5 @@ async def test_key_task_machinery_crash_is_restarted_not_lost(
     assert isinstance(results[0], ActorCrashed)
     assert isinstance(results[0].__cause__, RuntimeError)
     assert results[1:] == [0, 0]
-    assert "crashed; restarting it" in caplog.text
+    assert "crashed (RuntimeError: bug in the keyed machinery); restarting it" in caplog.text
     assert keyed.stats().restarts_total == 1
