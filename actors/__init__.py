@@ -5,6 +5,8 @@ handling one message at a time, and reaped when idle. Lanes, Batcher, Bus, Sched
 are built on that idea; `supervisors` keeps them running.
 """
 
+import logging as _logging
+
 from . import bus as bus  # `actors.bus.open_bus(...)` after a plain `import actors`
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
@@ -77,3 +79,7 @@ __all__ = [
     "spawn",
     "trio_clock",
 ]
+
+# A library logs, the application decides where it goes: without a handler of its own, an
+# expected, supervised crash would reach Python's last-resort handler and print a traceback.
+_logging.getLogger("actors").addHandler(_logging.NullHandler())
