@@ -20,7 +20,6 @@ with the answer: two task switches a round trip, no channel, no Event.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -34,8 +33,6 @@ from ._waits import check_wait, waiting
 
 M = TypeVar("M")
 R = TypeVar("R")
-
-log = logging.getLogger("actors.actor")
 
 #: The actor yields to the scheduler after this many messages handled back to back.
 _CHECKPOINT_EVERY = 16
@@ -220,8 +217,7 @@ async def _run_actor(
         except trio.Cancelled:
             _fail_queued(ref, None)
             raise
-        except BaseException as exc:
-            log.error("actor %r crashed: %s", ref.name, describe(exc), exc_info=exc)
+        except BaseException as exc:  # it propagates to the spawner, who reports it
             _fail_queued(ref, exc)
             raise
         await actor.on_stop()

@@ -317,8 +317,8 @@ class KeyedActors(Generic[M, R]):
             return
         except BaseException as exc:
             # A handler raised KeyboardInterrupt, SystemExit...: not ours to swallow or restart.
+            # It propagates out of the registry's block, which is where it is reported.
             why = describe(exc)
-            log.error("%s: the actor for key %r stopped on %s", self._name, key, why)
             self._fail_all(
                 box,
                 item,

@@ -41,11 +41,6 @@ class Reply(Generic[R]):
         """The waiter gave up (was cancelled) before the answer came: skip the work or drop it."""
         return self._state == _ABANDONED
 
-    @property
-    def answered(self) -> bool:
-        """An answer was given (it may not have been collected yet)."""
-        return self._state in (_ANSWERED, _DELIVERED)
-
     def _answer(self, result: outcome.Outcome[R]) -> None:
         if self._state != _PENDING:
             return  # answered already, or nobody waits any more

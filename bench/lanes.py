@@ -122,6 +122,22 @@ async def ours_ask(n: int) -> float:
     return elapsed
 
 
+async def ours_ask_concurrent(n: int, askers: int = 100) -> float:
+    async def asker(ref: actors.ActorRef[int, int]) -> None:
+        for i in range(n // askers):
+            await ref.ask(i)
+
+    async with trio.open_nursery() as nursery:
+        ref = await actors.spawn(nursery, _Echo(), mailbox_size=askers)
+        start = time.perf_counter()
+        async with trio.open_nursery() as inner:
+            for _ in range(askers):
+                inner.start_soon(asker, ref)
+        elapsed = time.perf_counter() - start
+        await ref.stop()
+    return elapsed
+
+
 class _BareAsk:
     """A reply slot: the Event the asker waits on and the outcome it reads."""
 
@@ -133,9 +149,9 @@ class _BareAsk:
         self.result: outcome.Outcome[int] | None = None
 
 
-async def bare_trio_ask(n: int) -> float:
+async def bare_trio_ask(n: int, askers: int = 1) -> float:
     """The bare Trio actor: a task looping on a memory channel, replying via Event + slot."""
-    send, receive = trio.open_memory_channel[_BareAsk](64)
+    send, receive = trio.open_memory_channel[_BareAsk](max(64, askers))
 
     async def actor() -> None:
         async with receive:
@@ -143,16 +159,21 @@ async def bare_trio_ask(n: int) -> float:
                 ask.result = outcome.Value(ask.message)
                 ask.done.set()
 
+    async def asker(count: int) -> None:
+        for i in range(count):
+            ask = _BareAsk(i)
+            await send.send(ask)
+            await ask.done.wait()
+            assert ask.result is not None
+            ask.result.unwrap()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor)
         async with send:
             start = time.perf_counter()
-            for i in range(n):
-                ask = _BareAsk(i)
-                await send.send(ask)
-                await ask.done.wait()
-                assert ask.result is not None
-                ask.result.unwrap()
+            async with trio.open_nursery() as inner:
+                for _ in range(askers):
+                    inner.start_soon(asker, n // askers)
             elapsed = time.perf_counter() - start
     return elapsed
 
@@ -182,6 +203,15 @@ def bench_ask(n: int, pairs: int) -> tuple[float, float | None]:
     print(
         f"ask    one asker        {n:>7,} asks | bare Trio actor {n / t_bare:>9,.0f}/s  "
         f"ActorRef.ask {n / t_ours:>9,.0f}/s  ratio {vs_bare:5.2f}x"
+    )
+    t_ours, t_bare = _pairs(
+        pairs,
+        lambda: trio.run(ours_ask_concurrent, n),
+        lambda: trio.run(bare_trio_ask, n, 100),
+    )
+    print(
+        f"ask    100 askers       {n:>7,} asks | bare Trio actor {n / t_bare:>9,.0f}/s  "
+        f"ActorRef.ask {n / t_ours:>9,.0f}/s  ratio {t_bare / t_ours:5.2f}x"
     )
     try:
         import pykka  # noqa: F401
