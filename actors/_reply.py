@@ -85,9 +85,10 @@ class Reply(Generic[R]):
         """
         result = self._outcome
         if result is not None:
+            # Answered before we waited: still a checkpoint, cancellable like Event.wait.
             self._outcome = None
+            await trio.lowlevel.checkpoint()
             self._state = _DELIVERED
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return result.unwrap()
         task = self._task = trio.lowlevel.current_task()
 

@@ -245,7 +245,10 @@ def test_every_job_behaves_as_a_direct_await_in_its_caller(schedule: list[Direct
         # ... its writes stay with that caller, as after a direct await ...
         assert written == f"written by {i}"
         # ... and it ends as `await job()` started at that moment would have
-        if not call.shield and deadline < started + call.duration / 10:
+        finish = started + call.duration / 10
+        if not call.shield and math.isclose(deadline, finish):
+            continue  # the deadline and the job's sleep fall due together: either may win
+        if not call.shield and deadline < finish:
             expected: tuple[str, object] = ("cancelled", None)
         elif call.ending == "raise":
             expected = ("raised", errors[i])
