@@ -40,6 +40,7 @@ import trio
 
 from ._checks import check_async_fn, check_idle_timeout, check_name, check_positive_int
 from ._errors import ActorCrashed, ComponentClosed
+from ._idle import reap_forever, reap_stale
 from ._keys import check_key
 from ._mailbox import Mailbox
 from ._nursery import open_component_nursery
@@ -447,25 +448,15 @@ class KeyedActors(Generic[M, R]):
         """Forget the keys idle longer than ``idle_timeout`` now; return how many."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        deadline = trio.current_time() - self._idle_timeout
-        keys = self._keys
-        stale = [k for k, v in keys.items() if v.__class__ is float and v < deadline]
-        for key in stale:
-            del keys[key]
-        self._reaped_total += len(stale)
-        if stale and len(stale) >= len(keys):
-            # Dicts never shrink on delete: rebuild so reaped keys give their memory back.
-            self._keys = dict(keys)
-        return len(stale)
+        self._keys, reaped = reap_stale(self._keys, trio.current_time() - self._idle_timeout)
+        self._reaped_total += reaped
+        return reaped
 
     async def _reaper(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Reap idle keys every half ``idle_timeout``: a key goes 1 to 1.5 timeouts after use."""
         task_status.started()
-        while True:
-            await trio.sleep(self._idle_timeout / 2)
-            await self.reap_idle()
+        await reap_forever(self._idle_timeout, self.reap_idle)
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ import trio
 
 from ._checks import check_async_fn, check_idle_timeout
 from ._errors import ComponentClosed
+from ._idle import reap_forever, reap_stale
 from ._keys import check_key
 from ._nursery import open_component_nursery
 from ._waits import check_wait, waiting
@@ -267,22 +268,9 @@ class Lanes:
         if self._closed:
             raise ComponentClosed("lanes are closed: use them inside their `async with` block")
         await trio.lowlevel.checkpoint()
-        deadline = trio.current_time() - self._idle_timeout
-        keys = self._keys
-        stale = [k for k, v in keys.items() if v.__class__ is float and v < deadline]
-        for key in stale:
-            del keys[key]
-        self._reaped_total += len(stale)
-        if stale and len(stale) >= len(keys):
-            # Dicts never shrink on delete: rebuild so reaped lanes give their memory back.
-            self._keys = dict(keys)
-        return len(stale)
-
-    async def _reap_forever(self) -> None:
-        """Reap every half ``idle_timeout``: a lane goes 1 to 1.5 timeouts after its last use."""
-        while True:
-            await trio.sleep(self._idle_timeout / 2)
-            await self.reap_idle()
+        self._keys, reaped = reap_stale(self._keys, trio.current_time() - self._idle_timeout)
+        self._reaped_total += reaped
+        return reaped
 
     async def _drain(self) -> None:
         """Graceful end: wait until no job runs or waits (jobs may start others meanwhile)."""
@@ -329,7 +317,7 @@ async def open_lanes(idle_timeout: float = 600.0) -> AsyncIterator[Lanes]:
 
             async def reap() -> None:
                 with reaper:
-                    await lanes._reap_forever()
+                    await reap_forever(idle_timeout, lanes.reap_idle)
 
             nursery.start_soon(reap)
             try:
