@@ -70,7 +70,7 @@ class _Lane:
 
     def __init__(self, owner: _Task) -> None:
         self.owner: _Task | None = owner
-        self.waiting: deque[_Task] = deque()
+        self.waiting: deque[_Task] | None = None  # made when the first caller waits
         self.gone: dict[_Task, int] | None = None
         #: The running job's cancel scope, if its caller is outside the Lanes block.
         self.scope: trio.CancelScope | None = None
@@ -95,6 +95,7 @@ class Lanes:
         self._checked: object = _UNCHECKED  # the last async_fn that passed the check
         self._opener = opener
         self._outside = outside  # the opener's nurseries that were open before ours
+        self._now = trio.lowlevel.current_clock().current_time  # Trio's clock, looked up once
 
     # ---------------------------------------------------------------- running jobs
 
@@ -182,6 +183,8 @@ class Lanes:
     async def _wait_turn(self, key: str, lane: _Lane, task: _Task) -> None:
         """Queue ``task`` on a busy lane and park it until the holder hands it the turn."""
         check_wait(task, lane, f"lane {key!r}")
+        if lane.waiting is None:
+            lane.waiting = deque()
         lane.waiting.append(task)
         self._queued += 1
 
@@ -219,7 +222,7 @@ class Lanes:
             trio.lowlevel.reschedule(task)
             return
         lane.owner = None
-        self._keys[key] = trio.current_time()
+        self._keys[key] = self._now()
         self._busy -= 1
         if self._closing and not self._busy:
             self._all_idle.unpark_all()
@@ -288,7 +291,7 @@ class Lanes:
                 entry.scope.cancel()
             gone = entry.gone or {}
             while entry.waiting:
-                task = entry.waiting.popleft()
+                task = entry.waiting.popleft()  # the deque exists: the loop test saw it
                 if gone.get(task, 0):
                     gone[task] -= 1
                     continue
