@@ -104,7 +104,7 @@ class ActorRef(Generic[M, R]):
         box = self._mailbox()
         await trio.lowlevel.checkpoint_if_cancelled()
         if len(box) >= box.size:
-            check_wait(trio.lowlevel.current_task(), box, f"actor {self.name!r}")
+            check_wait(trio.lowlevel.current_task(), box, "actor", self.name)
         if not await box.put(_Tell(message)):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -120,7 +120,7 @@ class ActorRef(Generic[M, R]):
         task = trio.lowlevel.current_task()
         owner = box.owner
         if owner is task or owner in waiting:
-            check_wait(task, box, f"actor {self.name!r}")
+            check_wait(task, box, "actor", self.name)
         reply: Reply[R] = Reply()
         item = _Ask(message, reply)
         if not box.put_nowait(item):

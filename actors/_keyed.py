@@ -125,6 +125,7 @@ class KeyedActors(Generic[M, R]):
         self._idle_timeout = idle_timeout
         self._mailbox_size = mailbox_size
         self._name = name
+        self._kind = f"{name}: key"  # how WouldDeadlock names one of our keys
         self._on_error = on_error
         self._keys: dict[str, float | _Box] = {}
         self._busy = 0
@@ -161,7 +162,7 @@ class KeyedActors(Generic[M, R]):
         entry = self._keys.get(key)
         if entry is not None and entry.__class__ is not float:
             assert isinstance(entry, Mailbox)
-            check_wait(trio.lowlevel.current_task(), entry, f"{self._name}: key {key!r}")
+            check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
         reply: Reply[R] = Reply()
         box, _ = await self._enqueue(key, _Envelope(message, reply))
         return await reply.wait(box)
@@ -180,7 +181,7 @@ class KeyedActors(Generic[M, R]):
         if entry is not None and entry.__class__ is not float:
             assert isinstance(entry, Mailbox)
             if len(entry) >= entry.size:
-                check_wait(trio.lowlevel.current_task(), entry, f"{self._name}: key {key!r}")
+                check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
         _, waited = await self._enqueue(key, _Envelope(message, None))
         if not waited:  # put in at once: still a schedule point
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -411,7 +412,7 @@ class KeyedActors(Generic[M, R]):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return box
         assert isinstance(entry, Mailbox)
-        check_wait(task, entry, f"{self._name}: key {key!r}")
+        check_wait(task, entry, self._kind, key)
         hold = _Hold(task)
         box, _ = await self._enqueue(key, hold)
         waiting[task] = box

@@ -182,7 +182,7 @@ class Lanes:
 
     async def _wait_turn(self, key: str, lane: _Lane, task: _Task) -> None:
         """Queue ``task`` on a busy lane and park it until the holder hands it the turn."""
-        check_wait(task, lane, f"lane {key!r}")
+        check_wait(task, lane, "lane", key)
         if lane.waiting is None:
             lane.waiting = deque()
         lane.waiting.append(task)

@@ -29,15 +29,19 @@ class Turn(Protocol):
 waiting: dict[trio.lowlevel.Task, Turn] = {}
 
 
-def check_wait(task: trio.lowlevel.Task, turn: Turn, what: str) -> None:
-    """Raise `WouldDeadlock` if ``task`` waiting on ``turn`` closes a wait-for cycle."""
+def check_wait(task: trio.lowlevel.Task, turn: Turn, kind: str, name: str) -> None:
+    """Raise `WouldDeadlock` if ``task`` waiting on ``turn`` closes a wait-for cycle.
+
+    ``kind`` and ``name`` say what the turn is in the message ("lane", "account:1").
+    """
     owner = turn.owner
     steps = 0
     while owner is not None:
         if owner is task:
             raise WouldDeadlock(
-                f"{what} is held by this very task (directly, by a run_multi, or through a "
-                "chain of keys each waiting on the next); it would wait for itself forever. "
+                f"{kind} {name!r} is held by this very task (directly, by a run_multi, or "
+                "through a chain of keys each waiting on the next); it would wait for itself "
+                "forever. "
                 "Call the function directly instead, or take every key you need at once with "
                 "run_multi."
             )
