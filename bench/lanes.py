@@ -259,7 +259,7 @@ def bench_memory(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    parser.add_argument("--pairs", type=int, default=5, help="alternating pairs per figure")
+    parser.add_argument("--pairs", type=int, default=7, help="alternating pairs per figure")
     args = parser.parse_args()
     scale = 5 if args.quick else 1
     pairs = args.pairs
