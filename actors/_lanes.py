@@ -121,17 +121,19 @@ class Lanes:
         await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
         entry = self._keys.get(key)
-        if entry is None or entry.__class__ is float:
+        idle = entry is None or entry.__class__ is float
+        if idle:
             lane = _Lane(task)
             self._keys[key] = lane
             self._busy += 1
-            await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             assert isinstance(entry, _Lane)
             lane = entry
-            await self._wait_turn(key, lane, task)
+            await self._wait_turn(key, lane, task)  # raises only if the turn never came
         self._jobs_total += 1
         try:
+            if idle:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point either way
             if self._inside(task):
                 return await async_fn(*args)
             return await self._run_scoped((lane,), async_fn, args)
