@@ -262,8 +262,9 @@ def test_every_handler_runs_as_the_actors_work(schedule: list[Ask]) -> None:
         if answers[i] == "cancelled":
             continue
         assert i in handled
+        answer = answers[i]
         if call.fails:
-            assert isinstance(answers[i], KeyError)
-            assert answers[i].args == (i,)  # type: ignore[union-attr]
+            assert isinstance(answer, KeyError)
+            assert answer.args == (i,)
         else:
-            assert answers[i] == i
+            assert answer == i
