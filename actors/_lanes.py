@@ -120,15 +120,8 @@ class Lanes:
         self._check_call(key, async_fn)
         await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
-        entry = self._keys.get(key)
-        idle = entry is None or entry.__class__ is float
-        if idle:
-            lane = _Lane(task)
-            self._keys[key] = lane
-            self._busy += 1
-        else:
-            assert isinstance(entry, _Lane)
-            lane = entry
+        lane, idle = self._claim(key, task)
+        if not idle:
             await self._wait_turn(key, lane, task)  # raises only if the turn never came
         self._jobs_total += 1
         try:
@@ -161,14 +154,8 @@ class Lanes:
         try:
             waited = False
             for key in wanted:
-                entry = self._keys.get(key)
-                if entry is None or entry.__class__ is float:
-                    lane = _Lane(task)
-                    self._keys[key] = lane
-                    self._busy += 1
-                else:
-                    assert isinstance(entry, _Lane)
-                    lane = entry
+                lane, idle = self._claim(key, task)
+                if not idle:
                     await self._wait_turn(key, lane, task)
                     waited = True
                 held.append((key, lane))
@@ -181,6 +168,17 @@ class Lanes:
         finally:
             for key, lane in reversed(held):
                 self._release(key, lane)
+
+    def _claim(self, key: str, task: _Task) -> tuple[_Lane, bool]:
+        """Take an idle lane's turn now (True), or return the busy lane to wait on (False)."""
+        entry = self._keys.get(key)
+        if entry is None or entry.__class__ is float:
+            lane = _Lane(task)
+            self._keys[key] = lane
+            self._busy += 1
+            return lane, True
+        assert isinstance(entry, _Lane)
+        return entry, False
 
     async def _wait_turn(self, key: str, lane: _Lane, task: _Task) -> None:
         """Queue ``task`` on a busy lane and park it until the holder hands it the turn."""
