@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.batcher
 	$(BIN)/python -m bench.pool
 	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.supervisors
 
 clean:
 	rm -rf $(VENV)
