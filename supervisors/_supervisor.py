@@ -282,8 +282,9 @@ class Supervisor:
     async def terminate_child(self, child_id: str) -> None:
         """Stop the child ``child_id`` and wait until it has stopped.
 
-        Its `shutting_down` event is set, and it is cancelled once its ``shutdown`` grace is
-        over if it has not returned by then. It stays in `which_children`, not running, until
+        A child that traps (see `shutting_down`) sees its event set and is cancelled once its
+        ``shutdown`` grace is over if it has not returned by then; any other child is
+        cancelled at once. It stays in `which_children`, not running, until
         `restart_child` or `delete_child` (a temporary child leaves at once). It is not
         restarted, whatever its restart type, and its stop does not count towards the restart
         intensity. Stopping an already stopped child does nothing. A child may terminate
@@ -299,7 +300,7 @@ class Supervisor:
     async def restart_child(self, child_id: str) -> Any:
         """Start the child ``child_id`` again, now, and return its ``started()`` value.
 
-        A running child is stopped first, given its ``shutdown`` grace. Only this child is
+        A running child is stopped first, as `terminate_child` stops it. Only this child is
         restarted, whatever the strategy, and its restart count goes up by one; the restart
         does not count towards the intensity. If it fails before ``started()``, the error is raised
         here and the child stays listed, not running. A child cannot restart itself (return or
@@ -878,10 +879,11 @@ async def open_supervisor(
     stopped one at a time, last started first, so only children that trap cost their grace:
     ten thousand plain children stop in well under a second.
 
-    Trees: a supervisor that is a child of another supervisor stops its subtree when asked
-    to stop. Opened inside a supervised child (anywhere `shutting_down` works), it watches
-    that event and, once it is set, shuts itself down as `Supervisor.shutdown` does: its
-    children stop last started first, each given its own grace, and their children in turn.
+    Trees: a supervisor that is a child of another supervisor traps, and stops its subtree
+    when asked to stop. Opened inside a supervised child (anywhere `shutting_down` works),
+    it watches that event and, once it is set, shuts itself down as `Supervisor.shutdown`
+    does: its children stop last started first, each by the rule above, and their children
+    in turn.
     The parent's stop then ends as soon as the subtree has stopped and the child returns,
     not after the whole grace of the supervisor child. The block's own code is not
     cancelled: a block that goes on running keeps the child until its grace is over.

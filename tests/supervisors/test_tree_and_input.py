@@ -15,7 +15,7 @@ import supervisors
 from supervisors import ChildTree, Supervisor, SupervisorTree, open_supervisor
 from supervisors._backoff import jittered
 from supervisors._checks import check_async_fn
-from tests.supervisors.helpers import Boom, Crew
+from tests.supervisors.helpers import Boom, Crew, infos, trapping
 
 
 async def plain(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -247,3 +247,21 @@ async def test_the_crash_that_gives_up_is_reported_once_with_what_happens_next(
         "supervisor 'db': child 'a' crashed with Boom('a'); giving up: that would be restart 1 "
         "within 0 s, more than max_restarts=0 within max_seconds=5; stopping every child"
     ]
+
+
+async def test_a_crash_while_the_supervisor_stops_is_reported_as_not_restarted(
+    caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
+    crew = Crew()
+    async with open_supervisor(name="s") as sup:
+        await sup.start_child("a", crew.child, "a")
+        await sup.start_child("b", trapping(crew), "b", shutdown=2.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.shutdown)  # b first: its grace runs until t=2
+            await trio.sleep(1)
+            crew.crash("a")
+    assert reports(caplog) == [
+        "supervisor 's': child 'a' crashed with Boom('a'); "
+        "not restarting it: the supervisor is stopping"
+    ]
+    assert infos(sup) == [("a", False, 0), ("b", False, 0)]
