@@ -50,6 +50,7 @@ def check_choice(value: object, what: str, choices: Collection[str]) -> str:
 def check_async_fn(fn: object, what: str) -> None:
     """Reject what is not callable, and plain sync functions, where an async function is due.
 
+    A coroutine (``noop()`` passed for ``noop``) is refused with "you called it", and closed.
     A callable we cannot classify (say, an object with a sync ``__call__`` that returns a
     coroutine) passes here; the supervisor checks what it returns when it calls it.
     """
