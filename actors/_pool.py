@@ -94,15 +94,16 @@ class Pool:
     """
 
     __slots__ = (
+        "_alive",
         "_closed",
         "_idle",
         "_last_fn",
         "_limiter",
         "_name",
         "_nursery",
-        "_pending",
         "_retries_total",
         "_retrying",
+        "_room",
         "_submitted_total",
         "errors",
         "limit",
@@ -113,7 +114,8 @@ class Pool:
     def __init__(self, nursery: trio.Nursery, limit: int, max_pending: int, name: str) -> None:
         self._nursery = nursery
         self._limiter = trio.CapacityLimiter(limit)
-        self._pending = trio.CapacityLimiter(max_pending)
+        self._alive = 0  # tasks holding a pending place: at most max_pending
+        self._room = trio.lowlevel.ParkingLot()  # submitters waiting for a pending place
         self._idle = trio.lowlevel.ParkingLot()
         self._name = name
         self._closed = False
@@ -164,33 +166,37 @@ class Pool:
         `trio.move_on_after`: the tasks go on, only the wait ends.
         """
         self._check_open()
-        if not self._pending.borrowed_tokens:
+        if not self._alive:
             await trio.lowlevel.checkpoint()
             return
-        while self._pending.borrowed_tokens:
+        while self._alive:
             await self._idle.park()
 
     async def _acquire(self, token: object) -> None:
         """Take a pending place, then a running slot, for a new task (both or neither)."""
-        await self._pending.acquire_on_behalf_of(token)
+        if self._alive < self.max_pending and not self._room:
+            self._alive += 1
+        else:
+            await self._room.park()  # woken holding the place a task handed over
         try:
             await self._limiter.acquire_on_behalf_of(token)
         except BaseException:
-            self._pending.release_on_behalf_of(token)
+            self._ended()
             raise
 
     def _acquire_nowait(self, token: object) -> None:
-        self._pending.acquire_on_behalf_of_nowait(token)
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(token)
-        except BaseException:
-            self._pending.release_on_behalf_of(token)
-            raise
+        if self._alive >= self.max_pending or self._room:
+            raise trio.WouldBlock
+        self._limiter.acquire_on_behalf_of_nowait(token)
+        self._alive += 1
 
-    def _ended(self, token: object) -> None:
-        """A task ended (it holds no running slot by now): give back its pending place."""
-        self._pending.release_on_behalf_of(token)
-        if not self._pending.borrowed_tokens:
+    def _ended(self) -> None:
+        """A task ended (it holds no running slot by now): pass its pending place on."""
+        if self._room:
+            self._room.unpark()  # the place goes straight to the oldest waiting submitter
+            return
+        self._alive -= 1
+        if not self._alive:
             self._idle.unpark_all()
 
     def map(
@@ -220,7 +226,7 @@ class Pool:
         return PoolStats(
             running=self._limiter.borrowed_tokens,
             retrying=self._retrying,
-            pending=self._pending.borrowed_tokens,
+            pending=self._alive,
             max_pending=self.max_pending,
             submitted_total=self._submitted_total,
             retries_total=self._retries_total,
@@ -243,52 +249,42 @@ class Pool:
         from start to end, and a running slot during each attempt.
         """
         try:
-            await self._attempts(token, fn, args, submit_policy, slot)
+            attempt = 1
+            while True:
+                try:
+                    value = await fn(*args)
+                except Exception as exc:
+                    failure: Exception = exc
+                else:
+                    if slot is None:
+                        self.outputs.append(value)
+                    else:
+                        slot.deliver(outcome.Value(value))
+                    return
+                finally:
+                    self._limiter.release_on_behalf_of(token)
+                policy = submit_policy
+                if isinstance(failure, Retry):
+                    policy = failure.policy or submit_policy or _DEFAULT_RETRY
+                    failure = failure.exception
+                if policy is None or attempt >= policy.max_attempts:
+                    if slot is None:
+                        self.errors.append(failure)
+                    else:
+                        slot.deliver(outcome.Error(failure))
+                    return
+                delay = policy.delay(attempt)
+                del failure
+                self._retrying += 1
+                try:
+                    await trio.sleep(delay)
+                finally:
+                    self._retrying -= 1
+                await self._limiter.acquire_on_behalf_of(token)
+                attempt += 1
+                self._retries_total += 1
         finally:
-            self._ended(token)
-
-    async def _attempts(
-        self,
-        token: object,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        submit_policy: RetryPolicy | None,
-        slot: _MapSlot | None,
-    ) -> None:
-        attempt = 1
-        while True:
-            try:
-                value = await fn(*args)
-            except Exception as exc:
-                failure: Exception = exc
-            else:
-                if slot is None:
-                    self.outputs.append(value)
-                else:
-                    slot.deliver(outcome.Value(value))
-                return
-            finally:
-                self._limiter.release_on_behalf_of(token)
-            policy = submit_policy
-            if isinstance(failure, Retry):
-                policy = failure.policy or submit_policy or _DEFAULT_RETRY
-                failure = failure.exception
-            if policy is None or attempt >= policy.max_attempts:
-                if slot is None:
-                    self.errors.append(failure)
-                else:
-                    slot.deliver(outcome.Error(failure))
-                return
-            delay = policy.delay(attempt)
-            del failure
-            self._retrying += 1
-            try:
-                await trio.sleep(delay)
-            finally:
-                self._retrying -= 1
-            await self._limiter.acquire_on_behalf_of(token)
-            attempt += 1
-            self._retries_total += 1
+            self._ended()
 
 
 class _PoolMap(Generic[T, R]):
@@ -328,7 +324,7 @@ class _PoolMap(Generic[T, R]):
             item = next(self._items)
         except BaseException as exc:
             pool._limiter.release_on_behalf_of(token)
-            pool._ended(token)
+            pool._ended()
             self._items = None
             if not isinstance(exc, StopIteration):
                 self._done = True
