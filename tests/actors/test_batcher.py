@@ -49,6 +49,15 @@ class FakeDb:
             self.io_now -= 1
 
 
+def _frames(exc: BaseException) -> list[Any]:
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
 def add(n: int) -> Any:
     return lambda value: value + n
 
@@ -168,9 +177,11 @@ async def test_load_or_save_failure_fails_every_run_in_the_batch(
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(op)
-        # one error object per caller, each caused by the batch's error
+        # one error object per caller (defect 3), each caused by the batch's error, each
+        # traceback holding that caller's frames only
         assert len({id(e) for e in errors}) == 3
         assert [e.__cause__ for e in errors] == [error, error, error]
+        assert max(len(_frames(e)) for e in errors) < 10
         assert [e.stage for e in errors] == [which] * 3  # type: ignore[attr-defined]
         assert batcher.stats().failed_batches_total == 1
         # the next batch works again

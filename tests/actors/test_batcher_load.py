@@ -45,15 +45,20 @@ async def test_a_burst_over_many_keys_succeeds(autojump_clock: Any) -> None:
     assert batcher.stats().batches_total == 400
 
 
+async def one_after_another(batcher: Any, keys: str) -> None:
+    """Open a batch for each key in turn, each once the previous one is waiting."""
+    async with trio.open_nursery() as nursery:
+        for key in keys:
+            nursery.start_soon(batcher.run, key, add(1))
+            await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_a_waiting_save_goes_before_a_waiting_load(autojump_clock: Any) -> None:
     db = FakeDb(load_delay=0.1, save_delay=0.1)
     async with open_batcher(
         db.load, db.save, min_duration=0.05, max_duration=1.0, max_concurrent_io=1
     ) as batcher:
-        async with trio.open_nursery() as nursery:
-            for key in "abc":
-                nursery.start_soon(batcher.run, key, add(1))
-                await trio.testing.wait_all_tasks_blocked()
+        await one_after_another(batcher, "abc")
     assert [(c[0], c[1], round(c[2], 6)) for c in db.calls] == [
         ("load", "a", 0.0),
         ("load", "b", 0.1),
@@ -69,10 +74,7 @@ async def test_waiting_for_an_io_slot_is_not_the_batch_time(autojump_clock: Any)
     async with open_batcher(
         db.load, db.save, min_duration=0.1, max_duration=1.2, max_concurrent_io=1
     ) as batcher:
-        async with trio.open_nursery() as nursery:
-            for key in "ab":
-                nursery.start_soon(batcher.run, key, add(1))
-                await trio.testing.wait_all_tasks_blocked()
+        await one_after_another(batcher, "ab")
     # b's load waited 0.5 s for a's load and its save waited for a's save: neither counts
     assert db.data == {"a": 1, "b": 1}
     reports = batcher.stats().recent_batches
@@ -156,37 +158,6 @@ async def test_journal_refuses_a_resource_that_is_not_a_mapping(autojump_clock: 
     async with open_batcher(db.load, db.save, journal=True) as batcher:
         with pytest.raises(BatchFailed, match="journal=True needs a dict-like resource"):
             await batcher.run("k", add(1))
-
-
-async def test_every_caller_of_a_failed_batch_gets_its_own_error(autojump_clock: Any) -> None:
-    """Defect 3: no shared exception object, so no traceback grows across callers."""
-    boom = ConnectionError("down")
-    db = FakeDb(fail_save=boom)
-    errors: list[BaseException] = []
-
-    async def op() -> None:
-        try:
-            await batcher.run("k", add(1))
-        except BatchFailed as exc:
-            errors.append(exc)
-
-    async with open_batcher(db.load, db.save, min_duration=1.0) as batcher:
-        async with trio.open_nursery() as nursery:
-            for _ in range(50):
-                nursery.start_soon(op)
-    assert len({id(e) for e in errors}) == 50
-    assert all(e.__cause__ is boom for e in errors)
-    # each traceback holds that caller's frames only
-    assert max(len(_frames(e)) for e in errors) < 10
-
-
-def _frames(exc: BaseException) -> list[Any]:
-    frames = []
-    tb = exc.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    return frames
 
 
 @pytest.mark.xfail(
