@@ -414,7 +414,8 @@ class Batcher(Generic[Res]):
                 failed += 1
                 answers.append((reply, exc))
             else:
-                resource = after
+                if not journal:  # with a journal the resource is the same dict throughout
+                    resource = after
                 answers.append((reply, after))
         return resource, answers, failed
 
@@ -461,6 +462,8 @@ async def open_batcher(
       frozen attrs classes, ``value | {k: v}``); the batch keeps the old one if an op raises.
     * ``journal=True``: the resource is a dict changed in place; each op gets a view of it that
       undoes the op's writes if the op raises (replace values, do not mutate them in place).
+      What the op returns is only what its `run` returns (the view itself stands for the
+      dict); the batch saves the dict.
     * ``copy_resource``: each op gets ``copy_resource(resource)`` (say ``copy.deepcopy``) and
       may mutate it freely, at the cost of a copy per op: only for small resources.
 
