@@ -12,7 +12,8 @@ after that wait in the mailbox for the next batch, which loads after this save.
 
 The I/O slots (``max_concurrent_io``) serve a waiting save before a waiting load: a save
 finishes a batch and answers its callers, a load only starts another one, so a burst over
-many keys cannot starve the saves. Time spent waiting for a slot is not the batch's time.
+many keys cannot starve the saves. Time spent waiting for a slot (or for a busy event loop
+to wake the batch after its window) is not the batch's time.
 
 Protecting the resource from an op that raises costs O(1) per op that succeeds: by default
 ops return a new resource and leave the one they were given alone (so the batch simply
@@ -281,31 +282,26 @@ class Batcher(Generic[Res]):
             raise
 
     async def _io_call(
-        self,
-        what: str,
-        fn: Callable[[], Awaitable[Any]],
-        *,
-        save: bool,
-        deadline: float | None = None,
+        self, what: str, fn: Callable[[], Awaitable[Any]], *, save: bool, used: float = 0.0
     ) -> tuple[Any, float, float]:
         """Run ``fn`` in an I/O slot; return its value, when it started and how long it ran.
 
-        The deadline is ``max_duration`` from its start for a load; for a save it is the
-        batch's ``deadline`` moved on by the time the save waited for its slot.
+        It may run for what is left of ``max_duration`` after ``used`` seconds of the batch's
+        own time (its load and window); waiting for the slot, or for the event loop to wake
+        the batch after its window, is not the batch's time.
         """
-        asked = trio.current_time()
         await self._io.acquire(save=save)
         try:
             started = trio.current_time()
-            end = started + self._max_duration if deadline is None else deadline + started - asked
-            with trio.move_on_at(end) as scope:
+            with trio.move_on_at(started + self._max_duration - used) as scope:
                 value = await fn()
             ran = trio.current_time() - started
             if scope.cancelled_caught:
+                before = f"load and window {used:g}s, then " if save else ""
                 raise TimeoutError(
                     f"{what} did not finish within max_duration={self._max_duration}s of the "
-                    f"batch's load start (it ran {ran:g}s; waits for an I/O slot do not count);"
-                    " raise max_duration or make it faster"
+                    f"batch's load start ({before}{what} ran {ran:g}s; waits for an I/O slot do "
+                    "not count); raise max_duration or make it faster"
                 )
             return value, started, ran
         finally:
@@ -325,7 +321,6 @@ class Batcher(Generic[Res]):
                 resource = self._factory()
             except Exception as exc:
                 error = exc
-            deadline = started + self._max_duration
         else:
             # Ops told meanwhile wait in the mailbox: loading first costs no task of its own.
             try:
@@ -334,7 +329,6 @@ class Batcher(Generic[Res]):
                 )
             except Exception as exc:
                 error = exc
-            deadline = started + self._max_duration
         if error is None and self._journal and not isinstance(resource, MutableMapping):
             error = TypeError(
                 f"journal=True needs a dict-like resource (a MutableMapping), got "
@@ -357,7 +351,10 @@ class Batcher(Generic[Res]):
                 final = resource
                 try:
                     _, _, save_duration = await self._io_call(
-                        f"save({key!r})", lambda: save(key, final), save=True, deadline=deadline
+                        f"save({key!r})",
+                        lambda: save(key, final),
+                        save=True,
+                        used=max(window_end, started + load_duration) - started,
                     )
                 except Exception as exc:
                     error, stage = exc, "save"

@@ -89,7 +89,8 @@ async def test_the_error_names_what_timed_out(autojump_clock: Any) -> None:
     assert info.value.stage == "save"
     assert str(info.value.__cause__) == (
         "save('k') did not finish within max_duration=1.5s of the batch's load start "
-        "(it ran 0.5s; waits for an I/O slot do not count); raise max_duration or make it faster"
+        "(load and window 1s, then save('k') ran 0.5s; waits for an I/O slot do not count); "
+        "raise max_duration or make it faster"
     )
 
 
