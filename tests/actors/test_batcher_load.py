@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors import BatchFailed, BatchReport, ComponentClosed, open_batcher
 
@@ -262,3 +264,70 @@ async def test_closed_message_is_plain_english() -> None:
         pass
     with pytest.raises(ComponentClosed, match=r"^the batcher is closed: call run inside"):
         await batcher.run("k", add(1))
+
+
+# One op: (key, delta, raises, cancelled after (None: never), arrives at). The times are
+# chosen so no cancellation falls due at the very instant a batch closes (no ties).
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from("abc"),
+        st.integers(-5, 5),
+        st.booleans(),
+        st.one_of(st.none(), st.sampled_from([0.05, 0.45, 1.55])),
+        st.sampled_from([0.0, 0.3, 0.9, 1.2, 2.5]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS, journal=st.booleans(), mailbox_size=st.sampled_from([2, 100]))
+def test_saved_state_is_what_the_answered_ops_made(
+    ops: list[tuple[str, int, bool, float | None, float]], journal: bool, mailbox_size: int
+) -> None:
+    """Whatever raises or is cancelled, each key's saved value is the sum of the ops whose
+    ``run`` returned: a raising op leaves nothing behind (with ``journal=True`` it wrote
+    before raising), a cancelled one is not applied, none is applied twice."""
+    store: dict[str, int] = {}
+    answered: set[int] = set()
+
+    async def load(key: str) -> Any:
+        return {"n": store.get(key, 0)} if journal else store.get(key, 0)
+
+    async def save(key: str, value: Any) -> None:
+        store[key] = value["n"] if journal else value
+
+    def make(delta: int, raises: bool) -> Any:
+        def op(value: Any) -> Any:
+            if journal:
+                value["n"] += delta
+                if raises:
+                    raise ValueError
+                return value
+            if raises:
+                raise ValueError
+            return value + delta
+
+        return op
+
+    async def caller(batcher: Any, i: int, key: str, delta: int, raises: bool,
+                     cancel: float | None, at: float) -> None:  # fmt: skip
+        await trio.sleep(at)
+        with trio.move_on_after(math.inf if cancel is None else cancel):
+            with contextlib.suppress(ValueError):
+                await batcher.run(key, make(delta, raises))
+                answered.add(i)
+
+    async def main() -> None:
+        async with open_batcher(
+            load, save, min_duration=1.0, journal=journal, mailbox_size=mailbox_size
+        ) as batcher:
+            async with trio.open_nursery() as nursery:
+                for i, op in enumerate(ops):
+                    nursery.start_soon(caller, batcher, i, *op)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert all(not ops[i][2] for i in answered)
+    for key in "abc":
+        expected = sum(ops[i][1] for i in answered if ops[i][0] == key)
+        assert store.get(key, 0) == expected
