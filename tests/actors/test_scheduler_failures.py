@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import actors
 from actors import JobCrashed, NotStarted, SkippedDuplicate, open_scheduler
@@ -223,3 +225,51 @@ async def test_bad_new_arguments_fail_at_open(kwargs: dict[str, Any], match: str
     with pytest.raises((TypeError, ValueError), match=match):
         async with open_scheduler(**kwargs):
             pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(1, 3),
+    max_queued=st.integers(1, 4),
+    durations=st.lists(st.sampled_from([10, 70, 200]), min_size=1, max_size=8),
+    broken=st.sets(st.integers(0, 7)),
+)
+def test_every_due_job_is_reported_once_and_the_queue_stays_bounded(
+    limit: int, max_queued: int, durations: list[int], broken: set[int]
+) -> None:
+    jobs: list[Any] = [
+        BrokenIsDue() if i in broken else FakeJob(f"j{i}", duration=d)
+        for i, d in enumerate(durations)
+    ]
+    for i, job in enumerate(jobs):
+        if isinstance(job, BrokenIsDue):
+            job.id = f"j{i}"
+    depths: list[int] = []
+
+    async def main() -> tuple[list[Any], actors.SchedulerStats]:
+        async with open_scheduler(
+            limit=limit, max_queued=max_queued, clock=actors.trio_clock(START)
+        ) as sched:
+            for job in jobs:
+                sched.add(job)
+            for _ in range(5):
+                await trio.sleep(60)
+                depths.append(sched.stats().queued)
+        return [tick async for tick in sched.results()], sched.stats()
+
+    ticks, stats = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert max(depths) <= max_queued
+    assert len(ticks) == 5
+    not_started = 0
+    for tick in ticks:
+        assert list(tick) == [job.id for job in jobs]  # each due job once, in order
+        for job_id, result in tick.items():
+            error = result.error
+            if int(job_id[1:]) in broken:
+                assert isinstance(error, JobCrashed)
+            else:
+                assert error is None or isinstance(error, NotStarted)
+            not_started += isinstance(error, NotStarted)
+    assert not_started == stats.not_started_total
+    started = sum(len(job.started) for job in jobs if isinstance(job, FakeJob))
+    assert started == sum(1 for t in ticks for r in t.values() if r.ok)
