@@ -90,7 +90,7 @@ class Pool:
 
     ``outputs`` holds the values of the tasks that succeeded, in completion order;
     ``errors`` the final exception of each task that failed (the original one, never a
-    `Retry` wrapper). Read them after the block, when every task has finished.
+    `Retry` wrapper). Read them after the block (or after `wait`), when every task has ended.
     """
 
     __slots__ = (
