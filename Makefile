@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.lanes
 	$(BIN)/python -m bench.batcher
 	$(BIN)/python -m bench.pool
+	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.bus
 	$(BIN)/python -m bench.supervisors
 
