@@ -10,13 +10,6 @@ import attrs
 from ._checks import check_seconds
 
 
-def jittered(delay: float, fraction: float, rng: random.Random | None = None) -> float:
-    """A wait drawn uniformly from ``(1 - fraction) * delay`` to ``delay``."""
-    if not fraction or delay <= 0:
-        return delay
-    return (rng or random).uniform((1.0 - fraction) * delay, delay)
-
-
 def _check_min(instance: RestartBackoff, attribute: attrs.Attribute[float], value: float) -> None:
     check_seconds(value, "RestartBackoff.min", allow_zero=False)
 
