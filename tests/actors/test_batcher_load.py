@@ -166,10 +166,6 @@ async def test_journal_refuses_a_resource_that_is_not_a_mapping(autojump_clock: 
             await batcher.run("k", add(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect 4 is fixed in the keyed core (FIFO senders); drop this mark when it lands",
-)
 async def test_ops_apply_in_call_order_also_when_the_mailbox_was_full(
     autojump_clock: Any,
 ) -> None:
