@@ -1,14 +1,13 @@
 """Boundary checks shared by every component: clear errors for bad input, at once.
 
-The number and function checks are those of `supervisors` (the layer below `actors`), under
-the names the components use, plus what only `actors` needs.
+The number and function checks are those of `supervisors` (the layer below `actors`; its
+`check_async_fn` says "you called it" for ``noop()`` passed as ``noop``), under the names the
+components use, plus what only `actors` needs.
 """
 
 from __future__ import annotations
 
-import inspect
-
-from supervisors._checks import check_async_fn as _check_async_fn
+from supervisors._checks import check_async_fn as check_async_fn
 from supervisors._checks import check_seconds as check_duration
 
 __all__ = [
@@ -23,18 +22,6 @@ __all__ = [
 #: The shortest ``idle_timeout`` accepted: the reaper looks every half timeout, and below a
 #: millisecond it would do little but spin.
 MIN_IDLE_TIMEOUT = 0.001
-
-
-def check_async_fn(fn: object, what: str) -> None:
-    """Reject what is not an async function, saying "you called it" for a coroutine object."""
-    if inspect.iscoroutine(fn):
-        name = fn.__qualname__
-        fn.close()  # it will never run: close it, or Python warns that it was never awaited
-        raise TypeError(
-            f"{what} must be an async function, got the coroutine object {name}(...): you "
-            f"called it. Pass the function itself, {name}, with its arguments given separately"
-        )
-    _check_async_fn(fn, what)
 
 
 def check_positive_int(value: object, what: str, *, minimum: int = 1) -> int:

@@ -43,7 +43,7 @@ async def test_lanes_run_refuses_none_even_as_the_first_function() -> None:
 
 async def test_a_called_function_is_refused_saying_you_called_it() -> None:
     async with open_lanes() as lanes:
-        with pytest.raises(TypeError, match=r"you called it\. Pass the function itself, noop"):
+        with pytest.raises(TypeError, match=r"you called it; pass the function itself \(``noop``"):
             await lanes.run("k", noop())  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="you called it"):
             await lanes.run_multi(["a"], noop())  # type: ignore[arg-type]
