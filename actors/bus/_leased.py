@@ -124,8 +124,10 @@ class LeasedQueue:
         return [*self._held.values(), *self._buffer]
 
     def _settled(self, deliveries: Sequence[Delivery]) -> None:
+        """These are no longer this process's (acked, retried, released)."""
         for delivery in deliveries:
-            self._held.pop(delivery.receipt, None)
+            if self._held.pop(delivery.receipt, None) is None and delivery in self._buffer:
+                self._buffer.remove(delivery)
 
     def _take_buffer(self) -> list[Delivery]:
         """Empty the buffer (on close, or for a discard): these were never handed out."""
