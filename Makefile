@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.batcher
 	$(BIN)/python -m bench.pool
 	$(BIN)/python -m bench.bus
+	scripts/services.sh run $(BIN)/python -m bench.brokers
 
 clean:
 	rm -rf $(VENV)

@@ -84,8 +84,8 @@ class Coalescer(Generic[T]):
             finally:
                 self._flushing = False
         else:
-            with trio.CancelScope(shield=True):
-                await generation.done.wait()
+            # Cancelled here, the item still goes out with its flush: acks are idempotent.
+            await generation.done.wait()
         if generation.error is not None:
             raise generation.error
 
@@ -108,7 +108,7 @@ class LeasedQueue:
         self._held: dict[str, Delivery] = {}
         self._waiting = 0
         self._claiming = False
-        self._news = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()
         self._put_here = trio.Event()
 
     async def _claim(self, n: int) -> tuple[list[Delivery], float]:
@@ -135,6 +135,13 @@ class LeasedQueue:
         self._buffer.clear()
         return taken
 
+    def _demand(self) -> int:
+        """How many to claim: one for every consumer of this process (the ones holding a
+        delivery will be back soon), less what is buffered, up to ``claim_batch``. One
+        consumer claims one at a time; a hundred claim a hundred at once."""
+        wanted = len(self._held) + self._waiting + 1 - len(self._buffer)
+        return max(1, min(self._claim_batch, wanted))
+
     async def get(self) -> Delivery:
         await trio.lowlevel.checkpoint()
         while True:
@@ -145,19 +152,20 @@ class LeasedQueue:
             if self._claiming:
                 self._waiting += 1
                 try:
-                    await self._news.wait()
+                    await self._lot.park()
                 finally:
                     self._waiting -= 1
                 continue
             self._claiming = True
             try:
                 put_here = self._put_here
-                got, wait = await self._claim(min(self._claim_batch, self._waiting + 1))
+                got, wait = await self._claim(self._demand())
                 self._buffer.extend(got)
                 if not got and wait > 0:
                     with trio.move_on_after(wait):
                         await put_here.wait()
             finally:
                 self._claiming = False
-                self._news.set()
-                self._news = trio.Event()
+                # Wake one waiter per job claimed (less the one this task takes), or one to
+                # claim next if nothing came or this task was cancelled.
+                self._lot.unpark(count=max(1, len(self._buffer) - 1))
