@@ -26,8 +26,12 @@ leave it half-done, and no step takes a lock that a dead process could leave beh
 - **release**: one script re-adds the entries this consumer still owns to the stream (due
   now), keeping their delivery count in the entry, and removes the old ones.
 
-A lost connection (Redis restarted) is retried with backoff in `serve` and ``get``; with the
-server's append-only file on, the stream, the group and its PEL survive the restart.
+A lost connection (Redis restarted) is retried with backoff in `serve`, ``get`` and ``ack``.
+Durability is the server's: run it with ``appendonly yes`` (the stream, the group and its PEL
+then survive a restart; ``appendfsync everysec`` may lose the last second on power loss,
+``always`` loses nothing). A ``put`` of more than 1,000 jobs is several script calls: if the
+connection drops between two, the error says the put failed, although its first chunks were
+accepted (a retried put then queues those twice; at least once, never lost).
 
 Lanes (issue 11) plug in as a partition lease per lane partition, ``(owner, epoch)`` in a
 hash taken and renewed by a script with the heartbeat; a lane job's `Delivery.fence` is the
