@@ -71,10 +71,10 @@ async def process(queue: BrokerQueue, n: int, consumers: int) -> float:
     return elapsed
 
 
-async def ours_redis(
-    url: str, jobs: list[QueuedJob], batch: int, consumers: int
+async def run_ours(
+    broker: RedisBroker | SQLiteBroker, jobs: list[QueuedJob], batch: int, consumers: int
 ) -> tuple[float, float]:
-    broker = RedisBroker(url, prefix=f"bench-{secrets.token_hex(4)}", claim_batch=100)
+    """Enqueue ``jobs`` in batches, then get+ack them all with ``consumers`` loops."""
     await broker.open()
     try:
         queue = broker.queue("q")
@@ -83,7 +83,10 @@ async def ours_redis(
             await nursery.start(queue.serve)
             took = await process(queue, len(jobs), consumers)
             nursery.cancel_scope.cancel()
-        await broker.client.delete([queue.stream, queue.delayed])
+        if isinstance(broker, RedisBroker):
+            await broker.client.delete(
+                [f"{broker.prefix}:{{q}}:stream", f"{broker.prefix}:{{q}}:delayed"]
+            )
     finally:
         await broker.close()
     return put, took
@@ -118,23 +121,6 @@ async def baseline_redis(url: str, jobs: list[QueuedJob], batch: int) -> tuple[f
     return put, took
 
 
-async def ours_sqlite(
-    folder: Path, jobs: list[QueuedJob], batch: int, consumers: int
-) -> tuple[float, float]:
-    broker = SQLiteBroker(folder / f"{secrets.token_hex(4)}.db", claim_batch=100)
-    await broker.open()
-    try:
-        queue = broker.queue("q")
-        put = await enqueue(queue, jobs, batch)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(queue.serve)
-            took = await process(queue, len(jobs), consumers)
-            nursery.cancel_scope.cancel()
-    finally:
-        await broker.close()
-    return put, took
-
-
 def rate(n: int, seconds: list[float]) -> float:
     return n / statistics.median(seconds)
 
@@ -152,7 +138,15 @@ async def main(args: argparse.Namespace) -> None:
         runs: list[
             tuple[list[tuple[float, float]], Callable[[], Awaitable[tuple[float, float]]]]
         ] = [
-            (ours, lambda: ours_redis(url, jobs, args.batch, args.consumers)),
+            (
+                ours,
+                lambda: run_ours(
+                    RedisBroker(url, prefix=f"bench-{secrets.token_hex(4)}"),
+                    jobs,
+                    args.batch,
+                    args.consumers,
+                ),
+            ),
             (base, lambda: baseline_redis(url, jobs, args.batch)),
         ]
         for round_ in range(args.rounds):
@@ -169,7 +163,12 @@ async def main(args: argparse.Namespace) -> None:
         print("redis: no server (pass --redis-url or set TRIO_LANES_TEST_REDIS_URL); skipped")
     with tempfile.TemporaryDirectory() as folder:
         results = [
-            await ours_sqlite(Path(folder), jobs, args.batch, args.consumers)
+            await run_ours(
+                SQLiteBroker(Path(folder) / f"{secrets.token_hex(4)}.db"),
+                jobs,
+                args.batch,
+                args.consumers,
+            )
             for _ in range(args.rounds)
         ]
     print(f"sqlite enqueue SQLiteBroker {rate(n, [r[0] for r in results]):9,.0f} jobs/s")

@@ -35,20 +35,20 @@ def missing(what: str) -> None:
     pytest.skip(message)
 
 
+def _from_env(variable: str, what: str) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        missing(f"{what} (${variable})")
+    assert value is not None
+    return value
+
+
 def redis_url() -> str:
-    url = os.environ.get(REDIS_URL_VAR)
-    if not url:
-        missing(f"a Redis server (${REDIS_URL_VAR})")
-    assert url is not None
-    return url
+    return _from_env(REDIS_URL_VAR, "a Redis server")
 
 
 def postgres_dsn() -> str:
-    dsn = os.environ.get(POSTGRES_DSN_VAR)
-    if not dsn:
-        missing(f"a PostgreSQL server (${POSTGRES_DSN_VAR})")
-    assert dsn is not None
-    return dsn
+    return _from_env(POSTGRES_DSN_VAR, "a PostgreSQL server")
 
 
 def free_port() -> int:

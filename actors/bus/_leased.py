@@ -16,10 +16,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import attrs
 import trio
 
 from ._broker import Delivery, encode_job
-from ._model import QueuedJob
+from ._model import QueuedJob, check_seconds
 
 T = TypeVar("T")
 
@@ -27,6 +28,35 @@ log = logging.getLogger("actors.bus.brokers")
 
 #: The default largest encoded job a durable broker accepts (JSON text, in bytes).
 DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+@attrs.frozen
+class LeaseOptions:
+    """The options every durable broker takes, checked once."""
+
+    visibility_timeout: float
+    poll_interval: float
+    max_payload: int
+    claim_batch: int
+
+    @classmethod
+    def check(
+        cls,
+        visibility_timeout: object,
+        poll_interval: object,
+        max_payload: object,
+        claim_batch: object,
+    ) -> LeaseOptions:
+        if not isinstance(max_payload, int) or max_payload < 1:
+            raise ValueError(f"max_payload must be an int >= 1 (bytes), got {max_payload!r}")
+        if not isinstance(claim_batch, int) or claim_batch < 1:
+            raise ValueError(f"claim_batch must be an int >= 1, got {claim_batch!r}")
+        return cls(
+            check_seconds(visibility_timeout, "visibility_timeout", allow_zero=False),
+            check_seconds(poll_interval, "poll_interval", allow_zero=False),
+            max_payload,
+            claim_batch,
+        )
 
 
 def encode_jobs(jobs: Sequence[QueuedJob], max_payload: int, broker: str) -> list[str]:
@@ -100,8 +130,6 @@ class LeasedQueue:
     name: str
 
     def __init__(self, name: str, *, claim_batch: int) -> None:
-        if not isinstance(claim_batch, int) or claim_batch < 1:
-            raise ValueError(f"claim_batch must be an int >= 1, got {claim_batch!r}")
         self.name = name
         self._claim_batch = claim_batch
         self._buffer: deque[Delivery] = deque()

@@ -52,7 +52,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._broker import Delivery, QueueStats, decode_job
-from ._leased import DEFAULT_MAX_PAYLOAD, Coalescer, LeasedQueue, encode_jobs, log
+from ._leased import (
+    DEFAULT_MAX_PAYLOAD,
+    Coalescer,
+    LeasedQueue,
+    LeaseOptions,
+    encode_jobs,
+    log,
+)
 from ._model import QueuedJob, check_seconds
 
 if TYPE_CHECKING:
@@ -264,14 +271,11 @@ class RedisBroker:
                 f'url must be a Redis URL like "redis://localhost:6379/0", got {url!r}'
             )
         self.url = url
-        self.visibility_timeout = check_seconds(
-            visibility_timeout, "visibility_timeout", allow_zero=False
-        )
-        self.poll_interval = check_seconds(poll_interval, "poll_interval", allow_zero=False)
-        if not isinstance(max_payload, int) or max_payload < 1:
-            raise ValueError(f"max_payload must be an int >= 1 (bytes), got {max_payload!r}")
-        self.max_payload = max_payload
-        self.claim_batch = claim_batch
+        options = LeaseOptions.check(visibility_timeout, poll_interval, max_payload, claim_batch)
+        self.visibility_timeout = options.visibility_timeout
+        self.poll_interval = options.poll_interval
+        self.max_payload = options.max_payload
+        self.claim_batch = options.claim_batch
         self.prefix = prefix
         self.consumer = ""
         self._connect_timeout = connect_timeout

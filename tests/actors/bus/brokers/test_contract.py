@@ -154,7 +154,7 @@ async def test_concurrent_acks_all_land(open_queue: OpenQueue) -> None:
         async with trio.open_nursery() as nursery:
             for delivery in got:
                 nursery.start_soon(queue.ack, delivery)
-        await nothing_for(queue, 1.0)
+        await nothing_for(queue, 0.6)
         assert (await queue.stats()).running == 0
 
 
@@ -198,7 +198,7 @@ async def test_discard_removes_only_waiting_jobs_of_the_batch(
         else:
             assert sorted(j.job_id for j in removed) == ["b1", "b2", "b3"]
         left = set()
-        with trio.move_on_after(1.5):
+        with trio.move_on_after(1.0):
             while True:
                 delivery = await queue.get()
                 left.add(delivery.job.job_id)
