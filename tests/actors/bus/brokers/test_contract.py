@@ -58,6 +58,34 @@ async def test_ready_jobs_go_out_in_order(open_queue: OpenQueue) -> None:
         assert await queue.stats() == type(await queue.stats())(ready=0, delayed=0, running=0)
 
 
+async def test_many_consumers_get_ready_jobs_in_order(open_queue: OpenQueue) -> None:
+    # Many waiting consumers make the queue claim in batches: the jobs still go out in the
+    # order they were put.
+    total = 600
+    async with open_queue(visibility_timeout=5.0) as queue:
+        await queue.put([job(f"j{i:04}") for i in range(total)])
+        order: list[str] = []
+
+        all_done = trio.Event()
+
+        async def consume() -> None:
+            while True:
+                delivery = await queue.get()
+                order.append(delivery.job.job_id)  # no checkpoint since get returned
+                await queue.ack(delivery)
+                if len(order) == total:
+                    all_done.set()
+
+        with trio.fail_after(PATIENCE * 4):
+            async with trio.open_nursery() as nursery:
+                for _ in range(50):
+                    nursery.start_soon(consume)
+                await all_done.wait()
+                nursery.cancel_scope.cancel()
+        assert order == sorted(order)
+        assert len(order) == total
+
+
 async def test_a_delay_is_honoured(open_queue: OpenQueue) -> None:
     async with open_queue() as queue:
         start = trio.current_time()
