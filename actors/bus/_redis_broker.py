@@ -401,6 +401,20 @@ class RedisBrokerQueue(LeasedQueue):
             await self._broker.client.xgroup_create(self.stream, GROUP, "0", mkstream=True)
         self._group_ready = True
 
+    def _group_lost(self, exc: BaseException) -> bool:
+        """The consumer group is gone (a server that restarted empty): make it again on the
+        next call. False for any other error."""
+        errors = _coredis().exceptions
+        if not (isinstance(exc, errors.StreamConsumerGroupError) or "NOGROUP" in str(exc)):
+            return False
+        log.warning(
+            "Redis broker %s: the consumer group of %s is gone (server reset?); recreating",
+            self._broker.url,
+            self.stream,
+        )
+        self._group_ready = False
+        return True
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Move due delayed jobs to the stream, and renew this process's leases."""
         broker = self._broker
@@ -411,6 +425,7 @@ class RedisBrokerQueue(LeasedQueue):
         backoff = 0.05
         while True:
             try:
+                await self._ensure_group()
                 moved, wait_ms = await self._script(
                     "promote", [self.stream, self.delayed], [_PUT_CHUNK]
                 )
@@ -422,6 +437,10 @@ class RedisBrokerQueue(LeasedQueue):
                 log.warning("Redis broker %s: %s; reconnecting in %.2fs", broker.url, exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                continue
+            except _coredis().exceptions.RedisError as exc:
+                if not self._group_lost(exc):
+                    raise
                 continue
             if moved:
                 continue
@@ -487,19 +506,13 @@ class RedisBrokerQueue(LeasedQueue):
                 count=n,
                 block=max(1, int(broker.poll_interval * 1000)),
             )
-        except _coredis().exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            log.warning(
-                "Redis broker %s: group of %s gone (server reset?); recreating",
-                broker.url,
-                self.stream,
-            )
-            self._group_ready = False
-            return [], 0.0
         except _CONNECTION_ERRORS as exc:
             log.warning("Redis broker %s: %s; reconnecting", broker.url, exc)
             return [], broker.poll_interval
+        except _coredis().exceptions.RedisError as exc:
+            if not self._group_lost(exc):
+                raise
+            return [], 0.0
         if not found:
             return [], 0.0
         entries = found.get(self.stream, ())

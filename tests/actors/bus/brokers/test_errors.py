@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import secrets
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,25 @@ async def test_an_sqlite_file_in_a_missing_folder_is_named(tmp_path: Path) -> No
 def test_a_bad_redis_url_fails_at_once() -> None:
     with pytest.raises(ValueError, match="redis://localhost:6379/0"):
         RedisBroker("localhost:6379")
+
+
+async def test_a_redis_that_lost_its_data_is_set_up_again() -> None:
+    # A server restarted without its append-only file comes back empty: the consumer group
+    # is gone. The broker makes it again and goes on with the jobs put since.
+    from tests.services import redis_url
+
+    from .test_contract import get_within, job
+
+    broker = RedisBroker(redis_url(), prefix=f"lost-{secrets.token_hex(4)}", poll_interval=0.05)
+    await broker.open()
+    try:
+        queue = broker.queue("q")
+        await queue.put([job("before")])
+        await queue.ack(await get_within(queue))
+        await broker.client.delete([queue.stream, queue.delayed])
+        await queue.put([job("after")])
+        delivery = await get_within(queue)
+        assert (delivery.job.job_id, delivery.delivery) == ("after", 1)
+        await queue.ack(delivery)
+    finally:
+        await broker.close()
