@@ -151,6 +151,23 @@ async def test_a_lapsed_lease_is_redelivered(open_queue: OpenQueue) -> None:
             await nothing_for(alive, 2 * lease)
 
 
+async def test_a_lapsed_holder_cannot_take_a_job_back_by_its_heartbeat(
+    open_queue: OpenQueue,
+) -> None:
+    lease = 0.3
+    async with open_queue(visibility_timeout=lease, serve=False) as late:
+        await late.put([job("j")])
+        await get_within(late)
+        async with open_queue(visibility_timeout=lease) as owner:
+            taken = await get_within(owner)  # after the late holder's lease lapsed
+            assert taken.delivery == 2
+            # The late holder wakes up and renews what it thinks it holds: nothing of it.
+            assert await late.heartbeat() == 0  # type: ignore[attr-defined]
+            async with open_queue(visibility_timeout=lease) as third:
+                await nothing_for(third, 3 * lease)  # the owner's heartbeat keeps it
+            await owner.ack(taken)
+
+
 async def test_the_heartbeat_keeps_a_long_job_leased(open_queue: OpenQueue) -> None:
     lease = 0.3
     async with open_queue(visibility_timeout=lease) as holder:
