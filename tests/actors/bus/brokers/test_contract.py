@@ -86,6 +86,27 @@ async def test_many_consumers_get_ready_jobs_in_order(open_queue: OpenQueue) -> 
         assert len(order) == total
 
 
+async def test_a_waiting_get_wakes_at_once_on_a_put(open_queue: OpenQueue) -> None:
+    # The poll interval is long: only the put itself can wake the waiting get this soon.
+    async with open_queue(poll_interval=10.0) as queue:
+        got: list[Delivery] = []
+        arrived = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def wait_for_one() -> None:
+                got.append(await queue.get())
+                arrived.set()
+
+            nursery.start_soon(wait_for_one)
+            await trio.sleep(0.2)  # the get is waiting (and its first poll found nothing)
+            start = trio.current_time()
+            await queue.put([job("j")])
+            with trio.fail_after(2.0):
+                await arrived.wait()
+        assert trio.current_time() - start < 2.0
+        assert got[0].job.job_id == "j"
+
+
 async def test_a_delay_is_honoured(open_queue: OpenQueue) -> None:
     async with open_queue() as queue:
         start = trio.current_time()
