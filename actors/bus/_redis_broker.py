@@ -25,6 +25,9 @@ leave it half-done, and no step takes a lock that a dead process could leave beh
   it does nothing).
 - **release**: one script re-adds the entries this consumer still owns to the stream (due
   now), keeping their delivery count in the entry, and removes the old ones.
+- **discard** (a cancelled batch): one script removes the batch's delayed jobs, its stream
+  entries past the group's last delivered id (handed to nobody) and those prefetched here;
+  it reads the backlog, so it costs in proportion to the jobs waiting.
 
 A lost connection (Redis restarted) is retried with backoff in `serve`, ``get`` and ``ack``.
 Durability is the server's: run it with ``appendonly yes`` (the stream, the group and its PEL
@@ -193,6 +196,42 @@ end
 return out
 """
 
+# KEYS: stream, delayed. ARGV: group, batch, ids of entries this consumer holds unhanded.
+# Removes the batch's jobs nobody has been handed: delayed ones, stream entries past the
+# group's last delivered id, and the given (prefetched) entries. Returns their bodies.
+_DISCARD = """
+local out = {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local a = string.find(m, '\\n', 1, true)
+  local b = string.find(m, '\\n', a + 1, true)
+  if string.sub(m, a + 1, b - 1) == ARGV[2] then
+    redis.call('ZREM', KEYS[2], m)
+    out[#out + 1] = string.sub(m, b + 1)
+  end
+end
+local function take(e)
+  local f = e[2]
+  local fields = {}
+  for k = 1, #f, 2 do fields[f[k]] = f[k + 1] end
+  if fields['b'] == ARGV[2] then
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
+    redis.call('XDEL', KEYS[1], e[1])
+    out[#out + 1] = fields['j']
+  end
+end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+  if info['name'] == ARGV[1] then last = info['last-delivered-id'] end
+end
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+')) do take(e) end
+for i = 3, #ARGV do
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])) do take(e) end
+end
+return out
+"""
+
 _STATS = """
 local ready = 0
 local running = 0
@@ -336,6 +375,7 @@ class RedisBroker:
                 "release": _RELEASE,
                 "reclaim": _RECLAIM,
                 "stats": _STATS,
+                "discard": _DISCARD,
             }.items()
         }
 
@@ -581,10 +621,18 @@ class RedisBrokerQueue(LeasedQueue):
         self._settled(deliveries)
 
     async def discard(self, batch_id: str) -> list[QueuedJob]:
-        """Returns ``[]``: Redis cannot pick entries out of a stream by batch cheaply, so the
-        workers skip a cancelled batch's jobs instead."""
-        await trio.lowlevel.checkpoint()
-        return []
+        """Remove the batch's jobs no worker has been handed (one script: it reads the queue's
+        backlog, so it costs in proportion to the jobs waiting)."""
+        await self._ensure_group()
+        mine = [d for d in self._buffer if d.job.batch_id == batch_id]
+        for delivery in mine:
+            self._buffer.remove(delivery)
+        bodies = await self._script(
+            "discard",
+            [self.stream, self.delayed],
+            [GROUP, batch_id, *(d.receipt for d in mine)],
+        )
+        return [decode_job(body) for body in bodies]
 
     async def stats(self) -> QueueStats:
         ready, delayed, running = await self._script("stats", [self.stream, self.delayed], [GROUP])

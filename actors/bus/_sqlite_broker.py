@@ -21,6 +21,7 @@ was delivered.
   worker already settled does nothing): never lost, never doubled.
 - **release** makes the rows visible now, unowned; prefetched rows never handed out are
   given back on close with their delivery uncounted.
+- **discard** (a cancelled batch) deletes the batch's unowned rows and those prefetched here.
 
 Calls go through `trio.to_thread` one group at a time per broker, like `SQLiteStore`: calls
 that arrive while a thread call runs share the next transaction. A local ``put`` wakes a
