@@ -70,6 +70,9 @@ if TYPE_CHECKING:
 
 GROUP = "workers"
 
+#: A consumer that holds nothing and was idle this many visibility timeouts is reaped.
+_REAP_AFTER_LEASES = 10
+
 #: Jobs per script call on put (keeps each call short, so Redis serves others in between).
 _PUT_CHUNK = 1000
 
@@ -232,6 +235,22 @@ end
 return out
 """
 
+# KEYS: stream. ARGV: group, min idle ms. Deletes the group's consumers that hold nothing
+# and were idle that long (processes gone); one holding entries is never deleted (deleting
+# it would drop its pending entries), and a live one deleted is made again by its next read.
+_REAP = """
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for k = 1, #c, 2 do info[c[k]] = c[k + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    n = n + 1
+  end
+end
+return n
+"""
+
 _STATS = """
 local ready = 0
 local running = 0
@@ -376,6 +395,7 @@ class RedisBroker:
                 "reclaim": _RECLAIM,
                 "stats": _STATS,
                 "discard": _DISCARD,
+                "reap": _REAP,
             }.items()
         }
 
@@ -462,6 +482,8 @@ class RedisBrokerQueue(LeasedQueue):
         task_status.started()
         beat_every = broker.visibility_timeout / 3
         next_beat = trio.current_time() + beat_every
+        reap_after = _REAP_AFTER_LEASES * broker.visibility_timeout
+        next_reap = trio.current_time()
         backoff = 0.05
         while True:
             try:
@@ -472,6 +494,9 @@ class RedisBrokerQueue(LeasedQueue):
                 if trio.current_time() >= next_beat:
                     await self.heartbeat()
                     next_beat = trio.current_time() + beat_every
+                if trio.current_time() >= next_reap:
+                    await self.reap()
+                    next_reap = trio.current_time() + reap_after
                 backoff = 0.05
             except _CONNECTION_ERRORS as exc:
                 log.warning("Redis broker %s: %s; reconnecting in %.2fs", broker.url, exc, backoff)
@@ -488,6 +513,13 @@ class RedisBrokerQueue(LeasedQueue):
                 broker.poll_interval if wait_ms < 0 else min(broker.poll_interval, wait_ms / 1000)
             )
             await trio.sleep(min(wait, max(0.0, next_beat - trio.current_time())))
+
+    async def reap(self) -> int:
+        """Delete the group's consumers that hold nothing and were idle for many leases (the
+        processes that died or closed); how many."""
+        min_idle = int(_REAP_AFTER_LEASES * self._broker.visibility_timeout * 1000)
+        deleted: int = await self._script("reap", [self.stream], [GROUP, min_idle])
+        return deleted
 
     async def heartbeat(self) -> int:
         """Reset the idle time of every entry this process holds (its leases)."""
