@@ -23,8 +23,8 @@ was delivered.
   given back on close with their delivery uncounted.
 - **discard** (a cancelled batch) deletes the batch's unowned rows and those prefetched here.
 
-Calls go through `trio.to_thread` one group at a time per broker, like `SQLiteStore`: calls
-that arrive while a thread call runs share the next transaction. A local ``put`` wakes a
+Calls go through `GroupCommit` (as `SQLiteStore`'s do): a thread call at a time per broker,
+and calls that arrive while one runs share the next transaction. A local ``put`` wakes a
 waiting local ``get`` at once; jobs put by other processes are seen within
 ``poll_interval`` (or at their due time, whichever comes first).
 
@@ -44,10 +44,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import outcome
 import trio
 
 from ._broker import Delivery, QueueStats, decode_job
+from ._group_commit import GroupCommit
 from ._leased import (
     DEFAULT_MAX_PAYLOAD,
     Coalescer,
@@ -57,7 +57,7 @@ from ._leased import (
     log,
 )
 from ._model import QueuedJob, check_seconds
-from ._sqlite import _Call, _run_group, _transaction
+from ._sqlite import _transaction
 
 T = TypeVar("T")
 
@@ -266,26 +266,24 @@ class SQLiteBroker:
         self._busy_timeout = busy_timeout
         self._clock = clock
         self._queues: dict[str, SQLiteBrokerQueue] = {}
-        self._conn: sqlite3.Connection | None = None
-        self._limiter: trio.CapacityLimiter | None = None
-        self._pending: list[_Call] = []
-        self._flushing = False
+        self._db: GroupCommit | None = None
 
     def __repr__(self) -> str:
-        return f"<SQLiteBroker {self.path!r}{'' if self._conn else ' (closed)'}>"
+        return f"<SQLiteBroker {self.path!r}{'' if self._db else ' (closed)'}>"
 
     def now(self) -> float:
         return self._clock()
 
     async def open(self) -> None:
         """Create the file and its table if missing (safe against a concurrent opener)."""
-        if self._conn is not None:
+        if self._db is not None:
             await trio.lowlevel.checkpoint()
             return
         self.owner = secrets.token_hex(8)
-        self._limiter = trio.CapacityLimiter(1)
         try:
-            self._conn = await trio.to_thread.run_sync(_connect, self.path, self._busy_timeout)
+            self._db = GroupCommit(
+                await trio.to_thread.run_sync(_connect, self.path, self._busy_timeout)
+            )
         except sqlite3.Error as exc:
             raise ConnectionError(
                 f"cannot open the SQLite broker file {self.path!r}: {exc} (is its folder "
@@ -294,7 +292,7 @@ class SQLiteBroker:
 
     async def close(self) -> None:
         """Give back prefetched jobs never handed out, and close the connection."""
-        if self._conn is None:
+        if self._db is None:
             await trio.lowlevel.checkpoint()
             return
         with trio.CancelScope(shield=True):
@@ -308,9 +306,8 @@ class SQLiteBroker:
                         self.now(),
                         1,
                     )
-            conn, self._conn = self._conn, None
-            assert self._limiter is not None
-            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            db, self._db = self._db, None
+            await db.close()
 
     def queue(self, name: str) -> SQLiteBrokerQueue:
         queue = self._queues.get(name)
@@ -323,46 +320,9 @@ class SQLiteBroker:
 
         Cancelled before its group starts, the call is dropped; once started, it completes.
         """
-        if self._conn is None:
+        if self._db is None:
             raise RuntimeError(f"{self!r} is not open; the bus opens it (await broker.open())")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        call = _Call(fn, args)
-        self._pending.append(call)
-        if not self._flushing:
-            self._flushing = True
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._flush()
-            finally:
-                self._flushing = False
-        try:
-            await call.done.wait()
-        except trio.Cancelled:
-            if not call.taken:
-                call.abandoned = True
-                raise
-            with trio.CancelScope(shield=True):
-                await call.done.wait()
-        assert call.result is not None
-        result: T = call.result.unwrap()
-        return result
-
-    async def _flush(self) -> None:
-        conn, limiter = self._conn, self._limiter
-        assert conn is not None
-        assert limiter is not None
-        while self._pending:
-            group = [call for call in self._pending if not call.abandoned]
-            self._pending = []
-            for call in group:
-                call.taken = True
-            try:
-                await trio.to_thread.run_sync(_run_group, conn, group, limiter=limiter)
-            except BaseException as exc:  # BEGIN or COMMIT failed: the whole group failed
-                for call in group:
-                    call.result = outcome.Error(exc)
-            for call in group:
-                call.done.set()
+        return await self._db.run(fn, *args)
 
 
 class SQLiteBrokerQueue(LeasedQueue):
