@@ -289,6 +289,21 @@ async def test_discard_takes_the_batch_jobs_prefetched_here(open_queue: OpenQueu
         assert (stats.ready, stats.delayed, stats.running) == (0, 0, 0)
 
 
+async def test_close_gives_back_prefetched_jobs_uncounted(open_queue: OpenQueue) -> None:
+    async with open_queue(visibility_timeout=30.0, serve=False) as first:
+        await first.put([job(f"j{i}") for i in range(5)])
+        # A claim of three, as three waiting gets make: one handed out, two buffered.
+        claimed, _ = await first._claim(3)  # type: ignore[attr-defined]
+        first._buffer.extend(claimed)  # type: ignore[attr-defined]
+        handed = await first.get()
+    async with open_queue(visibility_timeout=30.0) as second:
+        stats = await second.stats()
+        assert (stats.ready, stats.running) == (4, 1)  # the handed-out one stays leased
+        again = [await get_within(second) for _ in range(4)]
+        assert {d.delivery for d in again} == {1}
+        assert handed.job.job_id not in {d.job.job_id for d in again}
+
+
 async def test_stats_count_across_processes(open_queue: OpenQueue) -> None:
     async with open_queue(visibility_timeout=5.0) as a, open_queue(visibility_timeout=5.0) as b:
         await a.put([job("r1"), job("r2"), job("r3")])
