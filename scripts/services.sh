@@ -107,6 +107,8 @@ start_postgres() {
     dir="$state/postgres"
     mkdir -p "$dir"
     if [[ $(id -u) == 0 ]]; then
+        # PostgreSQL refuses to run as root: it runs as `postgres` (Debian's package makes it).
+        id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
         chown postgres "$dir"
         chmod 755 "$state"
     fi
