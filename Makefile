@@ -47,7 +47,9 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.lanes
 	$(BIN)/python -m bench.batcher
 	$(BIN)/python -m bench.pool
+	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.supervisors
 	scripts/services.sh run $(BIN)/python -m bench.brokers
 
 clean:

@@ -11,6 +11,8 @@ from ._actor import ActorRef as ActorRef
 from ._actor import spawn as spawn
 from ._batcher import Batcher as Batcher
 from ._batcher import BatcherStats as BatcherStats
+from ._batcher import BatchFailed as BatchFailed
+from ._batcher import BatchReport as BatchReport
 from ._batcher import open_batcher as open_batcher
 from ._clock import trio_clock as trio_clock
 from ._cron import Cron as Cron
@@ -46,6 +48,8 @@ __all__ = [
     "ActorCrashed",
     "ActorRef",
     "ActorsError",
+    "BatchFailed",
+    "BatchReport",
     "Batcher",
     "BatcherStats",
     "ComponentClosed",
