@@ -65,6 +65,15 @@ class Workers:
         await until(lambda: out.exists() and out.read_text().startswith("ready"), 20.0)
         return process
 
+    def redelivered(self) -> int:
+        """Runs of a job handed out again after a kill (its delivery count above 1)."""
+        return sum(
+            1
+            for out in self.folder.glob("runs-*.txt")
+            for line in out.read_text().splitlines()
+            if line != "ready" and int(line.split()[1]) > 1
+        )
+
     def runs(self) -> Counter[str]:
         counts: Counter[str] = Counter()
         for out in self.folder.glob("runs-*.txt"):
@@ -134,7 +143,10 @@ async def test_sigkilled_workers_lose_nothing(kind: str, place: str, tmp_path: P
         runs = workers.runs()
         lost = {job.job_id for job in jobs(total)} - set(runs)
         twice = sum(1 for count in runs.values() if count > 1)
-        print(f"\n{kind}: {total} jobs, {kills} SIGKILLs: {len(lost)} lost, {twice} ran twice")
+        print(
+            f"\n{kind}: {total} jobs, {kills} SIGKILLs: {len(lost)} lost, {twice} ran twice, "
+            f"{workers.redelivered()} redelivered after a kill"
+        )
         assert kills >= 1
         assert lost == set()
     finally:
