@@ -58,7 +58,9 @@ from ._model import QueuedJob as QueuedJob
 from ._queue import MemoryQueue as MemoryQueue
 from ._queue import Queue as Queue
 from ._queue import QueueStats as QueueStats
+from ._redis_broker import RedisBroker as RedisBroker
 from ._sqlite import SQLiteStore as SQLiteStore
+from ._sqlite_broker import SQLiteBroker as SQLiteBroker
 from ._store import BatchRecord as BatchRecord
 from ._store import BatchUpdate as BatchUpdate
 from ._store import ChainRecord as ChainRecord
@@ -109,7 +111,9 @@ __all__ = [
     "QueuedJob",
     "RateLimit",
     "RateLimiter",
+    "RedisBroker",
     "Release",
+    "SQLiteBroker",
     "SQLiteStore",
     "SkipWhen",
     "Store",
