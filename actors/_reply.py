@@ -56,6 +56,13 @@ class Reply(Generic[R]):
         # Wakes the caller: with its answer, or out of its wait for the cancelled call to end.
         self._event.set()
 
+    def succeed(self, value: R) -> None:
+        """Answer with ``value`` without running anything here (the work ran elsewhere)."""
+        if self._state in (_QUEUED, _RUNNING):
+            self._outcome = outcome.Value(value)
+            self._state = _DONE
+        self._event.set()
+
     def fail(self, exc: BaseException) -> None:
         """Answer with ``exc`` without running anything (the handling side is going away)."""
         if self._state in (_QUEUED, _RUNNING):
