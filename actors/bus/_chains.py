@@ -1,0 +1,164 @@
+"""Chain coordinators: one keyed actor per chain, the only writer of its chain.
+
+A worker *tells* the chain's coordinator a job's final outcome (`Done`); the coordinator
+records the step in the store (retried until it commits), queues the next job, acknowledges
+the delivery, and at the end reports the chain and runs its callbacks. What only this process
+knows about a chain (its callbacks, when it started) is the coordinator's alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+
+from .._keyed import KeyedActors, open_keyed
+from ._broker import Delivery
+from ._callbacks import Callback, Owner, run_callback
+from ._events import EventKind
+from ._model import QueuedJob, describe
+from ._parts import INSIDE, Parts
+from ._rules import Outcome
+
+log = logging.getLogger("actors.bus")
+
+
+@attrs.define(eq=False, slots=True)
+class Done:
+    """Worker -> coordinator: a chain's or batch's job has its final outcome."""
+
+    delivery: Delivery
+    outcome: Outcome
+    error: BaseException | None
+
+    @property
+    def job(self) -> QueuedJob:
+        return self.delivery.job
+
+
+@attrs.define(eq=False)
+class ChainLocal:
+    """What only the process that built a chain knows: its callbacks and start time."""
+
+    catch: Callback | None
+    finally_: Callback | None
+    started_at: float
+
+
+def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
+    """A stored node (`JobRecord`) as the first attempt of its job."""
+    return QueuedJob(
+        job_id=node.job_id,
+        dispatch_id=dispatch_id,
+        job_type=node.job_type,
+        payload=node.payload,
+        queue=node.queue,
+        timeout=node.timeout,
+        retry=node.retry,
+        backoff=node.backoff,
+        **ids,
+    )
+
+
+class Chains:
+    """The registry of chain coordinators (a supervisor child of the bus)."""
+
+    def __init__(self, parts: Parts, idle_timeout: float) -> None:
+        self._parts = parts
+        self._idle_timeout = idle_timeout
+        self._keyed: KeyedActors[Done, None] | None = None
+        self._local: dict[str, ChainLocal] = {}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with open_keyed(
+            self._handle,
+            idle_timeout=self._idle_timeout,
+            name="bus chain coordinators",
+            on_error=_failed,
+        ) as keyed:
+            self._keyed = keyed
+            task_status.started()
+            await trio.sleep_forever()
+
+    def adopt(self, chain_id: str, local: ChainLocal) -> None:
+        """A chain this process dispatched: keep its callbacks (before its first job runs)."""
+        self._local[chain_id] = local
+
+    def forget(self, chain_id: str) -> None:
+        self._local.pop(chain_id, None)
+
+    async def tell(self, done: Done) -> None:
+        assert self._keyed is not None
+        assert done.job.chain_id is not None
+        await self._keyed.tell(done.job.chain_id, done)
+
+    def stats(self) -> Any:
+        assert self._keyed is not None
+        return self._keyed.stats()
+
+    async def _handle(self, chain_id: str, done: Done) -> None:
+        inside = INSIDE.set(True)
+        try:
+            await self._advance(chain_id, done)
+        finally:
+            INSIDE.reset(inside)
+            self._parts.done(1)
+
+    async def _advance(self, chain_id: str, done: Done) -> None:
+        parts, job = self._parts, done.job
+        error = done.error if done.outcome == "failed" else None
+        step = await parts.recorder.write(
+            f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",
+            parts.store.record_chain_step,
+            chain_id,
+            job.chain_index,
+            None if error is None else describe(error),
+            parts.clock(),
+        )
+        queue = parts.queues[job.queue]
+        if step is None:  # a duplicate (or the chain is gone): nothing moves
+            await queue.ack(done.delivery)
+            return
+        emitter = parts.emitter
+        common: dict[str, Any] = {
+            "dispatch_id": job.dispatch_id,
+            "chain_id": chain_id,
+            "job_id": job.job_id,
+            "job_type": job.job_type,
+            "queue": job.queue,
+        }
+        if step.next_node is not None:
+            node = step.next_node
+            # Next queued before this one is acknowledged: a crash in between re-runs a
+            # step (recorded once), never loses the chain.
+            await parts.put(
+                (queued(node, job.dispatch_id, chain_id=chain_id, chain_index=step.next_index),),
+                node.delay,
+            )
+            await queue.ack(done.delivery)
+            if emitter.active:
+                emitter.emit(EventKind.CHAIN_ADVANCED, **common)
+            return
+        await queue.ack(done.delivery)
+        local = self._local.pop(chain_id, None)
+        if emitter.active:
+            emitter.emit(
+                EventKind.CHAIN_FAILED if step.failed else EventKind.CHAIN_COMPLETED,
+                duration=None if local is None else trio.current_time() - local.started_at,
+                error=error,
+                **common,
+            )
+        if local is None or not (local.catch or local.finally_):
+            return
+        state = await parts.store.get_chain(chain_id)
+        owner = Owner("chain", chain_id, job.dispatch_id, state.queue)
+        if error is not None and local.catch is not None:
+            await run_callback(parts, owner, "catch", local.catch, (state, error), error=error)
+        if local.finally_ is not None:
+            await run_callback(parts, owner, "finally", local.finally_, (state,))
+
+
+def _failed(key: str, message: object, exc: BaseException) -> None:
+    log.error("bus chain coordinator %r failed handling %r", key, message, exc_info=exc)
