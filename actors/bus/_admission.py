@@ -22,15 +22,16 @@ from ._builders import BatchBuilder, ChainBuilder
 from ._chains import ChainLocal, Chains, queued
 from ._errors import BusError, DuplicateJob, UnknownJobType
 from ._events import EventKind
-from ._model import DispatchResult, Job, JobRecord, describe, encode_payload
+from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe, encode_payload
 from ._parts import Parts
 from ._rules import BatchRecord, ChainRecord
 
 
 def check_job(
     job: Job, job_types: Collection[str] | None, queues: Collection[str] | None, queue: str
-) -> None:
-    """Refuse what a bus with these job types and queues would refuse (also `FakeBus`)."""
+) -> str:
+    """Refuse what a bus with these job types and queues would refuse (also `FakeBus`);
+    return the payload as JSON text."""
     if job_types is not None and job.type not in job_types:
         raise UnknownJobType(
             f"no handler is registered for job type {job.type!r}; register one with "
@@ -42,7 +43,7 @@ def check_job(
             f"job {job.type!r} is for queue {queue!r}, which this bus does not have; "
             f"open_bus(queues=...) has {list(queues)}"
         )
-    encode_payload(job.type, job.payload)
+    return encode_payload(job.type, job.payload)
 
 
 class Admission:
@@ -68,11 +69,11 @@ class Admission:
         """Check a job against this bus and freeze it into a `JobRecord`."""
         options = job.options
         queue = options.queue or default_queue or self.default_queue
-        check_job(job, self._handlers, self._parts.queues, queue)
+        payload = check_job(job, self._handlers, self._parts.queues, queue)
         return JobRecord(
             job_id=self._parts.ids(),
             job_type=job.type,
-            payload=encode_payload(job.type, job.payload),
+            payload=payload,
             queue=queue,
             delay=options.delay,
             timeout=options.timeout,
@@ -97,137 +98,183 @@ class Admission:
         self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder | None
     ) -> DispatchResult | str:
         """Admit one job (``builder`` None), a chain or a batch; return its ids."""
+        if builder is None:
+            return await self._admit_job(jobs[0])
+        return await self._admit_group(jobs, builder)
+
+    async def _admit_group(self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder) -> str:
+        """`admit` for a chain or a batch: stored first, then its jobs queued."""
         await trio.lowlevel.checkpoint_if_cancelled()
         parts, emitter = self._parts, self._parts.emitter
-        dispatch_id = parts.ids()
-        owner_id = None if builder is None else parts.ids()
-        fields: dict[str, Any] = {"dispatch_id": dispatch_id}
-        if isinstance(builder, ChainBuilder):
-            fields["chain_id"] = owner_id
-        elif isinstance(builder, BatchBuilder):
-            fields["batch_id"] = owner_id
-        default_queue = None if builder is None else builder.queue
-        queue = (jobs[0].options.queue if builder is None else None) or default_queue
-        queue = queue or self.default_queue
+        dispatch_id, owner_id = parts.ids(), parts.ids()
+        is_chain = isinstance(builder, ChainBuilder)
+        fields: dict[str, Any] = {
+            "dispatch_id": dispatch_id,
+            "chain_id" if is_chain else "batch_id": owner_id,
+            "queue": builder.queue or self.default_queue,
+        }
         started = trio.current_time()
         if emitter.active:
-            single = {"job_type": jobs[0].type} if builder is None else {}
-            emitter.emit(EventKind.DISPATCH_STARTED, queue=queue, **fields, **single)
+            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         try:
-            records = [self.record(job, default_queue) for job in jobs]
+            records = tuple(self.record(job, builder.queue) for job in jobs)
             local = self._local(builder, started)
-            await parts.wait_room(1 if isinstance(builder, ChainBuilder) else len(records))
-            if builder is None and jobs[0].options.unique_for is not None:
-                # Claimed last, just before queueing: a dispatch cancelled earlier claims nothing.
-                await self._claim_unique(records[0], jobs[0].options.unique_for)
+            await parts.wait_room(1 if is_chain else len(records))
             now = parts.clock()
             if isinstance(builder, ChainBuilder):
-                assert owner_id is not None
-                await parts.store.create_chain(
-                    ChainRecord(owner_id, dispatch_id, queue, tuple(records), now)
-                )
-            elif isinstance(builder, BatchBuilder):
-                assert owner_id is not None
+                record = ChainRecord(owner_id, dispatch_id, fields["queue"], records, now)
+                await parts.store.create_chain(record)
+            else:
                 await parts.store.create_batch(
                     BatchRecord(
                         owner_id,
                         dispatch_id,
                         builder.batch_name,
-                        queue,
+                        fields["queue"],
                         builder.allows_failures,
-                        tuple(records),
+                        records,
                         now,
                     )
                 )
         except BaseException as exc:
             if emitter.active:
-                emitter.emit(EventKind.DISPATCH_FAILED, queue=queue, error=exc, **fields)
+                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
             raise
-        # Accepted: queue and report it, whatever happens to the caller meanwhile.
+        # Stored: queue and report it, whatever happens to the caller meanwhile (a stored
+        # chain or batch whose jobs never reach a queue would never end).
         with trio.CancelScope(shield=True):
             try:
                 await self._queue(builder, owner_id, dispatch_id, records, local)
             except BaseException as exc:
                 await self._undo(builder, owner_id, exc)
                 if emitter.active:
-                    emitter.emit(EventKind.DISPATCH_FAILED, queue=queue, error=exc, **fields)
+                    emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
                 raise
             if emitter.active:
-                if isinstance(builder, ChainBuilder):
-                    emitter.emit(EventKind.CHAIN_STARTED, queue=queue, **fields)
-                elif isinstance(builder, BatchBuilder):
-                    emitter.emit(EventKind.BATCH_STARTED, queue=queue, **fields)
-                else:
-                    fields.update(job_id=records[0].job_id, job_type=jobs[0].type)
-                emitter.emit(
-                    EventKind.DISPATCH_SUCCEEDED,
-                    queue=records[0].queue if builder is None else queue,
-                    duration=trio.current_time() - started,
-                    **fields,
-                )
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        if builder is None:
-            return DispatchResult(dispatch_id, records[0].job_id, records[0].queue)
-        assert owner_id is not None
+                kind = EventKind.CHAIN_STARTED if is_chain else EventKind.BATCH_STARTED
+                emitter.emit(kind, **fields)
+                duration = trio.current_time() - started
+                emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return owner_id
 
+    async def _admit_job(self, job: Job) -> DispatchResult:
+        """`admit` for one plain job: no store record, one `QueuedJob` built, and on the
+        memory broker no yield (so no shield) between acceptance and return."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parts, emitter = self._parts, self._parts.emitter
+        dispatch_id = parts.ids()
+        options = job.options
+        queue = options.queue or self.default_queue
+        if emitter.active:
+            started = trio.current_time()
+            emitter.emit(
+                EventKind.DISPATCH_STARTED, dispatch_id=dispatch_id, job_type=job.type, queue=queue
+            )
+        try:
+            payload = check_job(job, self._handlers, parts.queues, queue)
+            queued = QueuedJob(
+                parts.ids(),
+                dispatch_id,
+                job.type,
+                payload,
+                queue,
+                options.timeout,
+                options.retry,
+                options.backoff,
+            )
+            await parts.wait_room(1)
+            if options.unique_for is not None:
+                # Claimed last, just before queueing: a dispatch cancelled earlier claims nothing.
+                await self._claim_unique(job.type, payload, options.unique_for)
+        except BaseException as exc:
+            if emitter.active:
+                emitter.emit(
+                    EventKind.DISPATCH_FAILED,
+                    dispatch_id=dispatch_id,
+                    job_type=job.type,
+                    queue=queue,
+                    error=exc,
+                )
+            raise
+        # Accepted: queue and report it, whatever happens to the caller meanwhile.
+        if parts.puts_now(queue):
+            parts.put_now((queued,), options.delay)  # nothing here yields: no shield needed
+        else:
+            with trio.CancelScope(shield=True):
+                try:
+                    await parts.put((queued,), options.delay)
+                except BaseException as exc:
+                    if emitter.active:
+                        emitter.emit(
+                            EventKind.DISPATCH_FAILED,
+                            dispatch_id=dispatch_id,
+                            job_type=job.type,
+                            queue=queue,
+                            error=exc,
+                        )
+                    raise
+        if emitter.active:
+            emitter.emit(
+                EventKind.DISPATCH_SUCCEEDED,
+                dispatch_id=dispatch_id,
+                job_id=queued.job_id,
+                job_type=job.type,
+                queue=queue,
+                duration=trio.current_time() - started,
+            )
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return DispatchResult(dispatch_id, queued.job_id, queue)
+
     def _local(
-        self, builder: ChainBuilder | BatchBuilder | None, started: float
+        self, builder: ChainBuilder | BatchBuilder, started: float
     ) -> ChainLocal | BatchLocal | None:
-        q = None if builder is None else builder.queue
+        q = builder.queue
         cb: Callable[[Any], Any] = lambda c: self._callback(c, q)  # noqa: E731
         if isinstance(builder, ChainBuilder):
             catch, finally_ = cb(builder.catch_callback), cb(builder.finally_callback)
             if catch is None and finally_ is None:
                 return None
             return ChainLocal(catch, finally_, started)
-        if isinstance(builder, BatchBuilder):
-            return BatchLocal(
-                progress=cb(builder.progress_callback),
-                then=cb(builder.then_callback),
-                catch=cb(builder.catch_callback),
-                finally_=cb(builder.finally_callback),
-                allow_failures=builder.allows_failures,
-                started_at=started,
-            )
-        return None
+        return BatchLocal(
+            progress=cb(builder.progress_callback),
+            then=cb(builder.then_callback),
+            catch=cb(builder.catch_callback),
+            finally_=cb(builder.finally_callback),
+            allow_failures=builder.allows_failures,
+            started_at=started,
+        )
 
     async def _queue(
         self,
-        builder: ChainBuilder | BatchBuilder | None,
-        owner_id: str | None,
+        builder: ChainBuilder | BatchBuilder,
+        owner_id: str,
         dispatch_id: str,
         records: Sequence[JobRecord],
         local: ChainLocal | BatchLocal | None,
     ) -> None:
         parts = self._parts
         if isinstance(builder, ChainBuilder):
-            assert owner_id is not None
             if isinstance(local, ChainLocal):
                 self._chains.adopt(owner_id, local)
             first = records[0]
             await parts.put(
                 (queued(first, dispatch_id, chain_id=owner_id, chain_index=0),), first.delay
             )
-        elif isinstance(builder, BatchBuilder):
-            assert owner_id is not None
+        else:
             assert isinstance(local, BatchLocal)
             self._batches.adopt(owner_id, local)
             await parts.put_many(
                 [(queued(job, dispatch_id, batch_id=owner_id), job.delay) for job in records]
             )
-        else:
-            record = records[0]
-            await parts.put((queued(record, dispatch_id),), record.delay)
 
     async def _undo(
-        self, builder: ChainBuilder | BatchBuilder | None, owner_id: str | None, exc: BaseException
+        self, builder: ChainBuilder | BatchBuilder, owner_id: str, exc: BaseException
     ) -> None:
         """The queue refused: no chain or batch stays recorded as running."""
         parts, now = self._parts, self._parts.clock()
         reason = f"dispatch failed: {describe(exc)}"
         if isinstance(builder, ChainBuilder):
-            assert owner_id is not None
             self._chains.forget(owner_id)
             await parts.recorder.write(
                 f"the failed dispatch of chain {owner_id}",
@@ -236,8 +283,7 @@ class Admission:
                 reason,
                 now,
             )
-        elif isinstance(builder, BatchBuilder):
-            assert owner_id is not None
+        else:
             self._batches.forget(owner_id)
             await parts.recorder.write(
                 f"the failed dispatch of batch {owner_id}",
@@ -248,12 +294,12 @@ class Admission:
             for queue in parts.queues.values():  # what an earlier group put is taken back
                 parts.done(len(await queue.discard(owner_id)))
 
-    async def _claim_unique(self, record: JobRecord, ttl: float) -> None:
-        digest = sha1(record.payload.encode(), usedforsecurity=False).hexdigest()
+    async def _claim_unique(self, job_type: str, payload: str, ttl: float) -> None:
+        digest = sha1(payload.encode(), usedforsecurity=False).hexdigest()
         now = self._parts.clock()
-        key = f"{record.job_type}:{digest}"
+        key = f"{job_type}:{digest}"
         if not await self._parts.store.claim_unique(key, now, now + timedelta(seconds=ttl)):
             raise DuplicateJob(
-                f"job {record.job_type!r} with this payload was already dispatched in the last "
+                f"job {job_type!r} with this payload was already dispatched in the last "
                 f"{ttl:g}s (unique_for); this dispatch was refused"
             )

@@ -20,7 +20,7 @@ import trio
 from .._keyed import KeyedActors, open_keyed
 from ._callbacks import Callback, Owner, run_callback
 from ._chains import Done
-from ._errors import BusError
+from ._errors import BusError, NotFound
 from ._events import EventKind
 from ._model import BatchState, QueuedJob
 from ._parts import INSIDE, Parts
@@ -149,16 +149,27 @@ class Batches:
         while True:
             messages.extend(_take(keyed, batch_id))
             try:
-                update = await parts.recorder.write(
-                    f"{len(messages)} job outcome(s) of batch {batch_id}",
-                    parts.store.record_batch,
-                    batch_id,
-                    [JobOutcome(m.job.job_id, m.outcome) for m in messages],
-                    parts.clock(),
-                    progress=progress,
-                )
+                outcomes = [JobOutcome(m.job.job_id, m.outcome) for m in messages]
+                memory = parts.memory
+                if memory is not None:
+                    try:
+                        update: BatchUpdate | None = memory.record_batch_now(
+                            batch_id, outcomes, parts.clock(), progress=progress
+                        )
+                    except NotFound as exc:
+                        log.error("bus: cannot record outcomes of %s: %s", batch_id, exc)
+                        update = None
+                else:
+                    update = await parts.recorder.write(
+                        f"{len(messages)} job outcome(s) of batch {batch_id}",
+                        parts.store.record_batch,
+                        batch_id,
+                        outcomes,
+                        parts.clock(),
+                        progress=progress,
+                    )
                 for m in messages:
-                    await parts.queues[m.job.queue].ack(m.delivery)
+                    await parts.ack(m.delivery)
                 if update is None:  # the batch is gone from the store
                     return await parts.store.get_batch(batch_id)
                 state = await self._settle(batch_id, update, messages)

@@ -141,12 +141,12 @@ class Bus:
 
     async def _admit(self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder | None) -> Any:
         self._check_open()
-        busy = self._parts.busy
-        busy.value += 1  # a dispatch under way keeps the bus from going idle and closing
+        parts = self._parts
+        parts.admit()  # a dispatch under way keeps the bus from going idle and closing
         try:
             return await self._admission.admit(jobs, builder)
         finally:
-            busy.value -= 1
+            parts.admitted()
 
     async def dispatch(self, job: Job) -> DispatchResult:
         """Check ``job`` and queue it; return its ids. Waits while the bus is full.
@@ -197,9 +197,9 @@ class Bus:
                 "wait for itself forever. Call it from outside the bus's work"
             )
         await trio.lowlevel.checkpoint()
-        busy = self._parts.busy
-        while busy.value:  # woken at 0, it may have moved again before we ran
-            await busy.wait_value(0)
+        idle = self._parts.idle
+        while not idle.value:  # woken when idle, it may have moved on again before we ran
+            await idle.wait_value(True)
 
     async def find_batch(self, batch_id: str) -> BatchState:
         """The batch's current state from the store; `NotFound` (a `LookupError`) if unknown."""

@@ -17,6 +17,7 @@ import trio
 from .._keyed import KeyedActors, open_keyed
 from ._broker import Delivery
 from ._callbacks import Callback, Owner, run_callback
+from ._errors import NotFound
 from ._events import EventKind
 from ._model import QueuedJob, describe
 from ._parts import INSIDE, Parts
@@ -109,17 +110,27 @@ class Chains:
     async def _advance(self, chain_id: str, done: Done) -> None:
         parts, job = self._parts, done.job
         error = done.error if done.outcome == "failed" else None
-        step = await parts.recorder.write(
-            f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",
-            parts.store.record_chain_step,
-            chain_id,
-            job.chain_index,
-            None if error is None else describe(error),
-            parts.clock(),
-        )
-        queue = parts.queues[job.queue]
+        failure = None if error is None else describe(error)
+        memory = parts.memory
+        if memory is not None:
+            try:
+                step = memory.record_chain_step_now(
+                    chain_id, job.chain_index, failure, parts.clock()
+                )
+            except NotFound as exc:
+                log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
+                step = None
+        else:
+            step = await parts.recorder.write(
+                f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",
+                parts.store.record_chain_step,
+                chain_id,
+                job.chain_index,
+                failure,
+                parts.clock(),
+            )
         if step is None:  # a duplicate (or the chain is gone): nothing moves
-            await queue.ack(done.delivery)
+            await parts.ack(done.delivery)
             return
         emitter = parts.emitter
         common: dict[str, Any] = {
@@ -137,11 +148,11 @@ class Chains:
                 (queued(node, job.dispatch_id, chain_id=chain_id, chain_index=step.next_index),),
                 node.delay,
             )
-            await queue.ack(done.delivery)
+            await parts.ack(done.delivery)
             if emitter.active:
                 emitter.emit(EventKind.CHAIN_ADVANCED, **common)
             return
-        await queue.ack(done.delivery)
+        await parts.ack(done.delivery)
         local = self._local.pop(chain_id, None)
         if emitter.active:
             emitter.emit(

@@ -75,6 +75,14 @@ class MemoryQueue:
         self._running += 1
         return Delivery(ready.popleft(), 1, "")
 
+    def get_now(self) -> Delivery | None:
+        """A ready job without yielding, or None (for a worker that has just yielded)."""
+        ready = self._ready
+        if not ready:
+            return None
+        self._running += 1
+        return Delivery(ready.popleft(), 1, "")
+
     def ack_now(self, delivery: Delivery) -> None:
         self._running -= 1
 

@@ -23,6 +23,7 @@ from ._chains import Chains, Done
 from ._errors import Release, UnknownJobType
 from ._events import EventKind
 from ._handlers import Handler
+from ._memory_broker import MemoryQueue
 from ._middleware import CallNext, Middleware
 from ._model import BatchState, ChainState, JobContext, QueuedJob, decode_payload, describe
 from ._parts import INSIDE, Parts
@@ -86,10 +87,17 @@ class Worker:
         """One worker of ``queue``: take a job, run it, hand its outcome on; forever."""
         INSIDE.set(True)
         task_status.started()
+        memory = queue if type(queue) is MemoryQueue else None
+        yielded = False
         while True:
-            delivery = await queue.get()
+            # A job that ended by telling its coordinator has just passed a scheduling point:
+            # the next ready job is taken without another one (the memory broker's get would
+            # only yield for fairness).
+            delivery = memory.get_now() if yielded and memory is not None else None
+            if delivery is None:
+                delivery = await queue.get()
             try:
-                await self._run(queue, delivery)
+                yielded = await self._run(queue, delivery)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
@@ -100,12 +108,12 @@ class Worker:
             batch_id
         )
 
-    async def _run(self, queue: BrokerQueue, delivery: Delivery) -> None:
+    async def _run(self, queue: BrokerQueue, delivery: Delivery) -> bool:
+        """Run one delivery; True if it ended with a scheduling point (a tell)."""
         job = delivery.job
         batch_id = job.batch_id
         if batch_id is not None and await self._cancelled(batch_id):
-            await self._finish(queue, delivery, "cancelled", None)
-            return
+            return await self._finish(queue, delivery, "cancelled", None)
         state = None if job.callback_of is None else await self._state_of(job.callback_of)
         ctx = JobContext(
             decode_payload(job.payload),
@@ -134,14 +142,13 @@ class Worker:
             await self._call(ctx)
         except Release as release:
             await queue.retry(delivery, job, delay=release.delay)
-            return
+            return False
         except Exception as exc:
             error = exc
         else:
             if emitter.active:
                 emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
-            await self._finish(queue, delivery, "succeeded", None)
-            return
+            return await self._finish(queue, delivery, "succeeded", None)
         if emitter.active:
             emitter.job(
                 EventKind.JOB_FAILED, job, duration=trio.current_time() - started, error=error
@@ -157,11 +164,10 @@ class Worker:
                 job.backoff,
             )
             if batch_id is not None and await self._cancelled(batch_id):
-                await self._finish(queue, delivery, "cancelled", None)
-                return
+                return await self._finish(queue, delivery, "cancelled", None)
             retry = attrs.evolve(job, attempt=job.attempt + 1)
             await queue.retry(delivery, retry, delay=job.backoff)
-            return
+            return False
         log.error(
             "bus job %s %s failed for good (attempt %d): %s",
             job.job_type,
@@ -171,7 +177,7 @@ class Worker:
             exc_info=error,
         )
         await self._keep_failed(job, error)
-        await self._finish(queue, delivery, "failed", error)
+        return await self._finish(queue, delivery, "failed", error)
 
     async def _state_of(self, owner: str) -> BatchState | ChainState | None:
         kind, _, owner_id = owner.partition(":")
@@ -204,13 +210,16 @@ class Worker:
         delivery: Delivery,
         outcome: Outcome,
         error: BaseException | None,
-    ) -> None:
-        """Hand the final outcome on: to the job's coordinator, or acknowledge it here."""
+    ) -> bool:
+        """Hand the final outcome on: to the job's coordinator (True: that yielded), or
+        acknowledge it here (False)."""
         job = delivery.job
         if job.batch_id is not None:
             await self._batches.tell(Done(delivery, outcome, error))
-        elif job.chain_id is not None:
+            return True
+        if job.chain_id is not None:
             await self._chains.tell(Done(delivery, outcome, error))
-        else:
-            await queue.ack(delivery)
-            self._parts.done(1)
+            return True
+        await self._parts.ack(delivery)
+        self._parts.done(1)
+        return False
