@@ -10,7 +10,7 @@ store) and the dispatch fails with ``dispatch_failed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from hashlib import sha1
 from typing import Any
@@ -81,18 +81,27 @@ class Admission:
             backoff=options.backoff,
         )
 
-    def _callback(self, callback: Any, default_queue: str | None) -> Any:
-        """A `Job` callback checked now (as its record); a callable kept as it is."""
-        if callback is None:
-            return None
-        if isinstance(callback, Job):
-            return self.record(callback, default_queue)
+    def _callbacks(
+        self, named: Sequence[tuple[str, Any]], default_queue: str | None
+    ) -> tuple[dict[str, Any], tuple[tuple[str, JobRecord], ...]]:
+        """The callables (kept in this process) and the checked `Job` callbacks (stored with
+        the chain or batch, so any process runs them)."""
+        callables: dict[str, Any] = {}
+        jobs: list[tuple[str, JobRecord]] = []
+        for name, callback in named:
+            if isinstance(callback, Job):
+                jobs.append((name, self.record(callback, default_queue)))
+            elif callback is not None:
+                self._check_callable()
+                callables[name] = callback
+        return callables, tuple(jobs)
+
+    def _check_callable(self) -> None:
         if not self._runs_callbacks:
             raise BusError(
                 "this bus runs no jobs (workers=False), so it cannot run a callable callback; "
                 "pass a Job callback (e.g. .then(Job('reports:publish'))) that any worker runs"
             )
-        return callback
 
     async def admit(
         self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder | None
@@ -118,11 +127,13 @@ class Admission:
             emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         try:
             records = tuple(self.record(job, builder.queue) for job in jobs)
-            local = self._local(builder, started)
+            local, job_callbacks = self._local(builder, started)
             await parts.wait_room(1 if is_chain else len(records))
             now = parts.clock()
             if isinstance(builder, ChainBuilder):
-                record = ChainRecord(owner_id, dispatch_id, fields["queue"], records, now)
+                record = ChainRecord(
+                    owner_id, dispatch_id, fields["queue"], records, now, job_callbacks
+                )
                 await parts.store.create_chain(record)
             else:
                 await parts.store.create_batch(
@@ -134,6 +145,7 @@ class Admission:
                         builder.allows_failures,
                         records,
                         now,
+                        job_callbacks,
                     )
                 )
         except BaseException as exc:
@@ -228,22 +240,35 @@ class Admission:
 
     def _local(
         self, builder: ChainBuilder | BatchBuilder, started: float
-    ) -> ChainLocal | BatchLocal | None:
-        q = builder.queue
-        cb: Callable[[Any], Any] = lambda c: self._callback(c, q)  # noqa: E731
+    ) -> tuple[ChainLocal | BatchLocal | None, tuple[tuple[str, JobRecord], ...]]:
+        """What this process keeps (callables, timing) and the `Job` callbacks to store."""
         if isinstance(builder, ChainBuilder):
-            catch, finally_ = cb(builder.catch_callback), cb(builder.finally_callback)
-            if catch is None and finally_ is None:
-                return None
-            return ChainLocal(catch, finally_, started)
-        return BatchLocal(
-            progress=cb(builder.progress_callback),
-            then=cb(builder.then_callback),
-            catch=cb(builder.catch_callback),
-            finally_=cb(builder.finally_callback),
+            fns, jobs = self._callbacks(
+                [("catch", builder.catch_callback), ("finally", builder.finally_callback)],
+                builder.queue,
+            )
+            if not fns and not jobs:
+                return None, ()
+            return ChainLocal(fns.get("catch"), fns.get("finally"), started, bool(jobs)), jobs
+        fns, jobs = self._callbacks(
+            [
+                ("progress", builder.progress_callback),
+                ("then", builder.then_callback),
+                ("catch", builder.catch_callback),
+                ("finally", builder.finally_callback),
+            ],
+            builder.queue,
+        )
+        local = BatchLocal(
+            progress=fns.get("progress"),
+            then=fns.get("then"),
+            catch=fns.get("catch"),
+            finally_=fns.get("finally"),
             allow_failures=builder.allows_failures,
             started_at=started,
+            has_jobs=bool(jobs),
         )
+        return local, jobs
 
     async def _queue(
         self,

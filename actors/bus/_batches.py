@@ -50,6 +50,8 @@ class BatchLocal:
     finally_: Callback | None = None
     allow_failures: bool = False
     started_at: float = 0.0
+    has_jobs: bool = False
+    r"""Some callbacks are `Job`\ s, stored with the batch."""
     first_error: BaseException | None = None
     finished: bool = False
 
@@ -60,7 +62,7 @@ class Batches:
     def __init__(self, parts: Parts, idle_timeout: float) -> None:
         self._parts = parts
         self._idle_timeout = idle_timeout
-        self._keyed: KeyedActors[Message, BatchState] | None = None
+        self._keyed: KeyedActors[Message, BatchState | None] | None = None
         self._local: dict[str, BatchLocal] = {}
         #: Batches known cancelled here, whose waiting jobs were taken off this bus's queues.
         self._cancelled: set[str] = set()
@@ -114,13 +116,15 @@ class Batches:
             return await self._cancel(batch_id, message)
         self._parts.add(1)  # the bus is not idle while a cancel is under way
         try:
-            return await self._keyed.ask(batch_id, message)
+            state = await self._keyed.ask(batch_id, message)
         finally:
             self._parts.done(1)
+        assert state is not None  # a cancel always answers with the state
+        return state
 
     # ---------------------------------------------------------------- the coordinator
 
-    async def _handle(self, batch_id: str, message: Message) -> BatchState:
+    async def _handle(self, batch_id: str, message: Message) -> BatchState | None:
         # Reset after: with an older core an ask may run this in the asker's task.
         inside = INSIDE.set(True)
         self._turn[batch_id] = trio.lowlevel.current_task()
@@ -140,7 +144,7 @@ class Batches:
             update = await store.cancel_batch(batch_id, now)
         return await self._settle(batch_id, update, ())
 
-    async def _record(self, batch_id: str, first: Done) -> BatchState:
+    async def _record(self, batch_id: str, first: Done) -> BatchState | None:
         keyed, parts = self._keyed, self._parts
         assert keyed is not None
         local = self._local.get(batch_id)
@@ -170,8 +174,8 @@ class Batches:
                     )
                 for m in messages:
                     await parts.ack(m.delivery)
-                if update is None:  # the batch is gone from the store
-                    return await parts.store.get_batch(batch_id)
+                if update is None:  # the batch is gone from the store (logged): drop these
+                    return None
                 state = await self._settle(batch_id, update, messages)
             finally:
                 parts.done(len(messages))
@@ -227,6 +231,9 @@ class Batches:
             "queue": state.queue,
         }
         by_id = {m.job.job_id: m for m in messages}
+        callbacks = await self._callbacks(batch_id, local, update, first_error, finished)
+        progress, catch = callbacks.get("progress"), callbacks.get("catch")
+        over = local is not None and local.finished
         for step, job_id in zip(update.progressed, update.progressed_jobs, strict=False):
             if emitter.active:
                 done = by_id.get(job_id)
@@ -235,25 +242,49 @@ class Batches:
                     **common,
                     **({} if done is None else _job_fields(done)),
                 )
-            if local is not None and local.progress is not None and not local.finished:
+            if progress is not None and not (over or (local is not None and local.finished)):
                 await run_callback(
-                    parts, owner, "progress", local.progress, (step,), claim=f"progress:{job_id}"
+                    parts, owner, "progress", progress, (step,), claim=f"progress:{job_id}"
                 )
-        if (
-            local is not None
-            and first_error is not None
-            and local.catch is not None
-            and not local.finished
-        ):
+        if first_error is not None and catch is not None and not (local and local.finished):
             await run_callback(
-                parts, owner, "catch", local.catch, (state, first_error), error=first_error
+                parts, owner, "catch", catch, (state, first_error), error=first_error
             )
         if finished:
-            await self._finish(batch_id, state, local, common)
+            await self._finish(batch_id, state, local, common, callbacks)
         return state
 
+    async def _callbacks(
+        self,
+        batch_id: str,
+        local: BatchLocal | None,
+        update: BatchUpdate,
+        first_error: BaseException | None,
+        finished: bool,
+    ) -> dict[str, Callback]:
+        """The callbacks this update may run: this process's callables, and the `Job`
+        callbacks stored with the batch (read only when there may be some)."""
+        found: dict[str, Callback] = {}
+        if local is not None:
+            for name in ("progress", "then", "catch", "finally"):
+                fn = getattr(local, "finally_" if name == "finally" else name)
+                if fn is not None:
+                    found[name] = fn
+        if (local is None or local.has_jobs) and (
+            update.progressed or first_error is not None or finished
+        ):
+            stored = await self._parts.store.job_callbacks(f"batch:{batch_id}")
+            for name, record in stored.items():
+                found.setdefault(name, record)
+        return found
+
     async def _finish(
-        self, batch_id: str, state: BatchState, local: BatchLocal | None, common: dict[str, Any]
+        self,
+        batch_id: str,
+        state: BatchState,
+        local: BatchLocal | None,
+        common: dict[str, Any],
+        callbacks: dict[str, Callback],
     ) -> None:
         parts = self._parts
         succeeded = state.failed == 0 and state.processed == state.total
@@ -275,13 +306,12 @@ class Batches:
         self._local.pop(batch_id, None)
         self._cancelled.discard(batch_id)
         self._stopping.discard(batch_id)
-        if local is None:
-            return
         owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
-        if local.then is not None and succeeded:
-            await run_callback(parts, owner, "then", local.then, (state,))
-        if local.finally_ is not None:
-            await run_callback(parts, owner, "finally", local.finally_, (state,))
+        then, finally_ = callbacks.get("then"), callbacks.get("finally")
+        if then is not None and succeeded:
+            await run_callback(parts, owner, "then", then, (state,))
+        if finally_ is not None:
+            await run_callback(parts, owner, "finally", finally_, (state,))
 
 
 def _failed(key: str, message: object, exc: BaseException) -> None:
@@ -292,7 +322,7 @@ def _is_done(message: Message) -> bool:
     return message.__class__ is Done
 
 
-def _take(keyed: KeyedActors[Message, BatchState], batch_id: str) -> list[Done]:
+def _take(keyed: KeyedActors[Message, BatchState | None], batch_id: str) -> list[Done]:
     """The outcomes waiting in the batch's mailbox (up to the first ask, a cancel)."""
     return keyed.take_pending(batch_id, _is_done)  # type: ignore[return-value]
 

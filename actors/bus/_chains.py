@@ -46,6 +46,8 @@ class ChainLocal:
     catch: Callback | None
     finally_: Callback | None
     started_at: float
+    has_jobs: bool = False
+    r"""Some callbacks are `Job`\ s, stored with the chain."""
 
 
 def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
@@ -161,14 +163,19 @@ class Chains:
                 error=error,
                 **common,
             )
-        if local is None or not (local.catch or local.finally_):
+        catch = None if local is None else local.catch
+        finally_ = None if local is None else local.finally_
+        if local is None or local.has_jobs:  # built elsewhere, or with Job callbacks
+            jobs = await parts.store.job_callbacks(f"chain:{chain_id}")
+            catch, finally_ = catch or jobs.get("catch"), finally_ or jobs.get("finally")
+        if catch is None and finally_ is None:
             return
         state = await parts.store.get_chain(chain_id)
         owner = Owner("chain", chain_id, job.dispatch_id, state.queue)
-        if error is not None and local.catch is not None:
-            await run_callback(parts, owner, "catch", local.catch, (state, error), error=error)
-        if local.finally_ is not None:
-            await run_callback(parts, owner, "finally", local.finally_, (state,))
+        if error is not None and catch is not None:
+            await run_callback(parts, owner, "catch", catch, (state, error), error=error)
+        if finally_ is not None:
+            await run_callback(parts, owner, "finally", finally_, (state,))
 
 
 def _failed(key: str, message: object, exc: BaseException) -> None:

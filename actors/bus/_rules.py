@@ -38,6 +38,8 @@ class BatchRecord:
     allow_failures: bool
     jobs: tuple[JobRecord, ...]
     created_at: datetime
+    callbacks: tuple[tuple[str, JobRecord], ...] = ()
+    """The batch's `Job` callbacks by name ("then", ...): kept with it, run by any process."""
 
 
 @attrs.frozen
@@ -49,6 +51,8 @@ class ChainRecord:
     queue: str
     nodes: tuple[JobRecord, ...]
     created_at: datetime
+    callbacks: tuple[tuple[str, JobRecord], ...] = ()
+    """The chain's `Job` callbacks by name ("catch", "finally")."""
 
 
 @attrs.frozen

@@ -25,7 +25,7 @@ from .._keyed import KeyedActors, open_keyed
 from .._reply import Reply
 from . import _sqlite_ops as ops
 from ._errors import StoreError
-from ._model import BatchState, ChainState
+from ._model import BatchState, ChainState, JobRecord
 from ._rules import (
     BatchRecord,
     BatchUpdate,
@@ -221,6 +221,9 @@ class SQLiteStore:
 
     async def cancel_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
         return await self._run(ops.cancel_batch, batch_id, now)
+
+    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
+        return await self._run(ops.job_callbacks, owner)
 
     async def batch_cancelled(self, batch_id: str) -> bool:
         return await self._run(ops.batch_cancelled, batch_id)

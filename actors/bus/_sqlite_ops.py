@@ -3,14 +3,17 @@ savepoint of a group commit's transaction)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
+import attrs
+
 from ._broker import decode_job, encode_job
 from ._errors import NotFound
-from ._model import BatchState, ChainState
+from ._model import BatchState, ChainState, JobRecord
 from ._rules import (
     BatchRecord,
     BatchUpdate,
@@ -53,9 +56,24 @@ def claim_unique(conn: sqlite3.Connection, key: str, now: int, expires_at: int) 
         return True
 
 
+def _save_job_callbacks(
+    conn: sqlite3.Connection, owner: str, callbacks: tuple[tuple[str, JobRecord], ...]
+) -> None:
+    conn.executemany(
+        "INSERT INTO job_callbacks (owner, name, job) VALUES (?, ?, ?)",
+        [(owner, name, json.dumps(attrs.asdict(job))) for name, job in callbacks],
+    )
+
+
+def job_callbacks(conn: sqlite3.Connection, owner: str) -> dict[str, JobRecord]:
+    rows = conn.execute("SELECT name, job FROM job_callbacks WHERE owner = ?", (owner,))
+    return {name: JobRecord(**json.loads(job)) for name, job in rows}
+
+
 def create_chain(conn: sqlite3.Connection, record: ChainRecord) -> None:
     created = to_micros(record.created_at)
     with transaction(conn):
+        _save_job_callbacks(conn, f"chain:{record.chain_id}", record.callbacks)
         conn.execute(
             f"INSERT INTO chains ({CHAIN_COLUMNS}) VALUES (?, ?, ?, ?, 0, 0, 0, NULL, ?, ?)",
             (
@@ -119,6 +137,7 @@ def record_chain_step(
 def create_batch(conn: sqlite3.Connection, record: BatchRecord) -> BatchState:
     row = new_batch_row(record)
     with transaction(conn):
+        _save_job_callbacks(conn, f"batch:{record.batch_id}", record.callbacks)
         conn.execute(
             f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES ({', '.join('?' * 13)})",
             (
@@ -224,10 +243,12 @@ def prune(conn: sqlite3.Connection, before: int) -> int:
             conn.execute("DELETE FROM batch_jobs WHERE batch_id = ?", (batch_id,))
             conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
             conn.execute("DELETE FROM callbacks WHERE owner = ?", (f"batch:{batch_id}",))
+            conn.execute("DELETE FROM job_callbacks WHERE owner = ?", (f"batch:{batch_id}",))
         for chain_id in chains:
             conn.execute("DELETE FROM chain_nodes WHERE chain_id = ?", (chain_id,))
             conn.execute("DELETE FROM chains WHERE chain_id = ?", (chain_id,))
             conn.execute("DELETE FROM callbacks WHERE owner = ?", (f"chain:{chain_id}",))
+            conn.execute("DELETE FROM job_callbacks WHERE owner = ?", (f"chain:{chain_id}",))
         conn.execute("DELETE FROM uniques WHERE expires_at < ?", (before,))
         conn.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (before,))
     return len(batches) + len(chains)

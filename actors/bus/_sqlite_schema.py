@@ -94,6 +94,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             job TEXT NOT NULL
         )""",
         "CREATE INDEX failed_jobs_at ON failed_jobs (failed_at)",
+        """CREATE TABLE job_callbacks (
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            job TEXT NOT NULL,
+            PRIMARY KEY (owner, name)
+        ) WITHOUT ROWID""",
     ),
 )
 

@@ -98,6 +98,10 @@ class Store(Protocol):
         """Record that callback ``name`` of ``owner`` runs now; False if it already did."""
         ...
 
+    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
+        """The `Job` callbacks stored with ``owner`` (``"batch:<id>"``, ``"chain:<id>"``)."""
+        ...
+
     async def batch_cancelled(self, batch_id: str) -> bool:
         """True if the batch was cancelled (from any process): its waiting jobs must not run."""
         ...
@@ -158,6 +162,7 @@ class MemoryStore:
         self._callbacks: dict[str, str] = {}  # "owner:name" -> owner
         self._uniques: dict[str, datetime] = {}
         self._failed: dict[str, FailedJob] = {}
+        self._job_callbacks: dict[str, dict[str, JobRecord]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore batches={len(self._batches)} chains={len(self._chains)}>"
@@ -183,6 +188,8 @@ class MemoryStore:
 
     async def create_chain(self, record: ChainRecord) -> None:
         await trio.lowlevel.checkpoint()
+        if record.callbacks:
+            self._job_callbacks[f"chain:{record.chain_id}"] = dict(record.callbacks)
         self._chains[record.chain_id] = _MemoryChain(
             ChainRow(
                 chain_id=record.chain_id,
@@ -229,6 +236,8 @@ class MemoryStore:
 
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
+        if record.callbacks:
+            self._job_callbacks[f"batch:{record.batch_id}"] = dict(record.callbacks)
         row = new_batch_row(record)
         self._batches[record.batch_id] = _MemoryBatch(
             row, dict.fromkeys((job.job_id for job in record.jobs), "pending")
@@ -281,6 +290,10 @@ class MemoryStore:
             return False
         self._callbacks[key] = owner
         return True
+
+    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
+        await trio.lowlevel.checkpoint()
+        return dict(self._job_callbacks.get(owner, {}))
 
     async def batch_cancelled(self, batch_id: str) -> bool:
         # No checkpoint: a worker asks before every batch job, and a dict lookup cannot block
@@ -336,6 +349,8 @@ class MemoryStore:
                 del self._chains[chain_id]
                 owners.add(f"chain:{chain_id}")
         self._callbacks = {k: o for k, o in self._callbacks.items() if o not in owners}
+        for owner in owners:
+            self._job_callbacks.pop(owner, None)
         self._uniques = {k: t for k, t in self._uniques.items() if t >= before}
         return len(owners)
 

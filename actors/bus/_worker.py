@@ -112,9 +112,18 @@ class Worker:
         """Run one delivery; True if it ended with a scheduling point (a tell)."""
         job = delivery.job
         batch_id = job.batch_id
-        if batch_id is not None and await self._cancelled(batch_id):
-            return await self._finish(queue, delivery, "cancelled", None)
-        state = None if job.callback_of is None else await self._state_of(job.callback_of)
+        state: BatchState | ChainState | None = None
+        if batch_id is not None or job.callback_of is not None:
+            try:
+                if batch_id is not None and await self._cancelled(batch_id):
+                    return await self._finish(queue, delivery, "cancelled", None)
+                if job.callback_of is not None:
+                    state = await self._state_of(job.callback_of)
+            except trio.Cancelled:
+                # Stopped before the job started: give it back to the broker, for anyone.
+                with trio.CancelScope(shield=True):
+                    await queue.release([delivery])
+                raise
         ctx = JobContext(
             decode_payload(job.payload),
             job.attempt,

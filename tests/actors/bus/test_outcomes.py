@@ -12,7 +12,9 @@ import pytest
 import trio
 
 from actors.bus import (
+    BusError,
     BusLike,
+    ChainState,
     Event,
     EventKind,
     FakeBus,
@@ -266,3 +268,68 @@ async def test_a_job_callback_reads_the_batch_state(autojump_clock: Any) -> None
     assert state.completed
     assert state.processed == 2
     assert error is None
+
+
+async def test_no_progress_after_finally_when_a_callback_cancels_its_batch(
+    autojump_clock: Any,
+) -> None:
+    calls: list[str] = []
+
+    async def progress(state: Any) -> None:
+        calls.append("progress")
+        if len(calls) == 1:
+            await bus.cancel_batch(state.batch_id)
+
+    async def work(ctx: JobContext) -> None:
+        await trio.sleep(1)
+
+    async with open_bus(queues={"default": 3}) as bus:
+        bus.register("w", work)
+        await (
+            bus.batch(Job("w"), Job("w"), Job("w"), Job("w").delay(5))
+            .progress(progress)
+            .finally_(lambda state: calls.append("finally"))
+            .dispatch()
+        )
+    assert calls.count("finally") == 1
+    assert calls[-1] == "finally"
+
+
+async def test_a_catch_job_callback_reads_the_error(autojump_clock: Any) -> None:
+    seen: list[Any] = []
+
+    async def fails(ctx: JobContext) -> None:
+        raise ValueError("step 2 broke")
+
+    async def undo(ctx: JobContext) -> None:
+        assert isinstance(ctx.state, ChainState)
+        seen.append((ctx.state.failed, ctx.error))
+
+    async with open_bus() as bus:
+        bus.register("a", noop)
+        bus.register("fails", fails)
+        bus.register("undo", undo)
+        await bus.chain(Job("a"), Job("fails")).catch(Job("undo")).dispatch()
+    assert seen == [(True, "ValueError: step 2 broke")]
+
+
+async def test_a_bus_without_workers_only_dispatches(autojump_clock: Any) -> None:
+    broker, store = MemoryBroker(), MemoryStore()  # shared, as a file and a server would be
+    ran: list[Any] = []
+
+    async def handler(ctx: JobContext) -> None:
+        ran.append(ctx.payload)
+
+    handlers = Handlers({"a": handler})
+    async with open_bus(handlers=handlers, store=store, broker=broker, workers=False) as bus:
+        await bus.dispatch(Job("a", 1))
+        await bus.batch(Job("a", 2)).then(Job("a", "then")).dispatch()
+        with pytest.raises(BusError, match="workers=False"):
+            await bus.batch(Job("a", 3)).then(print).dispatch()
+    assert ran == []  # left at once: nothing ran here
+    assert (await broker.queue("default").stats()).ready == 2
+    async with open_bus(
+        handlers=handlers, store=store, broker=broker
+    ) as worker:  # a worker takes them
+        await worker.wait_idle()
+    assert sorted(map(str, ran)) == ["1", "2", "then"]  # the Job callback ran there

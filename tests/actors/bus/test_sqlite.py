@@ -370,3 +370,67 @@ async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Pat
         gate.set()
     assert await store.claim_callback("batch:x", "then", T0)  # the cancelled claim never ran
     await store.close()
+
+
+async def test_two_buses_creating_one_new_file_at_once_both_open(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes a lock the busy handler does not wait for; both
+    openers must still succeed (real threads, so many trials)."""
+    for trial in range(40):
+        stores = [SQLiteStore(tmp_path / f"new-{trial}.db") for _ in range(2)]
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                nursery.start_soon(store.open)
+        for store in stores:
+            await store.close()
+
+
+async def test_sqlite_errors_name_the_file(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)  # a directory: SQLite cannot open it
+    with pytest.raises(StoreError, match=str(tmp_path)) as caught:
+        await store.open()
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+
+
+async def test_failed_jobs_are_kept_in_the_file(tmp_path: Path) -> None:
+    async def bad(ctx: JobContext) -> None:
+        raise ValueError(f"bad {ctx.payload}")
+
+    path = tmp_path / "bus.db"
+    async with open_bus(store=SQLiteStore(path)) as bus:
+        bus.register("bad", bad)
+        result = await bus.dispatch(Job("bad", 7).retry(1))
+    async with open_bus(store=SQLiteStore(path)) as bus:  # a restart still has it
+        bus.register("bad", bad)
+        [failed] = await bus.failed_jobs()
+        assert (failed.id, failed.attempts, failed.error) == (result.job_id, 2, "ValueError: bad 7")
+        assert "Traceback" in failed.traceback
+        assert failed.job.retry == 1
+        await bus.retry_failed(failed.id)
+        await bus.wait_idle()
+        [again] = await bus.failed_jobs()  # it failed again: a new record
+        assert again.id != failed.id
+
+
+async def test_cancel_batch_through_the_file_stops_another_bus(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "bus.db"
+    ran: list[int] = []
+
+    async def work(ctx: JobContext) -> None:
+        ran.append(ctx.payload)
+
+    async with open_bus(store=SQLiteStore(path)) as bus:
+        bus.register("work", work)
+        batch_id = await bus.batch(*(Job("work", i).delay(5) for i in range(3))).dispatch()
+        other = SQLiteStore(path)  # another process's store on the same file
+        await other.open()
+        await other.cancel_batch(batch_id, T0)
+        await other.close()
+        mock_clock.jump(5)
+        with trio.fail_after(5):
+            await bus.wait_idle()
+        state = await bus.find_batch(batch_id)
+    assert ran == []
+    assert state.completed
+    assert state.cancelled
