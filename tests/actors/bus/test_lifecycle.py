@@ -1,5 +1,6 @@
-"""Regressions from the Bus audit: closing, cancellation, uniqueness, timeouts, batch ends,
-payload keys, event order and fields, cancelling a batch from its own callback."""
+"""A bus's lifecycle at its edges: leaving the block, cancelled callers, unique claims,
+timeouts inside middleware, how a batch ends, payload keys, event order and fields, and
+cancelling a batch from its own callback."""
 
 from __future__ import annotations
 
