@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -113,16 +114,55 @@ async def bus_batches(n: int, workers: int, kind: str, tmp: str, size: int) -> f
     return time.perf_counter() - start
 
 
-async def bus_chains(n: int, workers: int, kind: str, tmp: str, length: int) -> float:
+async def bus_chains(
+    n: int, workers: int, kind: str, tmp: str, length: int, producers: int = 1
+) -> float:
+    """Chains of ``length`` no-op jobs, dispatched by ``producers`` tasks at once (a server
+    handling that many requests; on SQLite their writes share group commits)."""
     store = _store(kind, tmp)
     chains = max(1, n // length)
     start = time.perf_counter()
     async with open_bus(store=store, queues={"default": workers}) as bus:
         bus.register("noop", _handler)
-        for _ in range(chains):
-            await bus.chain(*[Job("noop")] * length).dispatch()
+
+        async def produce(count: int) -> None:
+            for _ in range(count):
+                await bus.chain(*[Job("noop")] * length).dispatch()
+
+        async with trio.open_nursery() as nursery:
+            for p in range(producers):
+                nursery.start_soon(produce, chains // producers + (p < chains % producers))
         await bus.wait_idle()
     return time.perf_counter() - start
+
+
+def sql_chain_steps(chains: int, length: int, tmp: str, group: int = 64) -> float:
+    """The store's own SQL for the same chains, called directly in one thread, ``group``
+    operations per transaction (a group commit at its best): seconds for every step."""
+    from actors.bus import ChainRecord, JobRecord
+    from actors.bus._sqlite_ops import create_chain, record_chain_step
+    from actors.bus._sqlite_schema import connect
+
+    conn = connect(str(Path(tmp) / f"sql-{time.monotonic_ns()}.db"), 10.0)
+    now = datetime.now(UTC)
+    nodes = [JobRecord(f"n{i}", "noop", "null", "default") for i in range(length)]
+    records = [ChainRecord(f"c{c}", f"d{c}", "default", tuple(nodes), now) for c in range(chains)]
+    ops: list[tuple[Callable[..., object], tuple[object, ...]]] = [
+        (create_chain, (record,)) for record in records
+    ]
+    for step in range(length):
+        ops.extend((record_chain_step, (f"c{c}", step, None, now)) for c in range(chains))
+    start = time.perf_counter()
+    for first in range(0, len(ops), group):
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, args in ops[first : first + group]:
+            conn.execute("SAVEPOINT op")
+            fn(conn, *args)
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    took = time.perf_counter() - start
+    conn.close()
+    return took
 
 
 def _pairs(
@@ -154,6 +194,9 @@ def main() -> None:
         help="share of --jobs run on SQLite (1.0: the same number)",
     )
     parser.add_argument("--runs", type=int, default=5, help="pairs per figure (median)")
+    parser.add_argument(
+        "--only", choices=["memory", "sqlite"], help="run the workloads of one store only"
+    )
     args = parser.parse_args()
     n, w = args.jobs, args.workers
     n_sql = max(args.chain_length, int(n * args.sqlite_scale))
@@ -162,6 +205,8 @@ def main() -> None:
     print(f"{'workload':<40} {'jobs':>8} {'jobs/s':>10} {'baseline/s':>11} {'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, jobs in (("memory", n), ("sqlite", n_sql)):
+            if args.only not in (None, kind):
+                continue
             batches = max(1, jobs // args.batch_size) * args.batch_size
             chains = max(1, jobs // args.chain_length) * args.chain_length
             bs, cl = args.batch_size, args.chain_length
@@ -189,8 +234,31 @@ def main() -> None:
                 took, base, ratio = _pairs(args.runs, run, base_run)
                 rate, base_rate = count / took, count / base
                 print(f"{name:<40} {count:>8} {rate:>10,.0f} {base_rate:>11,.0f} {ratio:>6.2f}x")
+        if args.only != "memory":
+            _chain_step_cost(args.runs, n_sql, w, tmp, args.chain_length)
     if n_sql < n:
         print(f"(SQLite workloads use {n_sql} jobs: --sqlite-scale {args.sqlite_scale:g})")
+
+
+def _chain_step_cost(runs: int, n: int, workers: int, tmp: str, length: int) -> None:
+    """A chain step on SQLite through the bus (64 producers, so writes can be grouped)
+    against the store's own SQL for it, 64 operations per transaction."""
+    chains = max(1, n // length)
+    bus_times, sql_times = [], []
+    for _ in range(runs):
+        gc.collect()
+        sql_times.append(sql_chain_steps(chains, length, tmp))
+        gc.collect()
+        bus_times.append(
+            trio.run(partial(bus_chains, chains * length, workers, "sqlite", tmp, length))
+        )
+    steps = chains * length
+    bus_us = statistics.median(bus_times) / steps * 1e6
+    sql_us = statistics.median(sql_times) / steps * 1e6
+    print(
+        f"sqlite chain step: bus {bus_us:.1f} us, the store's SQL {sql_us:.1f} us "
+        f"(group commits of 64): {bus_us / sql_us:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -240,15 +240,13 @@ class Admission:
 
     def _local(
         self, builder: ChainBuilder | BatchBuilder, started: float
-    ) -> tuple[ChainLocal | BatchLocal | None, tuple[tuple[str, JobRecord], ...]]:
+    ) -> tuple[ChainLocal | BatchLocal, tuple[tuple[str, JobRecord], ...]]:
         """What this process keeps (callables, timing) and the `Job` callbacks to store."""
         if isinstance(builder, ChainBuilder):
             fns, jobs = self._callbacks(
                 [("catch", builder.catch_callback), ("finally", builder.finally_callback)],
                 builder.queue,
             )
-            if not fns and not jobs:
-                return None, ()
             return ChainLocal(fns.get("catch"), fns.get("finally"), started, bool(jobs)), jobs
         fns, jobs = self._callbacks(
             [
@@ -276,12 +274,12 @@ class Admission:
         owner_id: str,
         dispatch_id: str,
         records: Sequence[JobRecord],
-        local: ChainLocal | BatchLocal | None,
+        local: ChainLocal | BatchLocal,
     ) -> None:
         parts = self._parts
         if isinstance(builder, ChainBuilder):
-            if isinstance(local, ChainLocal):
-                self._chains.adopt(owner_id, local)
+            assert isinstance(local, ChainLocal)
+            self._chains.adopt(owner_id, local)
             first = records[0]
             await parts.put(
                 (queued(first, dispatch_id, chain_id=owner_id, chain_index=0),), first.delay
