@@ -99,8 +99,11 @@ class SQLiteStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in the thread, group-committed with concurrent calls.
 
-        Like `trio.to_thread.run_sync`: cancelled before its group starts, the call is
-        dropped; once its group has started, it runs to its end.
+        On its own (no writer actor): like `trio.to_thread.run_sync`, a call cancelled
+        before its thread call starts is dropped, once started it runs to its end. Served
+        (under a bus): a call cancelled before it is sent is dropped; once sent it completes
+        and its result is returned, so no write is left unknown to its caller (a stored
+        chain whose dispatch looked cancelled would never be queued).
         """
         conn = self._conn
         if conn is None:
@@ -118,13 +121,14 @@ class SQLiteStore:
         reply: Reply[T] = Reply()
         with trio.CancelScope(shield=True):
             await writer.tell(_WRITER, (fn, args, reply))
-        return await reply.wait()
+            answer = await reply.wait()
+        return answer
 
     async def _write_group(self, key: str, first: _Op) -> None:
         """The writer actor: this operation and every one waiting, in one transaction."""
         writer, conn = self._writer, self._conn
         assert writer is not None
-        group = [op for op in (first, *writer.take_pending(key)) if not op[2].abandoned]
+        group = [first, *writer.take_pending(key)]
         if conn is None:
             for _, _, reply in group:
                 reply.fail(StoreError(f"{self!r} closed before this operation ran"))
