@@ -24,7 +24,8 @@ How a job flows (one way, each step a module):
    a plain job is acknowledged; a chain's or batch's job is told to its coordinator.
 3. ``_chains`` / ``_batches``: the coordinator (a keyed actor per chain or batch, the only
    writer of its state) records the outcome in the store (``_recording``: retried until it
-   commits), acknowledges the delivery, queues a chain's next job or counts the batch.
+   commits), acknowledges the delivery, queues a chain's next job or counts the batch
+   (``_coordinators`` holds what the two registries share).
 4. ``_callbacks``: at the end, the coordinator claims each callback in the store and runs it
    (a callable) or queues it (a `Job`).
 
