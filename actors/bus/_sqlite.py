@@ -258,3 +258,6 @@ class SQLiteStore:
 
     async def prune(self, before: datetime) -> int:
         return await self._run(ops.prune, to_micros(before))
+
+    async def in_flight(self, limit: int) -> tuple[list[BatchState], list[ChainState]]:
+        return await self._run(ops.in_flight, limit)
