@@ -51,6 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bus
 	$(BIN)/python -m bench.supervisors
 	scripts/services.sh run $(BIN)/python -m bench.brokers
+	scripts/services.sh run $(BIN)/python -m bench.peers
 
 clean:
 	rm -rf $(VENV)

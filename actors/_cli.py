@@ -428,18 +428,14 @@ def _failed_table(failed: list[dict[str, Any]]) -> Table:
 
 
 def _add_services(parser: argparse.ArgumentParser, *, broker: bool, json: bool = True) -> None:
-    parser.add_argument(
-        "--store",
-        default=os.environ.get("TRIO_LANES_STORE"),
-        metavar="URL",
-        help="sqlite:///jobs.db or postgresql://... (default $TRIO_LANES_STORE)",
-    )
-    if broker:
+    urls = [("store", "postgresql://...")] + ([("broker", "redis://host:6379/0")] if broker else [])
+    for what, other in urls:
+        variable = f"TRIO_LANES_{what.upper()}"
         parser.add_argument(
-            "--broker",
-            default=os.environ.get("TRIO_LANES_BROKER"),
+            f"--{what}",
+            default=os.environ.get(variable),
             metavar="URL",
-            help="sqlite:///jobs.db or redis://host:6379/0 (default $TRIO_LANES_BROKER)",
+            help=f"sqlite:///jobs.db or {other} (default ${variable})",
         )
     if json:
         parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")

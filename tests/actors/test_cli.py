@@ -263,31 +263,10 @@ def test_failed_retry_with_a_target_checks_the_type(
     populate(store, broker)
     code, out, _ = run(capsys, "failed", "list", "--store", store, "--json")
     [failed] = json.loads(out)
-    code, out, err = run(
-        capsys,
-        "failed",
-        "retry",
-        failed["id"],
-        "--store",
-        store,
-        "--broker",
-        broker,
-        "--target",
-        "tests.actors.cli_app:nope",
-    )
+    retry = ("failed", "retry", failed["id"], "--store", store, "--broker", broker, "--target")
+    code, out, err = run(capsys, *retry, "tests.actors.cli_app:nope")
     assert code == 2
     assert "has no attribute 'nope'" in err
-    code, out, err = run(
-        capsys,
-        "failed",
-        "retry",
-        failed["id"],
-        "--store",
-        store,
-        "--broker",
-        broker,
-        "--target",
-        TARGET,
-    )
+    code, out, err = run(capsys, *retry, TARGET)
     assert code == 0, err
     assert f"failed job {failed['id']} is queued again on 'default'" in out
