@@ -2,7 +2,9 @@
 knows which of its deliveries are still unsettled.
 
 `StoppingBroker` wraps the durable broker a ``trio-lanes worker`` runs on. After `stop`, no
-worker task is handed a new job (one claimed meanwhile goes straight back to the broker),
+worker task is handed a new job (one its ``get`` claimed meanwhile goes straight back to the
+broker through `BrokerQueue.release`, so it counts as delivered once: its next
+``ctx.delivery`` is one higher though it never ran, the safe side for an idempotency check),
 `running` counts the jobs handed out and not yet acknowledged, retried or released, and
 `close` gives those back (due now, for any worker) before the wrapped broker closes: the jobs
 a stop interrupted run again elsewhere, with ``ctx.delivery`` one higher.
