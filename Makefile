@@ -31,7 +31,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.lanes
 	$(BIN)/python -m bench.batcher
 	$(BIN)/python -m bench.pool
+	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.supervisors
 
 clean:
 	rm -rf $(VENV)

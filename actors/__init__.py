@@ -5,12 +5,16 @@ handling one message at a time, and reaped when idle. Lanes, Batcher, Bus, Sched
 are built on that idea; `supervisors` keeps them running.
 """
 
+import logging as _logging
+
 from . import bus as bus  # `actors.bus.open_bus(...)` after a plain `import actors`
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import spawn as spawn
 from ._batcher import Batcher as Batcher
 from ._batcher import BatcherStats as BatcherStats
+from ._batcher import BatchFailed as BatchFailed
+from ._batcher import BatchReport as BatchReport
 from ._batcher import open_batcher as open_batcher
 from ._clock import trio_clock as trio_clock
 from ._cron import Cron as Cron
@@ -46,6 +50,8 @@ __all__ = [
     "ActorCrashed",
     "ActorRef",
     "ActorsError",
+    "BatchFailed",
+    "BatchReport",
     "Batcher",
     "BatcherStats",
     "ComponentClosed",
@@ -77,3 +83,7 @@ __all__ = [
     "spawn",
     "trio_clock",
 ]
+
+# A library logs, the application decides where it goes: without a handler of its own, an
+# expected, supervised crash would reach Python's last-resort handler and print a traceback.
+_logging.getLogger("actors").addHandler(_logging.NullHandler())

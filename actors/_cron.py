@@ -9,6 +9,7 @@ once per cron time (or per period) whatever the scheduler's interval.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -21,6 +22,25 @@ from ._keys import check_key
 
 _JUST_BEFORE = timedelta(microseconds=1)
 _PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)  # a leap year: Feb 29 is found within a year
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_fire(expression: str, tz: tzinfo, every_hour: bool, after: datetime) -> datetime:
+    """The first cron time strictly after ``after`` (UTC), as a UTC instant.
+
+    Read in ``tz`` with its daylight saving: a time in the skipped hour fires once, when the
+    clocks jump (croniter gives the jump's instant); a time in the repeated hour fires at its
+    first pass only, unless the hour field is ``*``: then each of the two real hours has its
+    own. Cached, so ten thousand jobs of one expression cost one computation per tick.
+    """
+    times = croniter(expression, after.astimezone(tz))
+    while True:
+        local: datetime = times.get_next(datetime)
+        if local.fold and not every_hour and local.utcoffset() != local.replace(fold=0).utcoffset():
+            continue  # the second pass of a repeated hour: this wall time fired already
+        instant = local.astimezone(UTC)
+        if instant > after:
+            return instant
 
 
 def _check_now(now: object) -> datetime:
@@ -62,9 +82,13 @@ class Cron(_FunctionJob):
     It is due when its next cron time has come: on a scheduler ticking each minute at :00
     that is exactly the matching minutes. A cron time that falls between two ticks runs once,
     at the later tick; cron times before the first `is_due` call are not caught up.
+
+    In a zone with daylight saving each cron time fires once: ``30 1 * * *`` once on the
+    night the clocks go back (at the first 01:30), ``0 * * * *`` once in each real hour (both
+    01:00s), and a time in the skipped hour (``30 2 * * *`` in spring) when the clocks jump.
     """
 
-    __slots__ = ("_next", "expression", "tz")
+    __slots__ = ("_every_hour", "_next", "expression", "tz")
 
     def __init__(
         self,
@@ -85,7 +109,8 @@ class Cron(_FunctionJob):
         if tz is not None and not isinstance(tz, tzinfo):
             raise TypeError(f"tz must be a datetime.tzinfo or None, got {tz!r}")
         try:  # a valid expression may still never match (Feb 31): find out now, not per tick
-            croniter(expression, _PROBE_START).get_next(datetime)
+            probe = croniter(expression, _PROBE_START)
+            probe.get_next(datetime)
         except CroniterError as exc:
             raise ValueError(
                 f"cron expression {expression!r} never fires ({exc}): "
@@ -94,18 +119,28 @@ class Cron(_FunctionJob):
         super().__init__(fn, args, id)
         self.expression = expression
         self.tz = tz
-        self._next: datetime | None = None
+        hours = probe.expanded[1]
+        self._every_hour = hours == ["*"] or len(set(hours)) == 24
+        self._next: datetime | None = None  # a UTC instant: compared by instant, never by wall
 
     def is_due(self, now: datetime) -> bool:
-        """True if a cron time has come since the last time it said yes (or was first asked)."""
+        """True if a cron time has come since the last time it said yes (or was first asked).
+
+        In a zone with daylight saving each cron time fires once: see `_next_fire`.
+        """
         now = _check_now(now)
-        if self.tz is not None:
-            now = now.astimezone(self.tz)
-        if self._next is None:
-            self._next = croniter(self.expression, now - _JUST_BEFORE).get_next(datetime)
-        if now < self._next:
+        zone = self.tz if self.tz is not None else now.tzinfo
+        assert zone is not None
+        if now.tzinfo is not UTC:
+            now = now.astimezone(UTC)
+        nxt = self._next
+        if nxt is None:
+            nxt = self._next = _next_fire(
+                self.expression, zone, self._every_hour, now - _JUST_BEFORE
+            )
+        if now < nxt:
             return False
-        self._next = croniter(self.expression, now).get_next(datetime)
+        self._next = _next_fire(self.expression, zone, self._every_hour, now)
         return True
 
     def __repr__(self) -> str:

@@ -1,17 +1,19 @@
 """Keyed virtual actors: one actor per key, spawned on first use, reaped when idle.
 
-This is the one mechanism Lanes, the Batcher and the Bus coordinators stand on.
+This is the mechanism the Batcher and the Bus coordinators stand on (Lanes, whose jobs are
+their callers' work, have their own turns, see `_lanes`).
 
-How a key lives (see PERF.md for the measurements behind it):
+How a key lives:
 
 * **Idle**: the registry's dict maps the key to the Trio time it went idle, a bare float. No
-  task, no channel, nothing for the garbage collector to walk.
-* **Busy**: the dict maps the key to a `_Live` record: a mailbox (a deque of envelopes) and
-  nothing else. Someone holds the key's *turn*: either the caller itself, or the key's task.
-* A caller that `ask`\\ s an idle key takes the turn and runs the handler in its own task: no
-  task is spawned and nobody is woken. Messages that arrive meanwhile queue in the mailbox.
-  When the turn is released with mail waiting, the key's task is spawned and drains the mailbox
-  in order, one message at a time, then ends, and the key is idle again.
+  task, no mailbox, nothing for the garbage collector to walk.
+* **Busy**: the dict maps the key to its `Mailbox`, and the key's task drains it in order, one
+  message at a time, then ends, and the key is idle again.
+* A handler is the actor's work (DESIGN rule 6): it always runs in the key's task, started in
+  a copy of the context the registry was opened in, never in an asker's task. So it sees the
+  registry's context variables (``supervisors.shutting_down()`` is the registry's), never an
+  asker's deadline, and an asker cancelled meanwhile just stops waiting: the handler runs to
+  its end and its result is dropped. Only the registry's own shutdown cancels a handler.
 * The reaper forgets keys idle longer than ``idle_timeout``. A send that races a reap simply
   finds no entry and starts a new one: nothing is lost, because the record it would lose is a
   float.
@@ -19,13 +21,16 @@ How a key lives (see PERF.md for the measurements behind it):
 The registry supervises its key tasks the way an OTP ``simple_one_for_one`` supervisor does:
 if a key task's own machinery fails (a bug in trio-lanes, not a handler's exception), the
 message it was handling fails with `ActorCrashed`, the failure is logged and counted in
-``restarts_total``, and a fresh task takes over the rest of that key's mailbox.
+``restarts_total``, and a fresh task takes over the rest of that key's mailbox. A handler that
+raises a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``)
+is not restarted: the asker and the messages queued get `ActorCrashed`, and the exception
+leaves the registry's block, as it would leave any Trio task.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
@@ -33,11 +38,14 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
-from ._checks import check_duration, check_positive_int
-from ._errors import ActorCrashed, ComponentClosed, WouldDeadlock
+from ._checks import check_async_fn, check_idle_timeout, check_name, check_positive_int
+from ._errors import ActorCrashed, ComponentClosed
+from ._idle import reap_forever, reap_stale
 from ._keys import check_key
+from ._mailbox import Mailbox
 from ._nursery import open_component_nursery
 from ._reply import Reply
+from ._waits import check_wait, waiting
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -70,14 +78,14 @@ class KeyedStats:
 class _Hold:
     """A multi-key hold waiting in a mailbox: the key task grants its turn and waits."""
 
-    __slots__ = ("abandoned", "granted", "live", "released", "task")
+    __slots__ = ("abandoned", "box", "granted", "released", "task")
 
     def __init__(self, task: trio.lowlevel.Task) -> None:
         self.granted = trio.Event()
         self.released = trio.Event()
         self.abandoned = False
         self.task = task
-        self.live: _Live | None = None  # the key it was granted on
+        self.box: Mailbox[Any] | None = None  # the key it was granted on
 
 
 class _Envelope(Generic[M, R]):
@@ -88,19 +96,15 @@ class _Envelope(Generic[M, R]):
         self.reply = reply
 
 
-class _Live:
-    """A busy key: its mailbox, the task holding its turn, and room for waiting senders.
+_Item = _Envelope[Any, Any] | _Hold
+_Box = Mailbox[_Item]
 
-    ``owner`` is the task holding the turn right now, or None while the turn passes to the
-    key's task; it is how a task asking a key it holds is caught (`WouldDeadlock`).
-    """
 
-    __slots__ = ("mailbox", "owner", "space")
-
-    def __init__(self, owner: trio.lowlevel.Task | None) -> None:
-        self.mailbox: deque[_Envelope[Any, Any] | _Hold] = deque()
-        self.owner = owner
-        self.space: trio.lowlevel.ParkingLot | None = None
+def describe(exc: BaseException) -> str:
+    """One line for a log record: the exception's type and message (the traceback rides along
+    as ``exc_info``, for handlers that print it)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class KeyedActors(Generic[M, R]):
@@ -121,16 +125,18 @@ class KeyedActors(Generic[M, R]):
         self._idle_timeout = idle_timeout
         self._mailbox_size = mailbox_size
         self._name = name
+        self._kind = f"{name}: key"  # how WouldDeadlock names one of our keys
         self._on_error = on_error
-        self._keys: dict[str, float | _Live] = {}
+        self._keys: dict[str, float | _Box] = {}
         self._busy = 0
-        self._queued = 0
         self._messages_total = 0
         self._reaped_total = 0
         self._restarts_total = 0
         self._closed = False
-        self._handling: dict[str, _Live] = {}
+        self._handling: dict[str, _Box] = {}
         self._all_idle = trio.lowlevel.ParkingLot()
+        #: Key tasks start in a copy of this: the context the registry was opened in.
+        self._context = contextvars.copy_context()
         #: Set by an owner that shuts the registry down because something crashed.
         self.crashed_by: BaseException | None = None
 
@@ -146,112 +152,106 @@ class KeyedActors(Generic[M, R]):
         """Have ``key``'s actor handle ``message`` and return the handler's result.
 
         One message at a time per key, in arrival order; the handler's exception is raised
-        here unchanged and the key goes on. Cancelled while queued: never handled. Cancelled
-        while running: the handler is cancelled.
+        here unchanged and the key goes on. The handler runs in the key's task, not here:
+        cancelled while queued, the message is never handled; cancelled while it runs, this
+        call stops waiting and the handler runs to its end (its result is dropped).
         """
         self._check_open()
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
         entry = self._keys.get(key)
-        task = trio.lowlevel.current_task()
-        if entry is None or entry.__class__ is float:
-            # Idle key: take its turn and run here, in the caller's task.
-            live = self._take_turn(key, task)
-            self._handling[key] = live
-            try:
-                result = await self._handler(key, message)
-            finally:
-                del self._handling[key]
-                self._release(key, live)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return result
-        self._check_not_holding(key, entry, task)
+        if entry is not None and entry.__class__ is not float:
+            assert isinstance(entry, Mailbox)
+            check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
         reply: Reply[R] = Reply()
-        await self._enqueue(key, _Envelope(message, reply))
-        return await reply.wait()
+        box, _ = await self._enqueue(key, _Envelope(message, reply))
+        return await reply.wait(box)
 
     async def tell(self, key: str, message: M) -> None:
         """Queue ``message`` for ``key``'s actor and return; waits only while its mailbox is full.
 
         If the handler raises for a told message, ``on_error(key, message, exc)`` hears of it
-        and the key goes on with its next message.
+        and the key goes on with its next message. Senders waiting for room get in in the
+        order they arrived.
         """
         self._check_open()
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
-        await self._enqueue(key, _Envelope(message, None))
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        entry = self._keys.get(key)
+        if entry is not None and entry.__class__ is not float:
+            assert isinstance(entry, Mailbox)
+            if len(entry) >= entry.size:
+                check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
+        _, waited = await self._enqueue(key, _Envelope(message, None))
+        if not waited:  # put in at once: still a schedule point
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def take_pending(self, key: str, accept: Callable[[M], bool] | None = None) -> list[M]:
         """From inside ``key``'s handler: remove and return the told messages waiting now.
 
         Stops at the first asked message or hold, which keep their place, and at the first
-        message ``accept`` (if given) refuses. This is how a handler gathers a batch.
+        message ``accept`` (if given) refuses. This is how a handler gathers a batch: at most
+        a mailbox's worth; senders that waited for room get in afterwards, in order.
         """
-        live = self._handling.get(key)
-        if live is None:
+        box = self._handling.get(key)
+        if box is None:
             raise RuntimeError(f"take_pending({key!r}) works only inside that key's handler")
         taken: list[M] = []
-        mailbox = live.mailbox
-        while mailbox:
-            head = mailbox[0]
-            if head.__class__ is not _Envelope or head.reply is not None:
+        items = box.items
+        while items:
+            head = items[0]
+            if not isinstance(head, _Envelope) or head.reply is not None:
                 break
             if accept is not None and not accept(head.message):
                 break
-            mailbox.popleft()
-            self._queued -= 1
+            items.popleft()
             taken.append(head.message)
-        if taken and live.space is not None:
-            live.space.unpark_all()
+        # Senders waiting for room get in after the batch is taken: it takes what had room.
+        box.admit()
         return taken
 
-    async def _enqueue(self, key: str, item: _Envelope[M, R] | _Hold) -> None:
-        while True:
-            entry = self._keys.get(key)
-            if entry is None or entry.__class__ is float:
-                live = _Live(None)  # the key task takes the turn when it starts
-                self._keys[key] = live
-                self._busy += 1
-                live.mailbox.append(item)
-                self._queued += 1
-                self._nursery.start_soon(self._run_key, key, live)
-                return
-            assert isinstance(entry, _Live)
-            if len(entry.mailbox) < self._mailbox_size:
-                entry.mailbox.append(item)
-                self._queued += 1
-                return
-            if entry.space is None:
-                entry.space = trio.lowlevel.ParkingLot()
-            await entry.space.park()
-            self._check_open()
+    async def _enqueue(self, key: str, item: _Item) -> tuple[_Box, bool]:
+        """Put ``item`` in ``key``'s mailbox; return the mailbox and whether we waited for room."""
+        entry = self._keys.get(key)
+        if entry is None or entry.__class__ is float:
+            box: _Box = Mailbox(self._mailbox_size)
+            self._keys[key] = box
+            self._busy += 1
+            box.items.append(item)
+            self._spawn(key, box)
+            return box, False
+        assert isinstance(entry, Mailbox)
+        return entry, await entry.put(item)
 
     # ---------------------------------------------------------------- turns
 
-    def _take_turn(self, key: str, task: trio.lowlevel.Task) -> _Live:
+    def _spawn(self, key: str, box: _Box) -> None:
+        """Start the key's task, in the registry's context (never the sender's)."""
+        try:
+            self._context.run(self._nursery.start_soon, self._run_key, key, box)
+        except RuntimeError:  # the registry is gone (cancelled) while the key was busy
+            self._fail_all(box, None, self._shutdown_error)
+            self._go_idle(key, box)
+
+    def _take_turn(self, key: str, task: trio.lowlevel.Task) -> _Box:
         """An idle key becomes busy, its turn held by ``task`` (no key task needed)."""
-        live = _Live(task)
-        self._keys[key] = live
+        box: _Box = Mailbox(self._mailbox_size, task)
+        self._keys[key] = box
         self._busy += 1
         self._messages_total += 1
-        return live
+        return box
 
-    def _release(self, key: str, live: _Live) -> None:
-        """The turn holder is done: hand the mailbox to the key's task, or go idle."""
-        live.owner = None
-        if not live.mailbox:
-            self._go_idle(key, live)
-            return
-        try:
-            self._nursery.start_soon(self._run_key, key, live)
-        except RuntimeError:  # the registry is gone (cancelled) while a caller held the turn
-            self._fail_all(live, None, self._shutdown_error())
-            self._go_idle(key, live)
+    def _release(self, key: str, box: _Box) -> None:
+        """The hold is over: hand the mailbox to the key's task, or go idle."""
+        box.owner = None
+        if box.items:
+            self._spawn(key, box)
+        else:
+            self._go_idle(key, box)
 
-    def _go_idle(self, key: str, live: _Live) -> None:
+    def _go_idle(self, key: str, box: _Box) -> None:
         self._busy -= 1
-        if self._keys.get(key) is live:
+        if self._keys.get(key) is box:
             self._keys[key] = trio.current_time()
         if not self._busy:
             self._all_idle.unpark_all()
@@ -260,29 +260,26 @@ class KeyedActors(Generic[M, R]):
         while self._busy:
             await self._all_idle.park()
 
-    async def _run_key(self, key: str, live: _Live) -> None:
+    async def _run_key(self, key: str, box: _Box) -> None:
         """The key's task: handle its mailbox in order, one message at a time, then end."""
-        mailbox = live.mailbox
+        items = box.items
         handled = 0
-        item: _Envelope[M, R] | _Hold | None = None
-        me = live.owner = trio.lowlevel.current_task()
-        self._handling[key] = live
+        item: _Item | None = None
+        me = box.owner = trio.lowlevel.current_task()
+        self._handling[key] = box
         try:
-            while mailbox:
-                item = mailbox.popleft()
-                self._queued -= 1
-                if live.space is not None:
-                    live.space.unpark()
+            while items:
+                item = box.take()
                 if item.__class__ is _Hold:
                     assert isinstance(item, _Hold)
                     if item.abandoned:
                         continue
                     self._messages_total += 1
-                    live.owner = item.task
-                    item.live = live
+                    box.owner = item.task
+                    item.box = box
                     item.granted.set()
                     await item.released.wait()
-                    live.owner = me
+                    box.owner = me
                     handled = 0
                     continue
                 assert isinstance(item, _Envelope)
@@ -291,13 +288,11 @@ class KeyedActors(Generic[M, R]):
                     self._messages_total += 1
                     try:
                         await self._handler(key, item.message)
-                    except trio.Cancelled:
-                        raise
                     except Exception as exc:
                         self._report(key, item.message, exc)
+                elif reply.abandoned:
+                    continue
                 else:
-                    if reply.abandoned:
-                        continue
                     self._messages_total += 1
                     await reply.run(self._handler, key, item.message)
                 item = None
@@ -306,23 +301,35 @@ class KeyedActors(Generic[M, R]):
                     handled = 0
                     await trio.lowlevel.checkpoint()
         except trio.Cancelled:
-            self._fail_all(live, item, self._shutdown_error())
+            self._fail_all(box, item, self._shutdown_error)
             raise
-        except BaseException as exc:
+        except Exception as exc:
             # Our own machinery broke. Fail what was in hand, log it, restart for the rest.
             self._restarts_total += 1
             log.error(
-                "%s: the actor for key %r crashed; restarting it", self._name, key, exc_info=exc
+                "%s: the actor for key %r crashed (%s); restarting it",
+                self._name,
+                key,
+                describe(exc),
+                exc_info=exc,
             )
             self._fail_one(item, ActorCrashed(f"the actor for key {key!r} crashed: {exc!r}"), exc)
-            if not isinstance(exc, Exception):
-                self._fail_all(live, None, ActorCrashed(f"the actor for key {key!r} crashed"))
-                raise
             self._handling.pop(key, None)
-            self._release(key, live)
+            self._release(key, box)
             return
+        except BaseException as exc:
+            # A handler raised KeyboardInterrupt, SystemExit...: not ours to swallow or restart.
+            # It propagates out of the registry's block, which is where it is reported.
+            why = describe(exc)
+            self._fail_all(
+                box,
+                item,
+                lambda: ActorCrashed(f"the actor for key {key!r} stopped on {why}"),
+                exc,
+            )
+            raise
         self._handling.pop(key, None)
-        self._go_idle(key, live)
+        self._go_idle(key, box)
 
     def _shutdown_error(self) -> BaseException:
         if self.crashed_by is not None:
@@ -333,18 +340,23 @@ class KeyedActors(Generic[M, R]):
 
     def _report(self, key: str, message: M, exc: Exception) -> None:
         if self._on_error is None:
-            log.error("%s: handler failed for key %r", self._name, key, exc_info=exc)
+            log.error(
+                "%s: handler failed for key %r: %s", self._name, key, describe(exc), exc_info=exc
+            )
             return
         try:
             self._on_error(key, message, exc)
-        except Exception:
-            log.exception("%s: on_error failed for key %r", self._name, key)
+        except Exception as error:
+            log.error(
+                "%s: on_error failed for key %r: %s",
+                self._name,
+                key,
+                describe(error),
+                exc_info=error,
+            )
 
     def _fail_one(
-        self,
-        item: _Envelope[M, R] | _Hold | None,
-        error: BaseException,
-        cause: BaseException | None = None,
+        self, item: _Item | None, error: BaseException, cause: BaseException | None = None
     ) -> None:
         if cause is not None:
             error.__cause__ = cause
@@ -354,28 +366,30 @@ class KeyedActors(Generic[M, R]):
             item.abandoned = True
 
     def _fail_all(
-        self, live: _Live, item: _Envelope[M, R] | _Hold | None, error: BaseException
+        self,
+        box: _Box,
+        item: _Item | None,
+        error: Callable[[], BaseException],
+        cause: BaseException | None = None,
     ) -> None:
-        self._fail_one(item, error)
-        while live.mailbox:
-            self._fail_one(live.mailbox.popleft(), error)
-            self._queued -= 1
-        if live.space is not None:
-            live.space.unpark_all()
+        """Fail the message in hand, every queued one and every sender waiting for room."""
+        self._fail_one(item, error(), cause)
+        while box.items:
+            self._fail_one(box.items.popleft(), error(), cause)
+        box.turn_away(error)
 
     @asynccontextmanager
     async def hold(self, keys: Iterable[str]) -> AsyncIterator[list[str]]:
         """Hold the turns of several keys at once, for a job that needs all of them.
 
         Keys are taken in sorted order (duplicates once), so overlapping holds cannot deadlock.
-        Yields the sorted keys. Do not `ask` a held key from inside the block: it would wait for
-        the block itself.
+        Yields the sorted keys. Asking a held key from inside the block raises `WouldDeadlock`.
         """
         self._check_open()
         wanted = sorted({check_key(key) for key in keys})
         if not wanted:
             raise ValueError("hold() needs at least one key")
-        taken: list[tuple[str, _Live | _Hold]] = []
+        taken: list[tuple[str, _Box | _Hold]] = []
         try:
             for key in wanted:
                 taken.append((key, await self._acquire(key)))
@@ -383,44 +397,40 @@ class KeyedActors(Generic[M, R]):
         finally:
             for key, token in reversed(taken):
                 if isinstance(token, _Hold):
-                    assert token.live is not None
-                    token.live.owner = None  # the key's task takes the turn back
+                    assert token.box is not None
+                    token.box.owner = None  # the key's task takes the turn back
                     token.released.set()
                 else:
                     self._release(key, token)
 
-    async def _acquire(self, key: str) -> _Live | _Hold:
+    async def _acquire(self, key: str) -> _Box | _Hold:
         await trio.lowlevel.checkpoint_if_cancelled()
         entry = self._keys.get(key)
         task = trio.lowlevel.current_task()
         if entry is None or entry.__class__ is float:
-            live = self._take_turn(key, task)
+            box = self._take_turn(key, task)
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return live
-        self._check_not_holding(key, entry, task)
+            return box
+        assert isinstance(entry, Mailbox)
+        check_wait(task, entry, self._kind, key)
         hold = _Hold(task)
-        await self._enqueue(key, hold)
+        box, _ = await self._enqueue(key, hold)
+        waiting[task] = box
         try:
             await hold.granted.wait()
         except BaseException:
             if hold.granted.is_set():
-                assert hold.live is not None
-                hold.live.owner = None
+                assert hold.box is not None
+                hold.box.owner = None
                 hold.released.set()
             else:
                 hold.abandoned = True
             raise
+        finally:
+            waiting.pop(task, None)
         if hold.abandoned:  # the key's task crashed before granting it
             raise ActorCrashed(f"the actor for key {key!r} crashed while you waited for it")
         return hold
-
-    def _check_not_holding(self, key: str, entry: object, task: trio.lowlevel.Task) -> None:
-        if isinstance(entry, _Live) and entry.owner is task:
-            raise WouldDeadlock(
-                f"{self._name}: key {key!r} was asked from the task that holds its turn (a job "
-                "of that key, or a run_multi holding it); it would wait for itself forever. "
-                "Call the function directly instead."
-            )
 
     # ---------------------------------------------------------------- housekeeping
 
@@ -429,7 +439,7 @@ class KeyedActors(Generic[M, R]):
         return KeyedStats(
             live=len(self._keys),
             busy=self._busy,
-            queued=self._queued,
+            queued=sum(len(v) for v in self._keys.values() if isinstance(v, Mailbox)),
             messages_total=self._messages_total,
             reaped_total=self._reaped_total,
             restarts_total=self._restarts_total,
@@ -439,25 +449,15 @@ class KeyedActors(Generic[M, R]):
         """Forget the keys idle longer than ``idle_timeout`` now; return how many."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        deadline = trio.current_time() - self._idle_timeout
-        keys = self._keys
-        stale = [k for k, v in keys.items() if v.__class__ is float and v < deadline]
-        for key in stale:
-            del keys[key]
-        self._reaped_total += len(stale)
-        if stale and len(stale) >= len(keys):
-            # Dicts never shrink on delete: rebuild so reaped keys give their memory back.
-            self._keys = dict(keys)
-        return len(stale)
+        self._keys, reaped = reap_stale(self._keys, trio.current_time() - self._idle_timeout)
+        self._reaped_total += reaped
+        return reaped
 
     async def _reaper(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Reap idle keys every half ``idle_timeout``: a key goes 1 to 1.5 timeouts after use."""
         task_status.started()
-        while True:
-            await trio.sleep(self._idle_timeout / 2)
-            await self.reap_idle()
+        await reap_forever(self._idle_timeout, self.reap_idle)
 
 
 @asynccontextmanager
@@ -475,10 +475,15 @@ async def open_keyed(
     queued messages finish, then stops the registry; using it afterwards raises
     `ComponentClosed`.
     """
-    if not callable(handler):
-        raise TypeError(f"handler must be an async function, got {handler!r}")
-    idle_timeout = check_duration(idle_timeout, "idle_timeout", allow_zero=False)
+    check_async_fn(handler, "handler")
+    idle_timeout = check_idle_timeout(idle_timeout)
     check_positive_int(mailbox_size, "mailbox_size")
+    check_name(name)
+    if on_error is not None and not callable(on_error):
+        raise TypeError(
+            f"on_error must be a function (key, message, exc) -> None, or None; got "
+            f"{type(on_error).__name__}: {on_error!r}"
+        )
     keyed: KeyedActors[M, R] | None = None
     try:
         async with open_component_nursery() as nursery:

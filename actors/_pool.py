@@ -6,6 +6,10 @@
 >>> pool.outputs, pool.errors      # completion order; the final exception of each failure
 
 For a stream in input order, ``async for page in pool.map(fetch, urls): ...``.
+
+Memory stays bounded however many tasks fail: a task waiting to retry holds no running slot,
+but it still counts toward ``max_pending`` (default ``10 * limit``), and ``submit`` waits while
+that many tasks are running or waiting to retry.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _DEFAULT_RETRY = RetryPolicy.exponential()
+_NO_FN = object()  # no function checked yet (None is a bad function, not "none yet")
 
 
 @attrs.frozen
@@ -46,10 +51,18 @@ class PoolStats:
     """Tasks that returned a value."""
     failed_total: int
     """Tasks that failed after their last attempt."""
+    pending: int = 0
+    """Tasks started and not ended: running, waiting to retry, or waiting for a slot again."""
+    max_pending: int = 0
+    """The most tasks pending at once; ``submit`` waits while that many are."""
 
 
 class _MapSlot:
-    """Where one ``map`` item's outcome waits for its turn to be yielded."""
+    """Where one ``map`` item's outcome waits for its turn to be yielded.
+
+    Not the core's `Reply`: the reader does not wait on this slot's event but fills the
+    window (waiting for slots) meanwhile, and the head's delivery must cancel that wait.
+    """
 
     __slots__ = ("owner", "result")
 
@@ -77,34 +90,43 @@ class Pool:
 
     ``outputs`` holds the values of the tasks that succeeded, in completion order;
     ``errors`` the final exception of each task that failed (the original one, never a
-    `Retry` wrapper). Read them after the block, when every task has finished.
+    `Retry` wrapper). Read them after the block (or after `wait`), when every task has ended.
     """
 
     __slots__ = (
+        "_alive",
         "_closed",
+        "_idle",
         "_last_fn",
         "_limiter",
         "_name",
         "_nursery",
         "_retries_total",
         "_retrying",
+        "_room",
         "_submitted_total",
         "errors",
         "limit",
+        "max_pending",
         "outputs",
     )
 
-    def __init__(self, nursery: trio.Nursery, limit: int, name: str) -> None:
+    def __init__(self, nursery: trio.Nursery, limit: int, max_pending: int, name: str) -> None:
         self._nursery = nursery
         self._limiter = trio.CapacityLimiter(limit)
+        self._alive = 0  # tasks holding a pending place: at most max_pending
+        self._room = trio.lowlevel.ParkingLot()  # submitters waiting for a pending place
+        self._idle = trio.lowlevel.ParkingLot()
         self._name = name
         self._closed = False
-        self._last_fn: object = None
+        self._last_fn: object = _NO_FN
         self._retrying = 0
         self._submitted_total = 0
         self._retries_total = 0
         self.limit = limit
         """The most attempts that run at once."""
+        self.max_pending = max_pending
+        """The most tasks running or waiting to retry at once."""
         self.outputs: list[Any] = []
         """Values of the tasks that succeeded, in completion order."""
         self.errors: list[Exception] = []
@@ -119,10 +141,12 @@ class Pool:
     ) -> None:
         """Start ``await async_fn(*args)`` as soon as a slot is free; return once it started.
 
-        Without ``retry`` a task that raises fails at once (unless it raises `Retry`); with it,
-        any ``Exception`` is retried under that policy. The value lands in ``outputs``, the
-        final exception in ``errors``. Tasks may submit more work while the pool drains after
-        its block, but a task that waits in ``submit`` holds its own slot meanwhile.
+        Waits first while ``max_pending`` tasks are running or waiting to retry, then for a
+        running slot. Without ``retry`` a task that raises fails at once (unless it raises
+        `Retry`); with it, any ``Exception`` is retried under that policy. The value lands in
+        ``outputs``, the final exception in ``errors``. Tasks may submit more work while the
+        pool drains after its block, but a task that waits in ``submit`` holds its own slot
+        meanwhile.
         """
         self._check_open()
         if async_fn is not self._last_fn:  # a loop submits the same function: check it once
@@ -130,9 +154,50 @@ class Pool:
             self._last_fn = async_fn
         policy = _check_policy(retry)
         token = object()
-        await self._limiter.acquire_on_behalf_of(token)
+        await self._acquire(token)
         self._submitted_total += 1
         self._nursery.start_soon(self._run, token, async_fn, args, policy, None)
+
+    async def wait(self) -> None:
+        """Wait until every task submitted so far (and any they submitted) has ended.
+
+        Leaving the ``async with`` block waits too; this is for a phase inside it, e.g.
+        reading ``outputs`` before submitting the next round. For a time limit, wrap it in
+        `trio.move_on_after`: the tasks go on, only the wait ends.
+        """
+        self._check_open()
+        if not self._alive:
+            await trio.lowlevel.checkpoint()
+            return
+        while self._alive:
+            await self._idle.park()
+
+    async def _acquire(self, token: object) -> None:
+        """Take a pending place, then a running slot, for a new task (both or neither)."""
+        if self._alive < self.max_pending and not self._room:
+            self._alive += 1
+        else:
+            await self._room.park()  # woken holding the place a task handed over
+        try:
+            await self._limiter.acquire_on_behalf_of(token)
+        except BaseException:
+            self._ended()
+            raise
+
+    def _acquire_nowait(self, token: object) -> None:
+        if self._alive >= self.max_pending or self._room:
+            raise trio.WouldBlock
+        self._limiter.acquire_on_behalf_of_nowait(token)
+        self._alive += 1
+
+    def _ended(self) -> None:
+        """A task ended (it holds no running slot by now): pass its pending place on."""
+        if self._room:
+            self._room.unpark()  # the place goes straight to the oldest waiting submitter
+            return
+        self._alive -= 1
+        if not self._alive:
+            self._idle.unpark_all()
 
     def map(
         self,
@@ -161,6 +226,8 @@ class Pool:
         return PoolStats(
             running=self._limiter.borrowed_tokens,
             retrying=self._retrying,
+            pending=self._alive,
+            max_pending=self.max_pending,
             submitted_total=self._submitted_total,
             retries_total=self._retries_total,
             succeeded_total=len(self.outputs),
@@ -178,42 +245,46 @@ class Pool:
         """One task: attempts under a slot, waits between them without one.
 
         A `Retry` picks the policy for its own retry only; a plain exception is retried under
-        ``submit_policy``. The attempt count runs across both.
+        ``submit_policy``. The attempt count runs across both. ``token`` holds a pending place
+        from start to end, and a running slot during each attempt.
         """
-        attempt = 1
-        while True:
-            try:
-                value = await fn(*args)
-            except Exception as exc:
-                failure: Exception = exc
-            else:
-                if slot is None:
-                    self.outputs.append(value)
+        try:
+            attempt = 1
+            while True:
+                try:
+                    value = await fn(*args)
+                except Exception as exc:
+                    failure: Exception = exc
                 else:
-                    slot.deliver(outcome.Value(value))
-                return
-            finally:
-                self._limiter.release_on_behalf_of(token)
-            policy = submit_policy
-            if isinstance(failure, Retry):
-                policy = failure.policy or submit_policy or _DEFAULT_RETRY
-                failure = failure.exception
-            if policy is None or attempt >= policy.max_attempts:
-                if slot is None:
-                    self.errors.append(failure)
-                else:
-                    slot.deliver(outcome.Error(failure))
-                return
-            delay = policy.delay(attempt)
-            del failure
-            self._retrying += 1
-            try:
-                await trio.sleep(delay)
-            finally:
-                self._retrying -= 1
-            await self._limiter.acquire_on_behalf_of(token)
-            attempt += 1
-            self._retries_total += 1
+                    if slot is None:
+                        self.outputs.append(value)
+                    else:
+                        slot.deliver(outcome.Value(value))
+                    return
+                finally:
+                    self._limiter.release_on_behalf_of(token)
+                policy = submit_policy
+                if isinstance(failure, Retry):
+                    policy = failure.policy or submit_policy or _DEFAULT_RETRY
+                    failure = failure.exception
+                if policy is None or attempt >= policy.max_attempts:
+                    if slot is None:
+                        self.errors.append(failure)
+                    else:
+                        slot.deliver(outcome.Error(failure))
+                    return
+                delay = policy.delay(attempt)
+                del failure
+                self._retrying += 1
+                try:
+                    await trio.sleep(delay)
+                finally:
+                    self._retrying -= 1
+                await self._limiter.acquire_on_behalf_of(token)
+                attempt += 1
+                self._retries_total += 1
+        finally:
+            self._ended()
 
 
 class _PoolMap(Generic[T, R]):
@@ -253,6 +324,7 @@ class _PoolMap(Generic[T, R]):
             item = next(self._items)
         except BaseException as exc:
             pool._limiter.release_on_behalf_of(token)
+            pool._ended()
             self._items = None
             if not isinstance(exc, StopIteration):
                 self._done = True
@@ -268,16 +340,16 @@ class _PoolMap(Generic[T, R]):
         # Take the slot first, then the item: a cancel while waiting loses no item.
         while self._items is not None and len(self._pending) < self._window:
             token = object()
-            await self._pool._limiter.acquire_on_behalf_of(token)
+            await self._pool._acquire(token)
             self._start_next(token)
 
     def _fill_nowait(self) -> None:
         """Start items on the slots free right now, without waiting for more."""
-        limiter = self._pool._limiter
+        pool = self._pool
         while self._items is not None and len(self._pending) < self._window:
             token = object()
             try:
-                limiter.acquire_on_behalf_of_nowait(token)
+                pool._acquire_nowait(token)
             except trio.WouldBlock:
                 return
             self._start_next(token)
@@ -290,7 +362,7 @@ class _PoolMap(Generic[T, R]):
         checkpointed = False
         if not self._pending and self._items is not None:
             token = object()  # nothing started to wait for: wait for a slot for the next item
-            await self._pool._limiter.acquire_on_behalf_of(token)
+            await self._pool._acquire(token)
             checkpointed = True
             self._start_next(token)
         if not self._pending:
@@ -322,18 +394,25 @@ class _PoolMap(Generic[T, R]):
 
 
 @asynccontextmanager
-async def open_pool(limit: int = 5, *, name: str = "pool") -> AsyncIterator[Pool]:
+async def open_pool(
+    limit: int = 5, *, max_pending: int | None = None, name: str = "pool"
+) -> AsyncIterator[Pool]:
     """Open a pool running at most ``limit`` attempts at once.
 
-    Leaving the block waits for every task, retries included, then closes the pool; cancelling
-    the enclosing scope cancels them at once. ``submit`` after the block raises
-    `ComponentClosed`.
+    ``max_pending`` (default ``10 * limit``, at least ``limit``): tasks running or waiting to
+    retry at once; ``submit`` waits while that many are, so memory stays bounded however many
+    tasks fail. Leaving the block waits for every task, retries included, then closes the
+    pool (`Pool.wait` does the same wait inside the block); cancelling the enclosing scope
+    cancels them at once. ``submit`` after the block raises `ComponentClosed`.
     """
     check_positive_int(limit, "limit")
+    if max_pending is None:
+        max_pending = 10 * limit
+    check_positive_int(max_pending, "max_pending", minimum=limit)
     pool: Pool | None = None
     try:
         async with open_component_nursery() as nursery:
-            pool = Pool(nursery, limit, name)
+            pool = Pool(nursery, limit, max_pending, name)
             yield pool
     finally:
         if pool is not None:

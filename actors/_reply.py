@@ -1,7 +1,13 @@
-"""A one-shot reply slot: how an asking task gets its answer from the task that handled it.
+"""A one-shot reply slot: how a waiting task gets its answer from the task that produced it.
 
-An Event plus an outcome, cheaper than a reply channel (see PERF.md). The slot also carries the
-handler's cancel scope, so a caller cancelled while its message runs cancels just that message.
+The waiting task parks on the slot itself and the answering task reschedules it with the
+outcome: no Event, no channel, one task switch (docs/performance.md has the figures). The same
+slot serves an asked message, a batched operation, a group commit: whoever answers calls
+`Reply.succeed` or `Reply.fail` (or `Reply.run`), whoever waits calls `Reply.wait`.
+
+A waiter cancelled before the answer simply stops waiting (`Reply.abandoned` turns true); the
+work producing the answer is not touched (it belongs to whoever does it) and its answer is
+dropped.
 """
 
 from __future__ import annotations
@@ -12,49 +18,45 @@ from typing import Any, Generic, TypeVar
 import outcome
 import trio
 
+from ._waits import Turn, waiting
+
 R = TypeVar("R")
 
-_QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
+_PENDING, _ANSWERED, _DELIVERED, _ABANDONED = range(4)
+_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
 
 class Reply(Generic[R]):
-    """Where a handled message's result (or exception) waits for the caller."""
+    """Where an answer (a value or an exception) waits for the one task that wants it."""
 
-    __slots__ = ("_event", "_outcome", "_scope", "_state")
+    __slots__ = ("_outcome", "_state", "_task")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._state = _PENDING
         self._outcome: outcome.Outcome[R] | None = None
-        self._scope: trio.CancelScope | None = None
-        self._state = _QUEUED
+        self._task: trio.lowlevel.Task | None = None
 
     @property
     def abandoned(self) -> bool:
-        """The caller gave up (was cancelled) before the answer came: skip or drop it."""
+        """The waiter gave up (was cancelled) before the answer came: skip the work or drop it."""
         return self._state == _ABANDONED
 
-    async def run(self, fn: Callable[..., Awaitable[R]], *args: Any) -> None:
-        """Run ``fn(*args)`` on the handling side and deliver its result to the caller.
+    def _answer(self, result: outcome.Outcome[R]) -> None:
+        if self._state != _PENDING:
+            return  # answered already, or nobody waits any more
+        task = self._task
+        if task is None:
+            self._outcome = result
+            self._state = _ANSWERED
+        else:
+            self._task = None
+            self._state = _DELIVERED
+            waiting.pop(task, None)
+            trio.lowlevel.reschedule(task, result)
 
-        ``Exception`` from ``fn`` goes to the caller; cancellation from the caller (who cancels
-        ``self._scope``) ends just this call; cancellation of the handling task propagates.
-        """
-        self._state = _RUNNING
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            try:
-                value = await fn(*args)
-            except trio.Cancelled:
-                raise
-            except Exception as exc:
-                self._outcome = outcome.Error(exc)
-            else:
-                self._outcome = outcome.Value(value)
-        self._scope = None
-        if self._state == _RUNNING:
-            self._state = _DONE
-        # Wakes the caller: with its answer, or out of its wait for the cancelled call to end.
-        self._event.set()
+    def succeed(self, value: R) -> None:
+        """Answer with ``value`` (a no-op if answered already or abandoned)."""
+        self._answer(outcome.Value(value))
 
     def succeed(self, value: R) -> None:
         """Answer with ``value`` without running anything here (the work ran elsewhere)."""
@@ -64,26 +66,46 @@ class Reply(Generic[R]):
         self._event.set()
 
     def fail(self, exc: BaseException) -> None:
-        """Answer with ``exc`` without running anything (the handling side is going away)."""
-        if self._state in (_QUEUED, _RUNNING):
-            self._outcome = outcome.Error(exc)
-            self._state = _DONE
-        self._event.set()
+        """Answer with ``exc``, raised from `wait` (a no-op if answered already or abandoned)."""
+        self._answer(outcome.Error(exc))
 
-    async def wait(self) -> R:
-        """Wait for the answer and return it, or raise the handler's exception unchanged.
+    async def run(self, fn: Callable[..., Awaitable[R]], *args: Any) -> None:
+        """Run ``await fn(*args)`` on the answering side and answer with its result.
 
-        Cancelled while the call runs: cancel it and wait until it has ended, so no work of
-        the caller outlives the caller.
+        An ``Exception`` from ``fn`` is the answer. Anything else (`trio.Cancelled` of the
+        answering task, a ``KeyboardInterrupt``) propagates to the caller of `run`, which
+        decides what the waiter hears.
         """
         try:
-            await self._event.wait()
-        except BaseException:
-            running, self._state = self._state == _RUNNING, _ABANDONED
-            if running and self._scope is not None:
-                self._scope.cancel()
-                with trio.CancelScope(shield=True):
-                    await self._event.wait()
-            raise
-        assert self._outcome is not None
-        return self._outcome.unwrap()
+            value = await fn(*args)
+        except Exception as exc:
+            self._answer(outcome.Error(exc))
+        else:
+            self._answer(outcome.Value(value))
+
+    async def wait(self, turn: Turn | None = None) -> R:
+        """Wait for the answer and return it, or raise the exception it carries.
+
+        Always a checkpoint. Cancelled before the answer: stop waiting at once (the slot is
+        abandoned). ``turn``: what the answer waits on, recorded for the wait-for check that
+        raises `WouldDeadlock`.
+        """
+        result = self._outcome
+        if result is not None:
+            # Answered before we waited: still a checkpoint, cancellable like Event.wait.
+            self._outcome = None
+            await trio.lowlevel.checkpoint()
+            self._state = _DELIVERED
+            return result.unwrap()
+        task = self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            self._state = _ABANDONED
+            waiting.pop(task, None)
+            return _SUCCEEDED
+
+        if turn is not None:
+            waiting[task] = turn
+        value: R = await trio.lowlevel.wait_task_rescheduled(abort)
+        return value

@@ -13,6 +13,8 @@ from typing import Literal
 
 import attrs
 
+from supervisors._backoff import jittered
+
 from ._checks import check_duration, check_positive_int
 from ._errors import ActorsError
 
@@ -50,6 +52,14 @@ def _check_initial_delay(value: object) -> float:
     return seconds
 
 
+def _check_jitter(instance: object, attribute: object, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"jitter must be True or False, got {type(value).__name__}: {value!r} "
+            "(True draws each wait between half of it and all of it)"
+        )
+
+
 def _check_rng(value: object) -> random.Random | None:
     if value is not None and not isinstance(value, random.Random):
         raise TypeError(f"rng must be a random.Random or None, got {type(value).__name__}")
@@ -77,7 +87,7 @@ class RetryPolicy:
     """Growth per retry (exponential)."""
     max_delay: float = attrs.field(default=30.0, converter=_check_max_delay)
     """No wait is longer than this."""
-    jitter: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    jitter: bool = attrs.field(default=False, validator=_check_jitter)
     """Draw each wait between half of it and all of it, so retries of many tasks spread out."""
     rng: random.Random | None = attrs.field(
         default=None, converter=_check_rng, eq=False, repr=False
@@ -147,9 +157,8 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         """The wait before retry ``retry`` (1, 2, ...), jitter included."""
         delay = self.base_delay(retry)
-        if self.jitter and delay > 0:
-            uniform = (self.rng or random).uniform
-            return uniform(delay / 2, delay)
+        if self.jitter:
+            return jittered(delay, 0.5, self.rng)  # the supervisors' one jitter rule
         return delay
 
 

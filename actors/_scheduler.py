@@ -7,14 +7,17 @@
 ...             print(tick.time, job_id, result.value if result.ok else result.error)
 
 Ticks fall on multiples of ``interval`` of the scheduler's clock (each minute at :00 by
-default). Due jobs wait in one FIFO queue (a record each, no task) and run in their own task
-as slots free up, at most ``limit`` at once; a tick's result is published when all of its jobs
-have finished, so ticks may complete out of order.
+default). Due jobs wait in one FIFO queue (a record each, no task, at most ``max_queued``: past
+it the oldest is reported `NotStarted`) and run in their own task as slots free up, at most
+``limit`` at once; a tick's result is published when all of its jobs have finished, so ticks
+may complete out of order. A job whose ``is_due`` or ``run`` raises, whatever it raises, is
+reported for that job alone; a clock that raises skips ticks, never the scheduler.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -32,6 +35,12 @@ from ._clock import trio_clock
 from ._errors import ActorsError, ComponentClosed
 from ._keys import check_key
 from ._nursery import open_component_nursery
+from ._reply import Reply
+
+log = logging.getLogger("actors.scheduler")
+
+#: The ticker yields to other tasks after asking this many jobs ``is_due``.
+_ASK_CHUNK = 512
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -66,18 +75,30 @@ class JobCrashed(ActorsError, RuntimeError):
     """
 
     def __init__(self, job_id: str, exception: BaseException) -> None:
-        super().__init__(f"job {job_id!r} crashed: {exception!r}")
+        super().__init__(f"job {job_id!r} crashed: {safe_repr(exception)}")
         self.job_id = job_id
         self.exception = exception
-        self.traceback = "".join(traceback.format_exception(exception))
+        try:
+            self.traceback = "".join(traceback.format_exception(exception))
+        except Exception:  # an exception whose str() raises: keep what can be had
+            self.traceback = f"{safe_repr(exception)} (its traceback could not be formatted)"
         self.__cause__ = exception
 
 
-class NotStarted(ActorsError):
-    """The job was waiting for a slot when the scheduler shut down, so it never ran."""
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a stand-in naming its type when its ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as exc:
+        return f"<{type(value).__qualname__} object; its repr() raised {type(exc).__qualname__}>"
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id!r} not started: the scheduler shut down first")
+
+class NotStarted(ActorsError):
+    """The job never ran: it was waiting for a slot when the scheduler shut down, or was the
+    oldest of more than ``max_queued`` waiting jobs."""
+
+    def __init__(self, job_id: str, reason: str = "the scheduler shut down first") -> None:
+        super().__init__(f"job {job_id!r} not started: {reason}")
         self.job_id = job_id
 
 
@@ -90,11 +111,20 @@ class JobResult:
     error: ActorsError | None = None
     """`JobCrashed`, `SkippedDuplicate`, `NotStarted`, or `ComponentClosed` for a run cut off
     because the scheduler was cancelled; ``None`` if the job succeeded."""
+    started_at: datetime | None = attrs.field(default=None, eq=False, kw_only=True)
+    """Scheduler clock time the run started; `None` if it never ran. Not compared by ``==``."""
+    ended_at: datetime | None = attrs.field(default=None, eq=False, kw_only=True)
+    """Scheduler clock time the result was known. Not compared by ``==``."""
 
     @property
     def ok(self) -> bool:
         """The job ran and returned."""
         return self.error is None
+
+    @property
+    def crashed(self) -> bool:
+        """The job itself raised (`JobCrashed`), as opposed to being skipped or not run."""
+        return isinstance(self.error, JobCrashed)
 
 
 @attrs.frozen
@@ -135,21 +165,35 @@ class SchedulerStats:
     """Due jobs skipped because a run of the same id was in flight."""
     dropped_results_total: int
     """Tick results dropped (oldest first) because no one read them in time."""
+    capacity: int = 0
+    """``max_queued``: how many due jobs may wait for a slot before the oldest is dropped."""
+    limit: int = 0
+    """``limit``: how many jobs run at once."""
+    crashed_total: int = 0
+    """Runs that raised (reported with `JobCrashed`)."""
+    not_started_total: int = 0
+    """Due jobs never run: dropped past ``max_queued``, or waiting at shutdown."""
+    clock_errors_total: int = 0
+    """Times the clock raised in the ticker (the ticker waited and asked again)."""
 
 
 class _Tick:
-    """A tick in progress: its results fill in as its jobs end."""
+    """A tick in progress: its results fill in as its jobs end.
 
-    __slots__ = ("done", "order", "pending", "publish", "result", "results", "time")
+    ``pending`` counts its jobs not ended yet, plus one while the ticker is still asking
+    jobs ``is_due`` (it yields meanwhile), so the tick cannot finish half-asked. ``reply`` is
+    where a `Scheduler.run_now` caller waits for the `TickResult` (the core's one reply slot).
+    """
 
-    def __init__(self, time: datetime, publish: bool) -> None:
+    __slots__ = ("finished", "order", "pending", "reply", "results", "time")
+
+    def __init__(self, time: datetime, reply: Reply[TickResult] | None) -> None:
         self.time = time
-        self.publish = publish
+        self.reply = reply
         self.order: list[str] = []
         self.results: dict[str, JobResult] = {}
-        self.pending = 0
-        self.result: TickResult | None = None
-        self.done = trio.Event()
+        self.pending = 1
+        self.finished = False
 
 
 class _Results:
@@ -200,21 +244,31 @@ class Scheduler:
         interval: float,
         clock: Callable[[], datetime],
         results_buffer: int,
+        max_queued: int,
+        on_crash: Callable[[str, JobCrashed], object] | None,
+        on_skip: Callable[[str, ActorsError], object] | None,
     ) -> None:
         self._nursery = nursery
         self._limit = limit
         self._dedupe = dedupe
         self._interval_us = round(interval * 1_000_000)
         self._clock = clock
+        self._max_queued = max_queued
+        self._on_crash = on_crash
+        self._on_skip = on_skip
         self._jobs: dict[str, ScheduledJob] = {}
-        self._in_flight_ids: set[str] = set()
-        self._queue: deque[tuple[_Tick, ScheduledJob]] = deque()
+        self._in_flight_ids: set[str] = set()  # with dedupe: running or waiting
+        self._running: dict[str, int] = {}  # job id -> runs of it in flight now
+        self._queue: deque[tuple[_Tick, str, ScheduledJob]] = deque()
         self._send, self._receive = trio.open_memory_channel[TickResult](results_buffer)
         self._last_tick_us: int | None = None
         self._in_flight = 0
         self._ticks_total = 0
         self._dedupe_skips_total = 0
         self._dropped_results_total = 0
+        self._crashed_total = 0
+        self._not_started_total = 0
+        self._clock_errors_total = 0
         self._open_ticks: set[_Tick] = set()  # ticks with jobs not yet ended
         self._closing = False
         self._closed = False
@@ -253,18 +307,18 @@ class Scheduler:
         """
         self._check_open()
         if jobs is None:
-            batch = list(self._jobs.values())
+            batch = list(self._jobs.items())
         else:
             if isinstance(jobs, str) or not isinstance(jobs, Iterable):
                 raise TypeError(f"run_now() takes a list of jobs, got {jobs!r}")
-            batch = [_check_job(job) for job in jobs]
-            ids = [job.id for job in batch]
+            checked = [_check_job(job) for job in jobs]
+            ids = [job.id for job in checked]
             if len(set(ids)) != len(ids):
                 raise ValueError(f"run_now() got two jobs with the same id: {ids}")
-        tick = self._start_tick(self._now(), batch, publish=False)
-        await tick.done.wait()  # set by _finish, at the latest when the scheduler goes away
-        assert tick.result is not None
-        return tick.result
+            batch = list(zip(ids, checked, strict=True))
+        reply: Reply[TickResult] = Reply()
+        await self._start_tick(self._now(), batch, reply)
+        return await reply.wait()  # answered by _finish, at the latest when the scheduler goes
 
     def results(self) -> AsyncIterator[TickResult]:
         """Iterate over the published ticks as they complete; ends after the scheduler closed.
@@ -275,23 +329,40 @@ class Scheduler:
         return _Results(self._receive)
 
     def stats(self) -> SchedulerStats:
-        """A snapshot of running and waiting jobs and the totals so far."""
+        """A snapshot of running and waiting jobs, the queue's capacity and the totals so far."""
         return SchedulerStats(
             in_flight=self._in_flight,
             queued=len(self._queue),
             ticks_total=self._ticks_total,
             dedupe_skips_total=self._dedupe_skips_total,
             dropped_results_total=self._dropped_results_total,
+            capacity=self._max_queued,
+            limit=self._limit,
+            crashed_total=self._crashed_total,
+            not_started_total=self._not_started_total,
+            clock_errors_total=self._clock_errors_total,
         )
+
+    def in_flight_ids(self) -> frozenset[str]:
+        """The ids of the jobs running right now (not those waiting for a slot)."""
+        return frozenset(self._running)
 
     # ---------------------------------------------------------------- the ticker
 
     async def _ticker(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """The long-lived service: sleep to the next interval boundary, start a tick, repeat."""
+        """The long-lived service: sleep to the next interval boundary, start a tick, repeat.
+
+        A clock that raises skips ticks, never kills the ticker: it waits (0.1 s, doubling,
+        at most ``interval``) and asks again. The first start reads the clock plainly, so a
+        clock that is broken from the start fails `open_scheduler`.
+        """
         interval = self._interval_us
-        now_us = self._micros(self._now())
+        if self._last_tick_us is None:
+            now_us = self._micros(self._now())
+        else:  # restarted by the supervisor: resume after the last tick
+            now_us = await self._read_clock()
         task_status.started()
         while True:
             next_us = (now_us // interval + 1) * interval
@@ -299,11 +370,26 @@ class Scheduler:
                 next_us = self._last_tick_us + interval
             await trio.sleep((next_us - now_us) / 1_000_000)
             self._last_tick_us = next_us
-            if self._closing:
-                continue  # shutting down: the supervisor stops this task next
-            tick_time = _EPOCH + timedelta(microseconds=next_us)
-            self._start_tick(tick_time, list(self._jobs.values()), publish=True)
-            now_us = self._micros(self._now())
+            if not self._closing:  # shutting down: the supervisor stops this task next
+                tick_time = _EPOCH + timedelta(microseconds=next_us)
+                await self._start_tick(tick_time, list(self._jobs.items()), None)
+            now_us = await self._read_clock()
+
+    async def _read_clock(self) -> int:
+        """The clock in microseconds; while it raises, log, count, wait and ask again."""
+        failures = 0
+        while True:
+            try:
+                return self._micros(self._now())
+            except Exception as exc:
+                failures += 1
+                self._clock_errors_total += 1
+                wait = min(self._interval_us / 1_000_000, 0.1 * 2.0 ** min(failures - 1, 30))
+                log.warning(
+                    "scheduler: the clock raised %s; asking again in %gs", safe_repr(exc), wait
+                )
+                del exc
+            await trio.sleep(wait)
 
     # ---------------------------------------------------------------- internals
 
@@ -317,47 +403,61 @@ class Scheduler:
             raise TypeError(f"the scheduler's clock must return an aware datetime, got {now!r}")
         return now
 
+    def _stamp(self) -> datetime | None:
+        """The clock for a result's timestamp, or `None` if it raises (never fails a job)."""
+        try:
+            return self._now()
+        except Exception:
+            return None
+
     @staticmethod
     def _micros(now: datetime) -> int:
         return (now - _EPOCH) // _MICROSECOND
 
-    def _start_tick(self, time: datetime, jobs: list[ScheduledJob], *, publish: bool) -> _Tick:
-        """Ask each job ``is_due(time)`` and queue the due ones (dedupe decides here)."""
-        tick = _Tick(time, publish)
+    async def _start_tick(
+        self,
+        time: datetime,
+        jobs: list[tuple[str, ScheduledJob]],
+        reply: Reply[TickResult] | None,
+    ) -> None:
+        """Ask each job ``is_due(time)`` and queue the due ones (dedupe decides here).
+
+        Yields every `_ASK_CHUNK` jobs, so ten thousand jobs never hold the event loop. A
+        job whose ``is_due`` raises (whatever its exception) is reported for itself alone.
+        """
+        tick = _Tick(time, reply)
         self._ticks_total += 1
-        for job in jobs:
-            job_id = job.id
-            try:
-                answer = job.is_due(time)
-                if inspect.isawaitable(answer):
-                    if inspect.iscoroutine(answer):
-                        answer.close()  # never awaited, on purpose: no RuntimeWarning
-                    raise TypeError(
-                        f"is_due of job {job_id!r} returned an awaitable; "
-                        "it must be a plain (sync) method returning a bool"
-                    )
-                due = bool(answer)
-            except Exception as exc:
-                tick.order.append(job_id)
-                tick.results[job_id] = JobResult(error=JobCrashed(job_id, exc))
-                continue
-            if not due:
-                continue
-            tick.order.append(job_id)
-            if self._dedupe:
-                if job_id in self._in_flight_ids:
-                    self._dedupe_skips_total += 1
-                    tick.results[job_id] = JobResult(error=SkippedDuplicate(job_id))
+        self._open_ticks.add(tick)
+        try:
+            for n, (job_id, job) in enumerate(jobs, 1):
+                if n % _ASK_CHUNK == 0:
+                    await trio.lowlevel.checkpoint()
+                try:
+                    due = _ask(job_id, job, time)
+                except Exception as exc:
+                    tick.order.append(job_id)
+                    self._crash(tick, job_id, exc, None)
                     continue
-                self._in_flight_ids.add(job_id)
-            tick.pending += 1
-            self._queue.append((tick, job))
-        if tick.pending:
-            self._open_ticks.add(tick)
-            self._dispatch()
-        else:
-            self._finish(tick)
-        return tick
+                if not due:
+                    continue
+                tick.order.append(job_id)
+                if self._dedupe:
+                    if job_id in self._in_flight_ids:
+                        self._dedupe_skips_total += 1
+                        skipped = SkippedDuplicate(job_id)
+                        tick.results[job_id] = JobResult(error=skipped, ended_at=self._stamp())
+                        self._hook(self._on_skip, job_id, skipped)
+                        continue
+                    self._in_flight_ids.add(job_id)
+                tick.pending += 1
+                self._queue.append((tick, job_id, job))
+                self._dispatch()
+                if len(self._queue) > self._max_queued:
+                    self._drop_oldest()
+        finally:
+            self._record(tick, None, None)  # asking is over (also when cancelled meanwhile)
+        if not tick.finished:
+            await trio.lowlevel.checkpoint()
 
     def _dispatch(self) -> None:
         """Start queued jobs, oldest first, while slots are free."""
@@ -365,43 +465,98 @@ class Scheduler:
             self._drop_queue()
             return
         while self._queue and self._in_flight < self._limit:
-            tick, job = self._queue.popleft()
+            tick, job_id, job = self._queue.popleft()
             self._in_flight += 1
-            self._nursery.start_soon(self._run_job, tick, job)
+            self._nursery.start_soon(self._run_job, tick, job_id, job)
 
-    async def _run_job(self, tick: _Tick, job: ScheduledJob) -> None:
-        job_id = job.id
+    def _drop_oldest(self) -> None:
+        tick, job_id, _ = self._queue.popleft()
+        self._not_run(
+            tick,
+            job_id,
+            f"more than max_queued={self._max_queued} due jobs were waiting for a slot and it "
+            "was the oldest; raise limit or max_queued, or make the jobs faster",
+        )
+
+    def _not_run(self, tick: _Tick, job_id: str, reason: str) -> None:
+        self._in_flight_ids.discard(job_id)
+        self._not_started_total += 1
+        error = NotStarted(job_id, reason)
+        self._hook(self._on_skip, job_id, error)
+        self._record(tick, job_id, JobResult(error=error, ended_at=self._stamp()))
+
+    async def _run_job(self, tick: _Tick, job_id: str, job: ScheduledJob) -> None:
         result: JobResult | None = None
+        started = self._stamp()
+        running = self._running
+        running[job_id] = running.get(job_id, 0) + 1
         try:
             value = await job.run()
         except Exception as exc:
-            result = JobResult(error=JobCrashed(job_id, exc))
+            result = self._crash(tick, job_id, exc, started, record=False)
         else:
-            result = JobResult(value=value)
+            result = JobResult(value=value, started_at=started, ended_at=self._stamp())
         finally:
             self._in_flight -= 1
+            if running[job_id] == 1:
+                del running[job_id]
+            else:
+                running[job_id] -= 1
             if self._dedupe:
                 self._in_flight_ids.discard(job_id)
             if result is None:
                 # Cancelled (the scheduler is going away) or a BaseException on its way out:
                 # the tick still gets this job's result, so no `run_now` caller waits forever.
-                self._record(tick, job_id, JobResult(error=_cut_off(job_id)))
+                cut = JobResult(error=_cut_off(job_id), started_at=started, ended_at=self._stamp())
+                self._record(tick, job_id, cut)
         self._record(tick, job_id, result)
         self._dispatch()
 
-    def _record(self, tick: _Tick, job_id: str, result: JobResult) -> None:
-        tick.results[job_id] = result
+    def _crash(
+        self,
+        tick: _Tick,
+        job_id: str,
+        exc: Exception,
+        started: datetime | None,
+        *,
+        record: bool = True,
+    ) -> JobResult:
+        """A job raised (from ``run`` or ``is_due``): report it as `JobCrashed`, hear the hook."""
+        self._crashed_total += 1
+        crash = JobCrashed(job_id, exc)
+        self._hook(self._on_crash, job_id, crash)
+        result = JobResult(error=crash, started_at=started, ended_at=self._stamp())
+        if record:
+            tick.results[job_id] = result
+        return result
+
+    def _hook(self, hook: Callable[[str, Any], object] | None, job_id: str, error: Any) -> None:
+        if hook is None:
+            return
+        try:
+            hook(job_id, error)
+        except Exception as exc:
+            log.error("scheduler: a hook failed for job %r: %s", job_id, safe_repr(exc))
+
+    def _record(self, tick: _Tick, job_id: str | None, result: JobResult | None) -> None:
+        """One of the tick's jobs ended (``job_id`` None: the asking did); finish it if last."""
+        if tick.finished:
+            return
+        if job_id is not None and result is not None:
+            tick.results[job_id] = result
         tick.pending -= 1
         if not tick.pending:
             self._finish(tick)
 
     def _finish(self, tick: _Tick) -> None:
+        tick.finished = True
         self._open_ticks.discard(tick)
         results = {job_id: tick.results[job_id] for job_id in tick.order}
-        tick.result = TickResult(tick.time, results)
-        tick.done.set()
-        if tick.publish:
-            self._publish(tick.result)
+        result = TickResult(tick.time, results)
+        if tick.reply is not None:
+            tick.reply.succeed(result)
+        else:
+            self._publish(result)
 
     def _publish(self, result: TickResult) -> None:
         """Buffer ``result`` for `results`; when the buffer is full drop the oldest. Never waits."""
@@ -424,9 +579,8 @@ class Scheduler:
 
     def _drop_queue(self) -> None:
         queue, self._queue = self._queue, deque()
-        for tick, job in queue:
-            self._in_flight_ids.discard(job.id)
-            self._record(tick, job.id, JobResult(error=NotStarted(job.id)))
+        for tick, job_id, _ in queue:
+            self._not_run(tick, job_id, "the scheduler shut down first")
 
     def _finish_all(self) -> None:
         """The scheduler is gone: finish every tick still open, whatever way it ended.
@@ -439,8 +593,19 @@ class Scheduler:
             for job_id in tick.order:
                 if job_id not in tick.results:
                     tick.results[job_id] = JobResult(error=_cut_off(job_id))
-            tick.pending = 0
             self._finish(tick)
+
+
+def _ask(job_id: str, job: ScheduledJob, time: datetime) -> bool:
+    answer = job.is_due(time)
+    if inspect.isawaitable(answer):
+        if inspect.iscoroutine(answer):
+            answer.close()  # never awaited, on purpose: no RuntimeWarning
+        raise TypeError(
+            f"is_due of job {job_id!r} returned an awaitable; "
+            "it must be a plain (sync) method returning a bool"
+        )
+    return bool(answer)
 
 
 def _cut_off(job_id: str) -> ComponentClosed:
@@ -455,6 +620,9 @@ async def open_scheduler(
     clock: Callable[[], datetime] | None = None,
     *,
     results_buffer: int = 100,
+    max_queued: int | None = None,
+    on_crash: Callable[[str, JobCrashed], object] | None = None,
+    on_skip: Callable[[str, ActorsError], object] | None = None,
 ) -> AsyncIterator[Scheduler]:
     """Open a scheduler that ticks every ``interval`` seconds of ``clock``.
 
@@ -476,6 +644,12 @@ async def open_scheduler(
     if interval == float("inf") or round(interval * 1_000_000) < 1:
         raise ValueError(f"interval must be a finite number of seconds >= 1e-6, got {interval!r}")
     check_positive_int(results_buffer, "results_buffer", minimum=0)
+    if max_queued is None:
+        max_queued = 10 * limit
+    check_positive_int(max_queued, "max_queued")
+    for hook, what in ((on_crash, "on_crash"), (on_skip, "on_skip")):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{what} must be a function (job_id, error) -> None, got {hook!r}")
     if clock is None:
         clock = trio_clock()
     elif not callable(clock):
@@ -490,13 +664,23 @@ async def open_scheduler(
                 interval=interval,
                 clock=clock,
                 results_buffer=results_buffer,
+                max_queued=max_queued,
+                on_crash=on_crash,
+                on_skip=on_skip,
             )
-            # The ticker is a permanent child of a supervisor: a crash restarts it (no tick is
-            # repeated: it resumes after the last one); repeated crashes escalate to the caller.
+            # The ticker is a permanent child of a supervisor: a crash restarts it after a
+            # backoff (no tick is repeated: it resumes after the last one); repeated crashes
+            # escalate to the caller. A raising clock does not crash it (see _read_clock).
             async with supervisors.open_supervisor(
                 "one_for_one", max_restarts=3, max_seconds=60.0, name="scheduler"
             ) as sup:
-                await sup.start_child("ticker", sched._ticker, restart="permanent", shutdown=0)
+                await sup.start_child(
+                    "ticker",
+                    sched._ticker,
+                    restart="permanent",
+                    shutdown=0,
+                    backoff=supervisors.RestartBackoff(min=0.1, max=max(0.1, interval)),
+                )
                 try:
                     yield sched
                 except BaseException:

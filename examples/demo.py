@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
-from examples import demo_bank, demo_bus, demo_workers
+from examples import demo_bank, demo_bus, demo_logging, demo_workers
 
 
 async def main(quick: bool = False) -> None:
@@ -38,6 +38,7 @@ async def main(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
+    demo_logging.configure()  # the injected fault's crash report, on one line
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
     trio.run(main, parser.parse_args().quick)

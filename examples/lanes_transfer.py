@@ -23,9 +23,8 @@ async def transfer(balances: dict[str, int], source: str, target: str, amount: i
     if balances[source] < amount:
         raise InsufficientFunds(f"{source} has {balances[source]}, needs {amount}")
     balances[source] -= amount
-    await (
-        trio.lowlevel.checkpoint()
-    )  # money is in flight: nobody may look at these two accounts now
+    # money is in flight: nobody may look at these two accounts now
+    await trio.lowlevel.checkpoint()
     balances[target] += amount
 
 

@@ -1,10 +1,11 @@
 """The Pool: a (fake) crawler fetching pages three at a time, retrying the flaky ones.
 
-Each level of the site is crawled in its own pool block: `submit` every URL of the level with
-an exponential retry policy, leave the block (which waits for every fetch and retry), then
-read ``pool.outputs`` and ``pool.errors`` and build the next level from the links found. A
-page that keeps failing ends up in ``errors`` with its original exception. Last, `Pool.map`
-fetches a few pages again as a stream, in input order.
+The crawl runs in one pool block, a level at a time: `submit` every URL of the level with an
+exponential retry policy, `Pool.wait` for every fetch and retry of it, then read the new
+``pool.outputs`` and ``pool.errors`` and build the next level from the links found. (Leaving
+the block waits the same way: a pool per level would do too.) A page that keeps failing ends
+up in ``errors`` with its original exception. Last, `Pool.map` fetches a few pages again as
+a stream, in input order.
 
 The fake web answers after a fake network delay, fails some pages a set number of times
 (a 503), and one page always (a 404). The program runs on Trio's MockClock
@@ -85,17 +86,19 @@ async def main() -> None:
     seen = {"/"}
     level = ["/"]
     depth = 0
-    while level:
-        print(f"level {depth}: {level}")
-        async with actors.open_pool(limit=3) as pool:
+    async with actors.open_pool(limit=3) as pool:
+        while level:
+            print(f"level {depth}: {level}")
+            outputs, errors = len(pool.outputs), len(pool.errors)
             for url in level:
                 await pool.submit(fetch, web, url)
-        for error in pool.errors:
-            print(f"  gave up: {error!r}")
-        links = [link for _, page_links in pool.outputs for link in page_links]
-        level = [link for link in dict.fromkeys(links) if link not in seen]
-        seen.update(level)
-        depth += 1
+            await pool.wait()  # this level's fetches and their retries have all ended
+            for error in pool.errors[errors:]:
+                print(f"  gave up: {error!r}")
+            links = [link for _, page_links in pool.outputs[outputs:] for link in page_links]
+            level = [link for link in dict.fromkeys(links) if link not in seen]
+            seen.update(level)
+            depth += 1
     print(f"crawled {len(seen)} URLs, at most {web.most_running} fetches at once")
 
     print("map, in input order:")

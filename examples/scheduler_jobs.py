@@ -70,6 +70,11 @@ def describe(result: actors.JobResult) -> str:
     return f"{type(result.error).__name__}"
 
 
+def alert(job_id: str, crash: actors.JobCrashed) -> None:
+    """``on_crash``: hears of a job that raised at once, before its tick is published."""
+    print(f"  on_crash: {job_id} raised {crash.exception!r}")
+
+
 async def print_ticks(sched: actors.Scheduler, clock: Callable[[], datetime]) -> None:
     async for tick in sched.results():
         jobs = "  ".join(f"{job_id}={describe(result)}" for job_id, result in tick.items())
@@ -81,7 +86,14 @@ async def main() -> None:
     clock = actors.trio_clock(datetime(2024, 5, 1, 9, 0, 30, tzinfo=UTC))
     calls: list[int] = []
     async with trio.open_nursery() as nursery:
-        async with actors.open_scheduler(limit=10, dedupe=True, clock=clock) as sched:
+        async with actors.open_scheduler(
+            limit=10,
+            dedupe=True,
+            clock=clock,
+            on_crash=lambda job_id, crash: print(
+                f"  on_crash: {job_id} raised {crash.exception!r}"
+            ),
+        ) as sched:
             nursery.start_soon(print_ticks, sched, clock)
             sched.add(Heartbeat())
             sched.add(Cron("*/5 * * * *", five_minute_report, id="report"))

@@ -16,12 +16,14 @@ supervisor, that parent would now restart it.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 import trio
 import trio.lowlevel
 
 import supervisors
+from examples.demo_logging import OneLineFormatter
 
 TICK = 0.01  # seconds per job: real time, kept tiny so the example finishes quickly
 
@@ -29,9 +31,10 @@ TICK = 0.01  # seconds per job: real time, kept tiny so the example finishes qui
 async def steady(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """A worker that keeps working until the supervisor asks it to stop, then returns.
 
-    Every stop sets `supervisors.shutting_down` and gives the child its ``shutdown`` grace
-    (5 s by default) before cancelling it; watching the event, it finishes its job in hand
-    and returns within a tick instead of running out its grace.
+    Calling `supervisors.shutting_down` traps the stop (as ``trap_exit`` in OTP): a stop then
+    sets the event and gives the child its ``shutdown`` grace (5 s by default) before
+    cancelling it; watching the event, it finishes its job in hand and returns within a tick.
+    A child that never calls it is cancelled at once when it is stopped.
     """
     stopping = supervisors.shutting_down()
     task_status.started()
@@ -83,8 +86,8 @@ async def part_one() -> None:
     ) as sup:
         await sup.start_child("steady", steady)
         backoff = supervisors.RestartBackoff(min=TICK, max=4 * TICK, jitter=0)
-        # flaky ignores shutting_down(); shutdown=0 cancels it at once when it is stopped.
-        started = await sup.start_child("flaky", flaky, jobs_done, backoff=backoff, shutdown=0)
+        # flaky never calls shutting_down(): a stop cancels it at once.
+        started = await sup.start_child("flaky", flaky, jobs_done, backoff=backoff)
         print("  start_child returned:", started)
         await trio.sleep(12 * TICK)
         for info in sup.which_children():
@@ -109,11 +112,17 @@ async def part_two() -> None:
 
 
 async def main() -> None:
-    # Crashes are logged (with tracebacks) on the "supervisors" logger; our observer prints
-    # them already, so keep the console readable.
-    logging.getLogger("supervisors").setLevel(logging.CRITICAL)
-    await part_one()
-    await part_two()
+    # Each crash is also logged on the "supervisors" logger as a one-line crash report (with
+    # the traceback attached). Show those lines here, interleaved with our observer's, and
+    # leave the tracebacks out: the crashes are the example's point, not bugs.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(OneLineFormatter())
+    logging.getLogger("supervisors").addHandler(handler)
+    try:
+        await part_one()
+        await part_two()
+    finally:
+        logging.getLogger("supervisors").removeHandler(handler)
 
 
 if __name__ == "__main__":

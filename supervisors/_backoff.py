@@ -44,6 +44,19 @@ def _check_rng(
         )
 
 
+def jittered(delay: float, fraction: float, rng: random.Random | None = None) -> float:
+    """A wait drawn uniformly between ``(1 - fraction) * delay`` and ``delay``: jitter.
+
+    The one jitter rule of the project (`RestartBackoff`, and the retries of ``actors``): the
+    wait never exceeds ``delay``, so a cap stays a cap, and waits of many tasks spread over
+    the last ``fraction`` of it. ``fraction=0`` returns ``delay`` unchanged; ``rng`` is a
+    `random.Random` (``None``: the `random` module) so tests can seed it.
+    """
+    if not fraction:
+        return delay
+    return delay * (1.0 - fraction * (rng or random).random())
+
+
 @attrs.frozen
 class RestartBackoff:
     """How long a supervisor waits before it restarts a child that keeps exiting.
@@ -78,8 +91,4 @@ class RestartBackoff:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n!r}")
         # 2 ** 1100 overflows a float; past ~64 doublings every wait is capped anyway.
-        base = min(self.max, self.min * 2.0 ** min(n - 1, 64))
-        if not self.jitter:
-            return base
-        draw = (self.rng or random).random()
-        return base * (1.0 - self.jitter * draw)
+        return jittered(min(self.max, self.min * 2.0 ** min(n - 1, 64)), self.jitter, self.rng)

@@ -52,6 +52,9 @@ class _Child:
     restarts: int = 0
     streak: int = 0  # automatic restarts in a row without a healthy run (for backoff)
     due: float = math.inf  # when a PENDING child is restarted
+    due_seq: int = -1  # which entry of the supervisor's due heap is current (-1: none)
+    order: int = 0  # its place in start order (grows with every start_child)
+    listed: bool = False  # in its supervisor's children
 
 
 @attrs.define(eq=False)
@@ -67,7 +70,9 @@ class _Run:
     started: bool = False
     started_at: float = 0.0
     stop_requested: bool = False
+    traps: bool = False  # it called shutting_down() (or opened a supervisor): it gets a grace
     error: Exception | None = None
+    nested: list[Supervisor] = attrs.field(factory=list)  # supervisors opened in this run
 
 
 _CURRENT_RUN: ContextVar[_Run] = ContextVar("supervisors._current_run")
@@ -81,13 +86,14 @@ def shutting_down() -> trio.Event:
     """The event a supervisor sets when it asks the calling child to stop.
 
     Call it from a child started by `Supervisor.start_child` (or from a task that child
-    spawned). Every stop of a child (``shutdown()``, the end of the block after an exception
+    spawned). Calling it is how a child traps the stop, as ``trap_exit`` does in OTP: from
+    then on, every stop of that run (``shutdown()``, the end of the block after an exception
     or cancellation, ``terminate_child``, ``restart_child``, ``delete_child``, a sibling's
-    restart under ``one_for_all``/``rest_for_one``, the intensity exceeded) sets this event,
-    gives the child up to its ``shutdown`` seconds to return on its own, then cancels it
-    (``shutdown=0``: at once). Watching the event is how a child wraps up early, like trapping
-    exits in OTP; a child that ignores it simply runs until its grace is over (a supervisor
-    opened in the child watches it for you and stops its own children, see `open_supervisor`)::
+    restart under ``one_for_all``/``rest_for_one``, the intensity exceeded) sets this event
+    and gives the child up to its ``shutdown`` seconds to return on its own before cancelling
+    it (``shutdown=0``: at once). A child that never calls it is cancelled at once when it is
+    stopped, as Trio code expects. A supervisor opened in the child traps for it and stops
+    its own children by the same rule (see `open_supervisor`)::
 
         async def worker(jobs, *, task_status=trio.TASK_STATUS_IGNORED):
             stopping = supervisors.shutting_down()
@@ -103,6 +109,7 @@ def shutting_down() -> trio.Event:
             "supervisors.shutting_down() must be called from a child started by "
             "Supervisor.start_child (or from a task that child spawned)"
         )
+    run.traps = True
     return run.stop_event
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 from collections import deque
@@ -12,10 +14,18 @@ from typing import Any, Final, Literal, final
 import trio
 
 from ._backoff import RestartBackoff
-from ._checks import check_async_fn, check_choice, check_count, check_seconds
+from ._checks import (
+    check_async_fn,
+    check_choice,
+    check_count,
+    check_seconds,
+    check_started_like_nursery_start,
+    explain_start_error,
+)
 from ._child import _CURRENT_RUN, ChildInfo, _Child, _current_run, _Run, _StartedStatus, _State
 from ._errors import RestartIntensityExceeded, SupervisorClosed
 from ._events import SupervisorEvent, SupervisorEventKind
+from ._tree import ChildState, ChildTree, SupervisorState, SupervisorTree
 from ._unwrap import raise_unwrapped
 
 logger = logging.getLogger("supervisors")
@@ -30,6 +40,13 @@ STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
 RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 
 _PRIVATE: Final = object()
+
+_CHILD_STATES: Final[dict[_State, ChildState]] = {
+    _State.STARTING: "starting",
+    _State.RUNNING: "running",
+    _State.PENDING: "pending",
+    _State.STOPPED: "stopped",
+}
 
 
 def _check_child_id(child_id: object) -> str:
@@ -55,9 +72,9 @@ class Supervisor:
         "_body_scope",
         "_by_id",
         "_changed",
-        "_children",
         "_closed",
         "_closing",
+        "_due",
         "_exits",
         "_fatal",
         "_live",
@@ -68,10 +85,12 @@ class Supervisor:
         "_name",
         "_nursery",
         "_on_event",
+        "_order",
         "_restart_times",
         "_shutdown_requested",
         "_stopped",
         "_strategy",
+        "_unstopped",
         "_wake",
     )
 
@@ -95,8 +114,12 @@ class Supervisor:
         self._max_seconds = max_seconds
         self._name = name
         self._on_event = on_event
-        self._children: list[_Child] = []
-        self._by_id: dict[str, _Child] = {}
+        # Every structure below costs O(1) per child exit, crash or restart, so supervision
+        # costs the same with 10 or 10,000 siblings.
+        self._by_id: dict[str, _Child] = {}  # the children, in start order
+        self._unstopped = 0  # children whose state is not STOPPED
+        self._due: list[tuple[float, int, _Child]] = []  # heap of PENDING children by due time
+        self._order = itertools.count()  # numbers entries of _due, and children in start order
         self._lock = trio.Lock()  # held by whoever starts or stops children
         self._exits: deque[_Run] = deque()  # runs that ended on their own, to handle
         self._wake = trio.Event()  # wakes the manager task
@@ -117,7 +140,7 @@ class Supervisor:
     def __repr__(self) -> str:
         return (
             f"<Supervisor {self._name!r} {self._strategy} "
-            f"with {len(self._children)} children{' (closed)' if self._closed else ''}>"
+            f"with {len(self._by_id)} children{' (closed)' if self._closed else ''}>"
         )
 
     @property
@@ -156,8 +179,39 @@ class Supervisor:
         """
         return [
             ChildInfo(id=child.id, running=self._is_running(child), restarts=child.restarts)
-            for child in self._children
+            for child in self._by_id.values()
         ]
+
+    def tree(self) -> SupervisorTree:
+        """The supervision tree below this supervisor, as nested frozen records.
+
+        A `SupervisorTree` (name, strategy, state, children) whose `ChildTree` entries (id,
+        state, running, restarts) hold the trees of the supervisors running in that child::
+
+            root.tree().children[0].supervisors[0].name   # the supervisor inside child 0
+
+        A snapshot: it does not change as the supervisors go on. Readable after the block.
+        """
+        state: SupervisorState = (
+            "closed" if self._closed else "stopping" if self._closing is not None else "running"
+        )
+        return SupervisorTree(
+            name=self._name,
+            strategy=self._strategy,
+            state=state,
+            children=tuple(self._child_tree(child) for child in self._by_id.values()),
+        )
+
+    def _child_tree(self, child: _Child) -> ChildTree:
+        run = child.run
+        nested = () if run is None or run.done.is_set() else tuple(s.tree() for s in run.nested)
+        return ChildTree(
+            id=child.id,
+            state=_CHILD_STATES[child.state],
+            running=self._is_running(child),
+            restarts=child.restarts,
+            supervisors=nested,
+        )
 
     async def start_child(
         self,
@@ -178,17 +232,23 @@ class Supervisor:
         - ``restart``: ``"permanent"`` children are restarted whenever they exit, even by
           returning; ``"transient"`` only after they raise; ``"temporary"`` never (they leave
           `which_children` when they stop).
-        - ``shutdown``: its grace in seconds. Whenever it is stopped, its `shutting_down`
-          event is set and it may take that long to return before it is cancelled (``0``:
-          cancel at once, ``math.inf``: wait for it).
+        - ``shutdown``: its grace in seconds, for a child that traps the stop (it called
+          `shutting_down`, or runs a supervisor): whenever it is stopped, its event is set
+          and it may take that long to return before it is cancelled. A child that does not
+          trap is cancelled at once. ``0`` cancels even a trapping child at once;
+          ``math.inf`` waits for it as long as it takes (dangerous: a child that never
+          returns then keeps its supervisor, and everything above, from stopping).
         - ``backoff``: a `RestartBackoff` spacing its restarts; ``None`` restarts at once.
 
-        Raises `ValueError` if ``child_id`` is taken, `SupervisorClosed` once the supervisor
-        shuts down. Children are started one at a time; a child must not call this (or any
-        method that starts or stops children) on its own supervisor before its ``started()``.
+        Raises `TypeError` at once if ``fn`` cannot be called as ``fn(*args,
+        task_status=...)``, `ValueError` if ``child_id`` is taken, `SupervisorClosed` once the
+        supervisor shuts down. Children are started one at a time; a child must not call this
+        (or any method that starts or stops children) on its own supervisor before its
+        ``started()``.
         """
         child_id = _check_child_id(child_id)
         check_async_fn(fn, "start_child() fn")
+        check_started_like_nursery_start(fn, args, "start_child() fn")
         restart_type = check_choice(restart, "restart", RESTART_TYPES)
         grace = check_seconds(shutdown, "shutdown")
         if backoff is not None and not isinstance(backoff, RestartBackoff):
@@ -212,8 +272,7 @@ class Supervisor:
                 shutdown=grace,
                 backoff=backoff,
             )
-            self._children.append(child)
-            self._by_id[child_id] = child
+            self._add(child)
             try:
                 return await self._start_run(child)
             except BaseException:
@@ -223,8 +282,9 @@ class Supervisor:
     async def terminate_child(self, child_id: str) -> None:
         """Stop the child ``child_id`` and wait until it has stopped.
 
-        Its `shutting_down` event is set, and it is cancelled once its ``shutdown`` grace is
-        over if it has not returned by then. It stays in `which_children`, not running, until
+        A child that traps (see `shutting_down`) sees its event set and is cancelled once its
+        ``shutdown`` grace is over if it has not returned by then; any other child is
+        cancelled at once. It stays in `which_children`, not running, until
         `restart_child` or `delete_child` (a temporary child leaves at once). It is not
         restarted, whatever its restart type, and its stop does not count towards the restart
         intensity. Stopping an already stopped child does nothing. A child may terminate
@@ -240,7 +300,7 @@ class Supervisor:
     async def restart_child(self, child_id: str) -> Any:
         """Start the child ``child_id`` again, now, and return its ``started()`` value.
 
-        A running child is stopped first, given its ``shutdown`` grace. Only this child is
+        A running child is stopped first, as `terminate_child` stops it. Only this child is
         restarted, whatever the strategy, and its restart count goes up by one; the restart
         does not count towards the intensity. If it fails before ``started()``, the error is raised
         here and the child stays listed, not running. A child cannot restart itself (return or
@@ -257,7 +317,7 @@ class Supervisor:
                     "its supervisor restarts it according to its restart type"
                 )
             self._set_state(child, _State.STOPPED)
-            child.due = math.inf
+            self._unschedule(child)
             if child.run is not None:
                 await self._stop_run(child.run)
             child.restarts += 1
@@ -280,8 +340,9 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every child, last started first, and accept no new ones.
 
-        Each child, one at a time, gets its `shutting_down` event set and up to its
-        ``shutdown`` seconds to return, then is cancelled. Returns once all have stopped; the
+        One at a time: a child that traps (it called `shutting_down`, or runs a supervisor)
+        sees its event set and gets up to its ``shutdown`` seconds to return before it is
+        cancelled; any other child is cancelled at once. Returns once all have stopped; the
         ``async with`` block can then end. Calling it again, or after the block, does nothing.
         It also works from a ``finally`` in the block (under a shield) while an exception or
         a cancellation of the enclosing scope leaves it: until the block is left, the
@@ -338,7 +399,9 @@ class Supervisor:
         try:
             return self._by_id[child_id]
         except KeyError:
-            known = ", ".join(repr(child.id) for child in self._children) or "none"
+            ids = [repr(cid) for cid in itertools.islice(self._by_id, 10)]
+            more = len(self._by_id) - len(ids)
+            known = ", ".join(ids) + (f" and {more} more" if more > 0 else "") or "none"
             raise LookupError(
                 f"supervisor {self._name!r} has no child {child_id!r} (its children: {known})"
             ) from None
@@ -351,23 +414,61 @@ class Supervisor:
         return (
             self._live == 0
             and (not self._exits or self._closing is not None)  # exits are stale once closing
-            and all(child.state is _State.STOPPED for child in self._children)
+            and self._unstopped == 0
         )
 
     def _bump(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _add(self, child: _Child) -> None:
+        child.order = next(self._order)
+        child.listed = True
+        self._by_id[child.id] = child
+        self._unstopped += child.state is not _State.STOPPED
+
     def _set_state(self, child: _Child, state: _State) -> None:
+        if child.listed:
+            self._unstopped += (state is not _State.STOPPED) - (child.state is not _State.STOPPED)
         child.state = state
         self._bump()
 
     def _remove(self, child: _Child) -> None:
-        if self._by_id.get(child.id) is child:
+        if child.listed:
+            child.listed = False
             del self._by_id[child.id]
-            self._children.remove(child)
-            child.due = math.inf
+            self._unstopped -= child.state is not _State.STOPPED
+            self._unschedule(child)
             self._bump()
+
+    def _schedule(self, child: _Child, due: float) -> None:
+        """Make ``child`` PENDING, to be restarted at ``due``."""
+        self._set_state(child, _State.PENDING)
+        child.due = due
+        child.due_seq = next(self._order)
+        heapq.heappush(self._due, (due, child.due_seq, child))
+
+    def _unschedule(self, child: _Child) -> None:
+        child.due = math.inf
+        child.due_seq = -1  # its entry in _due, if any, is stale now
+
+    def _next_due(self) -> float:
+        """When the next PENDING child is due; drops the stale entries on top of the heap."""
+        due = self._due
+        while due:
+            when, seq, child = due[0]
+            if child.due_seq == seq and child.state is _State.PENDING and child.listed:
+                return when
+            heapq.heappop(due)
+        return math.inf
+
+    def _pop_due(self, now: float) -> _Child | None:
+        """The PENDING child due first if it is due by ``now``, taken off the heap."""
+        if self._next_due() > now:
+            return None
+        child = heapq.heappop(self._due)[2]
+        child.due_seq = -1
+        return child
 
     def _emit(
         self, kind: SupervisorEventKind, child: _Child, error: BaseException | None = None
@@ -386,6 +487,25 @@ class Supervisor:
             self._on_event(event)
         except Exception:
             logger.exception("supervisor %r: on_event raised for %r", self._name, event)
+
+    def _report(self, run: _Run, then: str) -> None:
+        """Log an OTP-style crash report: one line saying what crashed and what happens next.
+
+        The traceback is attached (``exc_info``) for handlers that want it.
+        """
+        error = run.error
+        if error is None:
+            return
+        how = "crashed" if run.started else "failed to start again"
+        logger.error(
+            "supervisor %r: child %r %s with %r; %s",
+            self._name,
+            run.child.id,
+            how,
+            error,
+            then,
+            exc_info=error,
+        )
 
     # -- one run of a child ------------------------------------------------------------------
 
@@ -438,7 +558,13 @@ class Supervisor:
         error: Exception | None = None
         try:
             with run.scope:
-                coro = child.fn(*child.args, task_status=status)
+                try:
+                    coro = child.fn(*child.args, task_status=status)
+                except TypeError as exc:
+                    clearer = explain_start_error(exc, child.fn, "start_child() fn")
+                    if clearer is None:
+                        raise
+                    raise clearer from exc
                 if not isinstance(coro, Coroutine):
                     raise TypeError(
                         f"start_child() needs an async function (async def), but "
@@ -468,35 +594,40 @@ class Supervisor:
         if run.stop_requested:
             if error is not None:
                 logger.warning(
-                    "supervisor %r: child %r raised while stopping",
+                    "supervisor %r: child %r raised while stopping: %r",
                     self._name,
                     child.id,
+                    error,
                     exc_info=error,
                 )
             self._emit(SupervisorEventKind.CHILD_STOPPED, child, error)
             return
         if error is not None:
-            logger.error("supervisor %r: child %r crashed", self._name, child.id, exc_info=error)
             self._emit(SupervisorEventKind.CHILD_CRASHED, child, error)
         else:
             self._emit(SupervisorEventKind.CHILD_EXITED, child)
-        self._exits.append(run)
+        if self._closing is not None:
+            self._report(run, "not restarting it: the supervisor is stopping")
+            return
+        self._exits.append(run)  # the manager task reports it when it decides what to do
         self._wake.set()
 
     async def _stop_run(self, run: _Run) -> None:
         """Ask a run to stop and wait until its task has ended.
 
-        Sets its `shutting_down` event and cancels it once its ``shutdown`` grace has passed
-        (at once if that is 0, or if the run is stopping itself: it cannot wait for itself).
-        Stopping does not depend on this wait: the grace is the cancel scope's deadline, so
-        the run ends even if the caller is cancelled while waiting.
+        OTP's ``trap_exit`` rule: a run that trapped (called `shutting_down`, or opened a
+        supervisor) sees its event set and is cancelled once its ``shutdown`` grace has
+        passed; any other run is cancelled at once, as are a run with ``shutdown=0`` and a run
+        stopping itself (it cannot wait for itself). Stopping does not depend on this wait:
+        the grace is the cancel scope's deadline, so the run ends even if the caller is
+        cancelled while waiting.
         """
         run.stop_requested = True
         if run.done.is_set():
             return
         run.stop_event.set()
         itself = _current_run() is run
-        if itself or run.child.shutdown == 0:
+        if itself or not run.traps or run.child.shutdown == 0:
             run.scope.cancel()
         else:
             # min(): a second stop never extends the grace of the first.
@@ -508,7 +639,7 @@ class Supervisor:
 
     async def _stop_child(self, child: _Child) -> None:
         """Stop a child for good: STOPPED, or gone if temporary."""
-        child.due = math.inf
+        self._unschedule(child)
         if child.restart == "temporary":
             self._remove(child)
         else:
@@ -520,10 +651,12 @@ class Supervisor:
         """Stop every child, last started first; loops until no run is left."""
         if self._closing is None:
             self._closing = "it is stopping"
+        while self._exits:  # exits the manager had no time to handle: nothing restarts now
+            self._report(self._exits.popleft(), "not restarting it: the supervisor is stopping")
         while True:
             targets = [
                 child
-                for child in reversed(self._children)
+                for child in reversed(self._by_id.values())
                 if child.state is not _State.STOPPED
                 or (child.run is not None and not child.run.done.is_set())
             ]
@@ -534,12 +667,6 @@ class Supervisor:
         self._stopped.set()
 
     # -- the manager task: handles exits and due restarts -----------------------------------
-
-    def _next_due(self) -> float:
-        return min(
-            (child.due for child in self._children if child.state is _State.PENDING),
-            default=math.inf,
-        )
 
     def _has_work(self) -> bool:
         if self._shutdown_requested:
@@ -584,23 +711,18 @@ class Supervisor:
                 await self._wake.wait()
 
     async def _process(self) -> None:
-        """Handle every queued exit and due restart; the lock is held."""
+        """Handle every queued exit and due restart, an exit first; the lock is held."""
         while self._closing is None:
             if self._exits:
                 await self._handle_exit(self._exits.popleft())
                 continue
-            now = trio.current_time()
-            due = [c for c in self._children if c.state is _State.PENDING and c.due <= now]
-            if not due:
+            child = self._pop_due(trio.current_time())
+            if child is None:
                 return
-            for child in due:
-                if self._closing is not None or self._exits:
-                    break  # handle the new exit first: it may change who restarts when
-                if child.state is _State.PENDING and self._by_id.get(child.id) is child:
-                    await self._restart(child)
+            await self._restart(child)
 
     async def _restart(self, child: _Child) -> None:
-        child.due = math.inf
+        self._unschedule(child)
         child.restarts += 1
         try:
             await self._start_run(child)
@@ -608,30 +730,34 @@ class Supervisor:
             run = child.run
             assert run is not None
             run.error = exc
-            logger.error(
-                "supervisor %r: child %r failed to restart", self._name, child.id, exc_info=exc
-            )
             self._emit(SupervisorEventKind.CHILD_CRASHED, child, exc)
-            self._exits.append(run)
+            self._exits.append(run)  # handled (and reported) like a crash
 
     def _group(self, child: _Child) -> list[_Child]:
-        """The children restarted with ``child``, in start order (``child`` included)."""
+        """The children restarted with ``child``, in start order (``child`` included).
+
+        ``one_for_one`` costs O(1); ``rest_for_one`` as many steps as children started after
+        ``child``; ``one_for_all`` one step per child (it restarts them all).
+        """
         if self._strategy == "one_for_one":
             return [child]
         alive = (_State.RUNNING, _State.PENDING, _State.STARTING)
-        index = self._children.index(child)
-        first = 0 if self._strategy == "one_for_all" else index
-        return [
-            other
-            for i, other in enumerate(self._children)
-            if i >= first and (other is child or other.state in alive)
-        ]
+        if self._strategy == "one_for_all":
+            candidates = list(self._by_id.values())
+        else:
+            later = reversed(self._by_id.values())
+            candidates = list(itertools.takewhile(lambda other: other is not child, later))
+            candidates.append(child)
+            candidates.reverse()
+        return [other for other in candidates if other is child or other.state in alive]
 
     async def _handle_exit(self, run: _Run) -> None:
         child, error = run.child, run.error
-        if self._by_id.get(child.id) is not child or child.run is not run or run.stop_requested:
-            return  # stale: the child was stopped, restarted or deleted since
+        if not child.listed or child.run is not run or run.stop_requested:
+            self._report(run, "not restarting it: it was stopped or restarted meanwhile")
+            return
         if child.restart == "temporary" or (child.restart == "transient" and error is None):
+            self._report(run, "not restarting it: it is temporary")
             if child.restart == "temporary":
                 self._remove(child)
             else:
@@ -643,7 +769,7 @@ class Supervisor:
         while times[0] < now - self._max_seconds:
             times.popleft()
         if len(times) > self._max_restarts:
-            await self._give_up(child, error, len(times), now - times[0])
+            await self._give_up(run, len(times), now - times[0])
             return
         delay = 0.0
         if child.backoff is not None:
@@ -652,10 +778,12 @@ class Supervisor:
             child.streak += 1
             delay = child.backoff.delay(child.streak)
         group = self._group(child)
+        when = f" in {delay:.3g} s" if delay else ""
+        with_whom = f" with {len(group) - 1} of its siblings ({self._strategy})"
+        self._report(run, f"restarting it{with_whom if len(group) > 1 else ''}{when}")
         for member in group:
             if member.restart != "temporary" or member is child:
-                member.due = now + delay
-                self._set_state(member, _State.PENDING)
+                self._schedule(member, now + delay)
         for member in reversed(group):
             if member is child:
                 continue
@@ -664,15 +792,16 @@ class Supervisor:
             if member.run is not None:
                 await self._stop_run(member.run)
 
-    async def _give_up(
-        self, child: _Child, error: Exception | None, restarts: int, seconds: float
-    ) -> None:
+    async def _give_up(self, run: _Run, restarts: int, seconds: float) -> None:
+        child, error = run.child, run.error
         how = f"crashed with {type(error).__name__}" if error is not None else "returned"
+        limit = (
+            f"restart {restarts} within {seconds:.3g} s, more than max_restarts="
+            f"{self._max_restarts} within max_seconds={self._max_seconds:g}"
+        )
         fatal = RestartIntensityExceeded(
             f"supervisor {self._name!r} gave up: child {child.id!r} {how}, which would be "
-            f"restart {restarts} within {seconds:.3g} s, more than max_restarts="
-            f"{self._max_restarts} within max_seconds={self._max_seconds:g}; "
-            "all its children were stopped",
+            f"{limit}; all its children were stopped",
             supervisor=self._name,
             child_id=child.id,
             restarts=restarts,
@@ -684,7 +813,10 @@ class Supervisor:
         fatal.__suppress_context__ = True
         self._fatal = fatal
         self._closing = "it gave up after too many restarts"
-        logger.error("%s", fatal)
+        then = f"giving up: that would be {limit}; stopping every child"
+        if error is None:
+            logger.error("supervisor %r: child %r returned; %s", self._name, child.id, then)
+        self._report(run, then)
         self._emit(SupervisorEventKind.INTENSITY_EXCEEDED, child, fatal)
         self._set_state(child, _State.STOPPED)
         await self._stop_all()
@@ -740,28 +872,47 @@ async def open_supervisor(
     scope, stops every child last started first, under a shield, and is then re-raised.
     Errors of children never leave the block.
 
-    Every stop of a child, whatever its cause, sets its `shutting_down` event and gives it up
-    to its ``shutdown`` seconds (see `Supervisor.start_child`) to return before cancelling
-    it. Children are stopped one at a time, so a strategy restart, giving up or the end of
-    the block waits for each grace in turn.
+    How a child stops, whatever the cause, follows OTP's ``trap_exit``: a child that called
+    `shutting_down` (it traps) sees its event set and gets up to its ``shutdown`` seconds
+    (see `Supervisor.start_child`) to return before it is cancelled; any other child (a
+    plain ``await trio.sleep_forever()``, a server loop) is cancelled at once. Children are
+    stopped one at a time, last started first, so only children that trap cost their grace:
+    ten thousand plain children stop in well under a second.
 
-    Trees: a supervisor that is a child of another supervisor stops its subtree when asked
-    to stop. Opened inside a supervised child (anywhere `shutting_down` works), it watches
-    that event and, once it is set, shuts itself down as `Supervisor.shutdown` does: its
-    children stop last started first, each given its own grace, and their children in turn.
+    Trees: a supervisor that is a child of another supervisor traps, and stops its subtree
+    when asked to stop. Opened inside a supervised child (anywhere `shutting_down` works),
+    it watches that event and, once it is set, shuts itself down as `Supervisor.shutdown`
+    does: its children stop last started first, each by the rule above, and their children
+    in turn.
     The parent's stop then ends as soon as the subtree has stopped and the child returns,
     not after the whole grace of the supervisor child. The block's own code is not
     cancelled: a block that goes on running keeps the child until its grace is over.
 
     ``on_event`` (optional) is called with a `SupervisorEvent` for every start, restart,
-    exit, crash and stop; an ``on_event`` that raises is logged and ignored. Crashes are also
-    logged on the ``"supervisors"`` logger.
+    exit, crash and stop; an ``on_event`` that raises is logged and ignored. Each crash is
+    also logged on the ``"supervisors"`` logger as a one-line crash report at ERROR (the
+    supervisor, the child, the error and what happens next; the traceback is attached as
+    ``exc_info``). ``max_seconds`` must be finite and ``name`` a non-empty str.
     """
     strategy_name = check_choice(strategy, "strategy", STRATEGIES)
     max_restarts = check_count(max_restarts, "max_restarts")
+    if isinstance(max_seconds, int | float) and math.isinf(max_seconds):
+        raise ValueError(
+            "max_seconds must be finite (as in OTP, the restart intensity needs a period): "
+            "to allow more restarts, raise max_restarts or give a longer window, "
+            "such as max_seconds=3600"
+        )
     max_seconds = check_seconds(max_seconds, "max_seconds", allow_zero=False)
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r}")
+        raise TypeError(
+            f"name must be a str naming the supervisor in logs and errors, "
+            f"got {type(name).__name__}: {name!r}"
+        )
+    if not name:
+        raise ValueError(
+            "name must be a non-empty str: it names the supervisor in logs, errors and "
+            "tree(); leave it out for the default 'supervisor'"
+        )
     if on_event is not None and not callable(on_event):
         raise TypeError(f"on_event must be callable or None, got {type(on_event).__name__}")
     sup = Supervisor(
@@ -773,10 +924,14 @@ async def open_supervisor(
         on_event=on_event,
     )
     raised: BaseException | None = None
+    parent: _Run | None = None
     try:
         async with trio.open_nursery() as nursery:
             sup._nursery = nursery
             parent = _current_run()  # set if this supervisor runs in a supervised child
+            if parent is not None:
+                parent.traps = True  # it stops its own children when asked: it gets its grace
+                parent.nested.append(sup)
             nursery.start_soon(sup._manage, None if parent is None else parent.stop_event)
             with sup._body_scope:
                 try:
@@ -796,5 +951,7 @@ async def open_supervisor(
     finally:
         sup._closed = True
         sup._stopped.set()
+        if parent is not None:
+            parent.nested.remove(sup)
     if sup._fatal is not None:
         raise sup._fatal

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
 
-from examples import demo, demo_bank, demo_workers
+from examples import demo, demo_bank, demo_logging, demo_workers
 
 
 async def test_bank_conserves_money_and_survives_the_injected_fault() -> None:
@@ -15,6 +16,21 @@ async def test_bank_conserves_money_and_survives_the_injected_fault() -> None:
     assert report.restarts == 1
     # every teller finished its quota: a deposit is one lane job, a transfer holds two lanes
     assert report.jobs >= 20 * 50
+
+
+async def test_the_injected_fault_shows_as_one_crash_report_line() -> None:
+    stream = io.StringIO()
+    handler = demo_logging.configure(stream)
+    try:
+        report = await demo_bank.run_bank(accounts=100, tellers=5, jobs_per_teller=20)
+    finally:
+        demo_logging.unconfigure(handler)
+    assert report.restarts == 1
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1, lines  # no traceback: the crash report alone
+    assert lines[0].startswith("ERROR supervisors: supervisor ")
+    assert "crashed with InjectedFault('teller " in lines[0]
+    assert lines[0].endswith("; restarting it")
 
 
 async def test_demo_main_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import BatcherStats, ComponentClosed, open_batcher
+from actors import BatcherStats, BatchFailed, BatchReport, ComponentClosed, open_batcher
 
 
 @attrs.define
@@ -49,6 +49,15 @@ class FakeDb:
             self.io_now -= 1
 
 
+def _frames(exc: BaseException) -> list[Any]:
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
 def add(n: int) -> Any:
     return lambda value: value + n
 
@@ -79,7 +88,15 @@ async def test_ops_within_the_window_share_one_load_and_one_save(autojump_clock:
     assert finished == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: 2.5}
     assert db.data == {"k": 110}
     assert batcher.stats() == BatcherStats(
-        live_keys=1, batches_total=2, failed_batches_total=0, ops_total=5, io_in_flight=0
+        live_keys=1,
+        batches_total=2,
+        failed_batches_total=0,
+        ops_total=5,
+        io_in_flight=0,
+        recent_batches=(
+            BatchReport("k", 0.0, 4, 0, 0.0, 0.0, 1.0, None),
+            BatchReport("k", 1.5, 1, 0, 0.0, 0.0, 1.0, None),
+        ),
     )
 
 
@@ -154,13 +171,18 @@ async def test_load_or_save_failure_fails_every_run_in_the_batch(
         async def op() -> None:
             try:
                 await batcher.run("k", add(1))
-            except ConnectionError as exc:
+            except BatchFailed as exc:
                 errors.append(exc)
 
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(op)
-        assert errors == [error, error, error]
+        # one error object per caller (defect 3), each caused by the batch's error, each
+        # traceback holding that caller's frames only
+        assert len({id(e) for e in errors}) == 3
+        assert [e.__cause__ for e in errors] == [error, error, error]
+        assert max(len(_frames(e)) for e in errors) < 10
+        assert [e.stage for e in errors] == [which] * 3  # type: ignore[attr-defined]
         assert batcher.stats().failed_batches_total == 1
         # the next batch works again
         db.fail_load = db.fail_save = None
@@ -175,8 +197,9 @@ async def test_load_or_save_past_max_duration_is_a_timeout(autojump_clock: Any, 
     else:
         db.save_delay = 5.0
     async with open_batcher(db.load, db.save, min_duration=1.0, max_duration=2.5) as batcher:
-        with pytest.raises(TimeoutError, match=rf"{which}\('k'\) did not finish within"):
+        with pytest.raises(BatchFailed, match=rf"{which}\('k'\) did not finish within") as info:
             await batcher.run("k", add(1))
+        assert isinstance(info.value.__cause__, TimeoutError)
         # the deadline counts from the batch start
         assert trio.current_time() == 2.5
     assert "k" not in db.data
@@ -279,7 +302,8 @@ async def test_an_op_that_mutates_then_raises_leaves_the_resource_as_before(
         except ValueError as exc:
             errors.append(str(exc))
 
-    async with open_batcher(load, save, min_duration=1.0) as batcher:
+    # ops that change a list in place opt in to a copy per op (journal=True is for dicts)
+    async with open_batcher(load, save, min_duration=1.0, copy_resource=list) as batcher:
         async with trio.open_nursery() as nursery:
             for fn in [good, bad, good]:
                 nursery.start_soon(run, batcher, fn)
@@ -313,7 +337,7 @@ async def test_past_the_mailbox_size_senders_wait_for_the_next_batch(autojump_cl
 async def test_default_max_duration_is_twice_min_duration(autojump_clock: Any) -> None:
     db = FakeDb(load_delay=5.0)
     async with open_batcher(db.load, db.save, min_duration=1.0) as batcher:
-        with pytest.raises(TimeoutError, match=r"max_duration=2\.0s"):
+        with pytest.raises(BatchFailed, match=r"max_duration=2\.0s"):
             await batcher.run("k", add(1))
         assert trio.current_time() == 2.0
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextvars
+import math
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trio.lowlevel import current_task
 
-from actors import ComponentClosed, KeyedStats, open_keyed
+from actors import ActorCrashed, ComponentClosed, KeyedStats, open_keyed
 
 
 async def test_told_messages_are_handled_in_order_per_key(autojump_clock: Any) -> None:
@@ -139,3 +145,126 @@ async def test_bad_arguments() -> None:
             await keyed.tell("", 1)
         with pytest.raises(TypeError, match="must be a str"):
             await keyed.ask(3, 1)  # type: ignore[arg-type]
+
+
+async def test_key_task_machinery_crash_is_restarted_not_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in our own key task (not a handler's exception) fails that message, restarts."""
+    from actors import _reply
+
+    real_run = _reply.Reply.run
+    calls = 0
+
+    async def flaky_run(self: Any, fn: Any, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in the keyed machinery")
+        await real_run(self, fn, *args)
+
+    monkeypatch.setattr(_reply.Reply, "run", flaky_run)
+    results: list[object] = []
+
+    async def handler(key: str, message: float) -> float:
+        await trio.sleep(message)
+        return message
+
+    async def call() -> None:
+        try:
+            results.append(await keyed.ask("k", 0))
+        except ActorCrashed as exc:
+            results.append(exc)
+
+    async with open_keyed(handler) as keyed, trio.open_nursery() as nursery:
+        await keyed.tell("k", 0.01)
+        for _ in range(3):
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+    assert isinstance(results[0], ActorCrashed)
+    assert isinstance(results[0].__cause__, RuntimeError)
+    assert results[1:] == [0, 0]
+    assert "crashed (RuntimeError: bug in the keyed machinery); restarting it" in caplog.text
+    assert keyed.stats().restarts_total == 1
+
+
+# ---------------------------------------------------------------- rule 6: a handler is the actor's
+
+ORIGIN: contextvars.ContextVar[str] = contextvars.ContextVar("origin", default="none")
+
+
+@attrs.frozen
+class Ask:
+    key: str
+    arrive: int  # tenths of a second
+    duration: int  # tenths of a second the handler takes
+    fails: bool
+    cancel_after: int | None  # tenths (plus a half) after arriving, or never
+
+
+asks = st.builds(
+    Ask,
+    key=st.sampled_from(["a", "b"]),
+    arrive=st.integers(0, 10),
+    duration=st.integers(0, 5),
+    fails=st.booleans(),
+    cancel_after=st.one_of(st.none(), st.integers(0, 15)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(asks, min_size=1, max_size=12))
+def test_every_handler_runs_as_the_actors_work(schedule: list[Ask]) -> None:
+    """Idle or busy key, asker cancelled or not: the handler sees the registry's context, no
+    asker's deadline, runs to its end, and only an asker still waiting hears its result."""
+    handled: dict[int, tuple[str, float, bool]] = {}
+    finished: set[int] = set()
+    answers: dict[int, object] = {}
+    askers: dict[int, trio.lowlevel.Task] = {}
+
+    async def handler(key: str, i: int) -> int:
+        handled[i] = (ORIGIN.get(), trio.current_effective_deadline(), current_task() is askers[i])
+        await trio.sleep(schedule[i].duration / 10)
+        finished.add(i)
+        if schedule[i].fails:
+            raise KeyError(i)
+        return i
+
+    async def asker(keyed: Any, i: int, call: Ask) -> None:
+        await trio.sleep(call.arrive / 10)
+        ORIGIN.set(f"asker {i}")
+        askers[i] = current_task()
+        deadline = math.inf
+        if call.cancel_after is not None:
+            deadline = trio.current_time() + (call.cancel_after + 0.5) / 10
+        with trio.CancelScope(deadline=deadline) as scope:
+            try:
+                answers[i] = await keyed.ask(call.key, i)
+            except KeyError as exc:
+                answers[i] = exc
+        if scope.cancelled_caught:
+            answers[i] = "cancelled"
+
+    async def main() -> None:
+        ORIGIN.set("registry")
+        async with open_keyed(handler) as keyed, trio.open_nursery() as nursery:
+            for i, call in enumerate(schedule):
+                nursery.start_soon(asker, keyed, i, call)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    for i, call in enumerate(schedule):
+        if i in handled:
+            origin, deadline, in_asker = handled[i]
+            assert origin == "registry"  # never an asker's value
+            assert (deadline, in_asker) == (math.inf, False)
+            assert i in finished  # an asker's cancellation never cut the handler short
+        if answers[i] == "cancelled":
+            continue
+        assert i in handled
+        answer = answers[i]
+        if call.fails:
+            assert isinstance(answer, KeyError)
+            assert answer.args == (i,)
+        else:
+            assert answer == i

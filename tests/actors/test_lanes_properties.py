@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections import defaultdict
 
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.lowlevel import current_task
 
 from actors import Lanes, open_lanes
 from tests.helpers import task_count
@@ -151,3 +153,108 @@ def test_overlapping_run_multi_never_deadlocks(key_sets: list[tuple[str, ...]]) 
     """All callers arrive at once, each wanting several keys in its own (unsorted) order."""
     schedule = [Call(0, keys, 1, False, None) for keys in key_sets]
     run_schedule(schedule, 600.0)
+
+
+# ---------------------------------------------------------------- rule 6: a job is a direct await
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+WRITTEN: contextvars.ContextVar[str] = contextvars.ContextVar("written", default="none")
+
+
+class Stop(BaseException):
+    """A KeyboardInterrupt-like exception."""
+
+
+@attrs.frozen
+class Direct:
+    """One caller of the rule-6 check: its job, and what ends it."""
+
+    key: str
+    arrive: int  # tenths of a second
+    duration: int  # tenths of a second
+    ending: str  # "return", "raise" (an Exception) or "base" (a BaseException)
+    deadline: int | None  # the caller's deadline, tenths (plus a half) after it arrives
+    shield: bool  # the job's work is shielded (a commit that must complete)
+
+
+directs = st.builds(
+    Direct,
+    key=st.sampled_from(["a", "b"]),
+    arrive=st.integers(0, 10),
+    duration=st.integers(0, 8),
+    ending=st.sampled_from(["return", "raise", "base"]),
+    deadline=st.one_of(st.none(), st.integers(0, 20)),
+    shield=st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(directs, min_size=1, max_size=12))
+def test_every_job_behaves_as_a_direct_await_in_its_caller(schedule: list[Direct]) -> None:
+    """Idle or busy lane, cancelled or not, any exception: the job is ``await fn()`` there."""
+    errors = [JobFailed(i) for i in range(len(schedule))]
+    stops = [Stop(i) for i in range(len(schedule))]
+    seen: dict[int, tuple[float, str, float, trio.lowlevel.Task]] = {}
+    ended: dict[int, tuple[str, object]] = {}
+    context: dict[int, tuple[float, trio.lowlevel.Task, str]] = {}
+
+    async def job(i: int, call: Direct) -> int:
+        now = trio.current_time()
+        seen[i] = (now, REQUEST.get(), trio.current_effective_deadline(), current_task())
+        WRITTEN.set(f"written by {i}")
+        with trio.CancelScope(shield=call.shield):
+            await trio.sleep(call.duration / 10)
+        if call.ending == "raise":
+            raise errors[i]
+        if call.ending == "base":
+            raise stops[i]
+        return i
+
+    async def caller(lanes: Lanes, i: int, call: Direct) -> None:
+        await trio.sleep(call.arrive / 10)
+        REQUEST.set(f"request {i}")
+        deadline = math.inf
+        if call.deadline is not None:
+            deadline = trio.current_time() + (call.deadline + 0.5) / 10
+        with trio.CancelScope(deadline=deadline) as scope:
+            try:
+                ended[i] = ("returned", await lanes.run(call.key, job, i, call))
+            except (JobFailed, Stop) as exc:
+                ended[i] = ("raised", exc)
+        if scope.cancelled_caught:
+            ended[i] = ("cancelled", None)
+        context[i] = (deadline, current_task(), WRITTEN.get())
+
+    async def main() -> None:
+        async with open_lanes() as lanes, trio.open_nursery() as nursery:
+            for i, call in enumerate(schedule):
+                nursery.start_soon(caller, lanes, i, call)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    assert set(ended) == set(range(len(schedule)))
+    for i, call in enumerate(schedule):
+        deadline, task, written = context[i]
+        if i not in seen:  # cancelled while it waited for its turn: never ran
+            assert ended[i] == ("cancelled", None)
+            assert written == "none"
+            continue
+        started, request, job_deadline, job_task = seen[i]
+        # the caller's context, deadline and task ...
+        assert (request, job_deadline, job_task) == (f"request {i}", deadline, task)
+        # ... its writes stay with that caller, as after a direct await ...
+        assert written == f"written by {i}"
+        # ... and it ends as `await job()` started at that moment would have
+        finish = started + call.duration / 10
+        if not call.shield and math.isclose(deadline, finish):
+            continue  # the deadline and the job's sleep fall due together: either may win
+        if not call.shield and deadline < finish:
+            expected: tuple[str, object] = ("cancelled", None)
+        elif call.ending == "raise":
+            expected = ("raised", errors[i])
+        elif call.ending == "base":
+            expected = ("raised", stops[i])
+        else:
+            expected = ("returned", i)
+        assert ended[i][0] == expected[0]
+        assert ended[i][1] is expected[1] or ended[i][1] == expected[1]

@@ -220,7 +220,14 @@ async def test_dedupe_skips_running_and_waiting_ids_and_shutdown_reports_not_sta
     assert isinstance(first["b"].error, NotStarted)
     assert first.errors.keys() == {"b"}
     assert sched.stats() == actors.SchedulerStats(
-        in_flight=0, queued=0, ticks_total=3, dedupe_skips_total=4, dropped_results_total=0
+        in_flight=0,
+        queued=0,
+        ticks_total=3,
+        dedupe_skips_total=4,
+        dropped_results_total=0,
+        capacity=10,
+        limit=1,
+        not_started_total=1,
     )
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Coroutine
+from typing import Any
+
 import attrs
 import trio
 
@@ -92,6 +97,15 @@ class Crew:
         assert not order.given.is_set(), f"{cid} was already told to {order.kind}"
         order.kind = kind
         order.given.set()
+
+
+def trapping(crew: Crew) -> functools.partial[Coroutine[Any, Any, None]]:
+    """A child that traps the stop (calls `supervisors.shutting_down`) but never returns.
+
+    Stopping it costs its whole ``shutdown`` grace, then it is cancelled (logged as
+    ``"cancelled"``): the child for tests about the grace itself.
+    """
+    return functools.partial(crew.child, cleanup=math.inf)
 
 
 def _is_cancellation(exc: BaseException) -> bool:

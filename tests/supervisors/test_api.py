@@ -27,6 +27,8 @@ from tests.supervisors.helpers import Boom, Crew, infos
 def test_public_surface() -> None:
     assert sorted(supervisors.__all__) == [
         "ChildInfo",
+        "ChildState",
+        "ChildTree",
         "RestartBackoff",
         "RestartIntensityExceeded",
         "RestartType",
@@ -36,6 +38,8 @@ def test_public_surface() -> None:
         "SupervisorError",
         "SupervisorEvent",
         "SupervisorEventKind",
+        "SupervisorState",
+        "SupervisorTree",
         "open_supervisor",
         "shutting_down",
     ]

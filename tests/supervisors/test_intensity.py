@@ -20,7 +20,7 @@ from supervisors import (
     open_supervisor,
 )
 from tests.helpers import task_count
-from tests.supervisors.helpers import Boom, Crew, infos
+from tests.supervisors.helpers import Boom, Crew, infos, trapping
 
 
 def crashing(
@@ -292,22 +292,26 @@ async def test_a_tree_escalates_to_the_top(autojump_clock: Any) -> None:
     assert crew.live == 0
 
 
-async def test_giving_up_gives_each_child_its_grace(autojump_clock: Any) -> None:
+async def test_giving_up_gives_only_trapping_children_their_grace(autojump_clock: Any) -> None:
     crew = Crew()
 
     async def run() -> None:
         async with open_supervisor(max_restarts=0) as sup:
             await sup.start_child("plain", crew.child, "plain", shutdown=2.0)
+            await sup.start_child("slow", trapping(crew), "slow", shutdown=2.0)
             await sup.start_child("tidy", functools.partial(crew.child, cleanup=1.0), "tidy")
             await sup.start_child("crashy", crashing([], after=1.0), shutdown=0)
             await trio.sleep_forever()
 
     with pytest.raises(RestartIntensityExceeded):
         await run()
-    assert trio.current_time() == 4.0  # gave up at 1, then 1 s for tidy and 2 s for plain
-    assert crew.log[2:] == [
+    # gave up at 1, then 1 s for tidy, 2 s for slow (it traps) and none for plain (it does not)
+    assert trio.current_time() == 4.0
+    assert crew.log[3:] == [
         (2.0, "graceful", "tidy"),
         (2.0, "end", "tidy"),
+        (4.0, "cancelled", "slow"),
+        (4.0, "end", "slow"),
         (4.0, "cancelled", "plain"),
         (4.0, "end", "plain"),
     ]
@@ -370,7 +374,7 @@ async def test_a_child_supervisor_stops_its_subtree_when_asked_to_stop(
     before = task_count()
 
     async def team(*, task_status: trio.TaskStatus[Supervisor]) -> None:
-        grow = functools.partial(subtree, crew, "team", [("worker", crew.child, 2.0)])
+        grow = functools.partial(subtree, crew, "team", [("worker", trapping(crew), 2.0)])
         if where == "in_the_child":
             await grow(task_status=task_status)
             return
@@ -380,7 +384,7 @@ async def test_a_child_supervisor_stops_its_subtree_when_asked_to_stop(
     async with open_supervisor(name="root", on_event=events.append) as root:
         await root.start_child("team", team, shutdown=10.0)
         await root.shutdown()
-        # The worker ignores its event: cancelled after its 2 s, then the team is done;
+        # The worker traps but never returns: cancelled after its 2 s, then the team is done;
         # without passing the stop on, the team would be cancelled after its 10 s.
         assert trio.current_time() == 2.0
     assert crew.log == [
@@ -412,16 +416,17 @@ async def test_a_stop_goes_down_a_deep_tree_last_started_first(autojump_clock: A
         await root.start_child("mid", mid, shutdown=10.0)
         await trio.sleep(1)
         await root.shutdown()
-        assert trio.current_time() == 8.0
+        assert trio.current_time() == 2.0
+    # Only x traps, so only x's cleanup costs time; the plain ones are cancelled at once.
     assert crew.log[4:] == [
-        (2.0, "cancelled", "m"),  # mid stops its children last started first: m after 1 s,
-        (2.0, "end", "m"),
-        (4.0, "cancelled", "y"),  # then leaf, which stops y after its 2 s,
-        (4.0, "end", "y"),
-        (5.0, "graceful", "x"),  # and x, which returns after its second of cleanup;
-        (5.0, "end", "x"),
-        (8.0, "cancelled", "a"),  # only then does root ask a, cancelled after its 3 s
-        (8.0, "end", "a"),
+        (1.0, "cancelled", "m"),  # mid stops its children last started first: m,
+        (1.0, "end", "m"),
+        (1.0, "cancelled", "y"),  # then leaf, which stops y,
+        (1.0, "end", "y"),
+        (2.0, "graceful", "x"),  # and x, which returns after its second of cleanup;
+        (2.0, "end", "x"),
+        (2.0, "cancelled", "a"),  # only then does root stop a
+        (2.0, "end", "a"),
     ]
     assert crew.live == 0
 
@@ -432,7 +437,7 @@ async def test_a_strategy_restart_of_a_child_supervisor_stops_its_subtree(
     crew = Crew()
     async with open_supervisor("one_for_all", name="root") as root:
         first: Supervisor = await root.start_child(
-            "team", subtree, crew, "team", [("worker", crew.child, 2.0)], shutdown=10.0
+            "team", subtree, crew, "team", [("worker", trapping(crew), 2.0)], shutdown=10.0
         )
         await root.start_child("crashy", crashing([], after=1.0), shutdown=0)
         await trio.sleep(1.5)
@@ -440,6 +445,7 @@ async def test_a_strategy_restart_of_a_child_supervisor_stops_its_subtree(
         assert infos(root) == [("team", False, 0), ("crashy", False, 0)]
         await trio.sleep(2)
         assert crew.starts("worker") == [0.0, 3.0]  # the worker's 2 s, not the team's 10 s
+        # (the worker traps; a plain one would be cancelled at once: see test_shutdown.py)
         assert infos(root) == [("team", True, 1), ("crashy", True, 1)]
         with pytest.raises(supervisors.SupervisorClosed):
             await first.start_child("late", crew.child, "late")

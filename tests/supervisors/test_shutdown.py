@@ -19,16 +19,40 @@ from supervisors import (
     open_supervisor,
 )
 from tests.helpers import task_count
-from tests.supervisors.helpers import Boom, Crew, infos
+from tests.supervisors.helpers import Boom, Crew, infos, trapping
 
 
-async def test_shutdown_stops_children_last_started_first_each_after_its_grace(
+async def test_shutdown_cancels_plain_children_at_once_last_started_first(
     autojump_clock: Any,
 ) -> None:
     crew = Crew()
     async with open_supervisor() as sup:
         for cid in "abcd":
-            await sup.start_child(cid, crew.child, cid)  # ignores shutting_down(); grace 5 s
+            await sup.start_child(cid, crew.child, cid)  # never calls shutting_down()
+        await trio.sleep(1)
+        await sup.shutdown()
+        assert trio.current_time() == 1.0  # no grace for a child that does not trap
+        assert crew.log[4:] == [
+            (1.0, "cancelled", "d"),
+            (1.0, "end", "d"),
+            (1.0, "cancelled", "c"),
+            (1.0, "end", "c"),
+            (1.0, "cancelled", "b"),
+            (1.0, "end", "b"),
+            (1.0, "cancelled", "a"),
+            (1.0, "end", "a"),
+        ]
+        assert infos(sup) == [(c, False, 0) for c in "abcd"]
+    assert trio.current_time() == 1.0
+
+
+async def test_shutdown_stops_trapping_children_last_started_first_each_after_its_grace(
+    autojump_clock: Any,
+) -> None:
+    crew = Crew()
+    async with open_supervisor() as sup:
+        for cid in "abcd":
+            await sup.start_child(cid, trapping(crew), cid)  # traps, never returns; grace 5 s
         await trio.sleep(1)
         await sup.shutdown()
         assert trio.current_time() == 21.0  # one at a time, each cancelled after its 5 s
@@ -42,24 +66,37 @@ async def test_shutdown_stops_children_last_started_first_each_after_its_grace(
             (21.0, "cancelled", "a"),
             (21.0, "end", "a"),
         ]
-        assert infos(sup) == [(c, False, 0) for c in "abcd"]
-    assert trio.current_time() == 21.0
 
 
-async def test_a_child_ignoring_the_event_is_cancelled_when_its_grace_is_over(
+async def test_a_plain_sleep_forever_child_is_cancelled_at_once_whatever_its_grace(
+    autojump_clock: Any,
+) -> None:
+    async def plain(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async with open_supervisor() as sup:
+        await sup.start_child("plain", plain, shutdown=3.0)
+        await sup.start_child("forever", plain, shutdown=math.inf)
+        await trio.sleep(1)
+        assert infos(sup) == [("plain", True, 0), ("forever", True, 0)]
+        await sup.shutdown()
+        assert trio.current_time() == 1.0
+
+
+async def test_a_trapping_child_ignoring_the_event_is_cancelled_when_its_grace_is_over(
     autojump_clock: Any,
 ) -> None:
     crew = Crew()
     async with open_supervisor() as sup:
-        await sup.start_child("plain", crew.child, "plain", shutdown=3.0)
+        await sup.start_child("slow", trapping(crew), "slow", shutdown=3.0)
         await trio.sleep(1)
-        assert infos(sup) == [("plain", True, 0)]
         await sup.shutdown()
         assert trio.current_time() == 4.0
-    assert crew.log == [(0.0, "start", "plain"), (4.0, "cancelled", "plain"), (4.0, "end", "plain")]
+    assert crew.log == [(0.0, "start", "slow"), (4.0, "cancelled", "slow"), (4.0, "end", "slow")]
 
 
-async def test_every_child_gets_its_grace_and_watching_the_event_ends_it_early(
+async def test_trapping_children_get_their_grace_and_watching_the_event_ends_it_early(
     autojump_clock: Any,
 ) -> None:
     crew = Crew()
@@ -69,7 +106,7 @@ async def test_every_child_gets_its_grace_and_watching_the_event_ends_it_early(
     async with open_supervisor() as sup:
         await sup.start_child("quick", quick, "quick", shutdown=2.0)  # returns within its grace
         await sup.start_child("slow", slow, "slow", shutdown=2.0)  # cancelled at its grace
-        await sup.start_child("plain", crew.child, "plain", shutdown=2.0)  # ignores the event
+        await sup.start_child("plain", crew.child, "plain", shutdown=2.0)  # does not trap
         await sup.start_child("zero", slow, "zero", shutdown=0)  # watches, but no grace
         await sup.start_child("watcher", watcher, "watcher", shutdown=2.0)  # returns at once
         await sup.shutdown()
@@ -78,12 +115,12 @@ async def test_every_child_gets_its_grace_and_watching_the_event_ends_it_early(
             (0.0, "end", "watcher"),
             (0.0, "cancelled", "zero"),
             (0.0, "end", "zero"),
-            (2.0, "cancelled", "plain"),
-            (2.0, "end", "plain"),
-            (4.0, "cancelled", "slow"),
-            (4.0, "end", "slow"),
-            (4.5, "graceful", "quick"),
-            (4.5, "end", "quick"),
+            (0.0, "cancelled", "plain"),
+            (0.0, "end", "plain"),
+            (2.0, "cancelled", "slow"),
+            (2.0, "end", "slow"),
+            (2.5, "graceful", "quick"),
+            (2.5, "end", "quick"),
         ]
 
 
@@ -93,6 +130,7 @@ async def test_a_child_that_returns_on_its_own_within_its_grace_is_not_cancelled
     ends: list[tuple[float, str]] = []
 
     async def finisher(*, task_status: trio.TaskStatus[None]) -> None:
+        supervisors.shutting_down()  # it traps: a stop gives it its grace
         task_status.started()
         try:
             await trio.sleep(3)  # its work ends at t=3, whether asked to stop or not
@@ -168,11 +206,11 @@ async def test_a_child_that_delays_its_cancellation_is_waited_for(autojump_clock
         await sup.start_child("a", stubborn, "a", shutdown=2.0)
         await sup.start_child("b", stubborn, "b", shutdown=1.0)
         await sup.shutdown()
-    # One at a time, last started first: b cancelled at 1, done at 4; a cancelled at 6.
-    assert ends == [("b", 4.0), ("a", 9.0)]
+    # One at a time, last started first: b cancelled at once, done at 3; then a, done at 6.
+    assert ends == [("b", 3.0), ("a", 6.0)]
 
 
-async def test_cancelling_the_enclosing_scope_stops_children_in_order_with_their_grace(
+async def test_cancelling_the_enclosing_scope_stops_children_in_order_with_their_rule(
     autojump_clock: Any,
 ) -> None:
     crew = Crew()
@@ -184,14 +222,14 @@ async def test_cancelling_the_enclosing_scope_stops_children_in_order_with_their
             await sup.start_child("c", crew.child, "c", shutdown=4.0)
             await trio.sleep_forever()
     assert scope.cancelled_caught
-    assert trio.current_time() == 10.0  # every grace ran under a shield, one at a time
+    assert trio.current_time() == 3.0  # b's grace ran under a shield
     assert crew.log[3:] == [
-        (6.0, "cancelled", "c"),  # ignores the event: cancelled after its 4 s
-        (6.0, "end", "c"),
-        (7.0, "graceful", "b"),  # watches it: returns after its second of cleanup
-        (7.0, "end", "b"),
-        (10.0, "cancelled", "a"),  # ignores the event: cancelled after its 3 s
-        (10.0, "end", "a"),
+        (2.0, "cancelled", "c"),  # does not trap: cancelled at once
+        (2.0, "end", "c"),
+        (3.0, "graceful", "b"),  # traps: returns after its second of cleanup
+        (3.0, "end", "b"),
+        (3.0, "cancelled", "a"),  # does not trap: cancelled at once
+        (3.0, "end", "a"),
     ]
     assert sup.closed
     assert task_count() == before
@@ -215,10 +253,10 @@ async def test_an_exception_in_the_block_stops_children_and_is_raised_as_itself(
     assert crew.log[2:] == [
         (1.0, "graceful", "b"),
         (1.0, "end", "b"),
-        (3.0, "cancelled", "a"),
-        (3.0, "end", "a"),
+        (1.0, "cancelled", "a"),
+        (1.0, "end", "a"),
     ]
-    assert trio.current_time() == 3.0
+    assert trio.current_time() == 1.0
     assert crew.live == 0
 
 
@@ -346,22 +384,22 @@ async def test_a_child_shutting_down_its_supervisor_stops_at_once(autojump_clock
         await sup.start_child("boss", boss, sup, shutdown=10)
         await sup.start_child("b", crew.child, "b", shutdown=3)
     assert boss_cancelled == [(1.0, True)]
-    assert trio.current_time() == 6.0  # b after its 3 s grace, then a's 2 s of cleanup
+    assert trio.current_time() == 3.0  # b at once (it does not trap), then a's 2 s of cleanup
     assert crew.log[2:] == [
-        (4.0, "cancelled", "b"),
-        (4.0, "end", "b"),
-        (6.0, "graceful", "a"),
-        (6.0, "end", "a"),
+        (1.0, "cancelled", "b"),
+        (1.0, "end", "b"),
+        (3.0, "graceful", "a"),
+        (3.0, "end", "a"),
     ]
 
 
 async def test_terminate_restart_and_delete_give_the_grace(autojump_clock: Any) -> None:
     crew = Crew()
     async with open_supervisor() as sup:
-        await sup.start_child("plain", crew.child, "plain", shutdown=3.0)
+        await sup.start_child("plain", trapping(crew), "plain", shutdown=3.0)
         await sup.start_child("tidy", functools.partial(crew.child, cleanup=0.5), "tidy")
         await trio.sleep(1)
-        await sup.terminate_child("plain")  # ignores the event: cancelled after 3 s
+        await sup.terminate_child("plain")  # traps, never returns: cancelled after 3 s
         assert trio.current_time() == 4.0
         await sup.terminate_child("tidy")  # watches it: returns after its half second
         assert trio.current_time() == 4.5
@@ -395,9 +433,9 @@ async def test_a_strategy_restart_waits_for_each_siblings_grace(
 ) -> None:
     crew = Crew()
     async with open_supervisor(strategy) as sup:
-        await sup.start_child("a", crew.child, "a", shutdown=2.0)
+        await sup.start_child("a", trapping(crew), "a", shutdown=2.0)
         await sup.start_child("b", crew.child, "b", shutdown=0)
-        await sup.start_child("c", crew.child, "c", shutdown=3.0)
+        await sup.start_child("c", trapping(crew), "c", shutdown=3.0)
         await sup.start_child("d", functools.partial(crew.child, cleanup=1.0), "d")
         await trio.sleep(1)
         crew.crash("b")
@@ -445,7 +483,7 @@ async def test_shutdown_from_a_finally_while_the_block_is_being_left(
     async def run() -> None:
         with trio.move_on_after(1 if how == "cancel" else 100) as scope:
             async with open_supervisor() as sup:
-                await sup.start_child("a", crew.child, "a", shutdown=2.0)
+                await sup.start_child("a", trapping(crew), "a", shutdown=2.0)
                 await sup.start_child("b", functools.partial(crew.child, cleanup=0.5), "b")
                 await sup.start_child("z", crew.child, "z", shutdown=0)
                 try:

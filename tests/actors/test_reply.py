@@ -1,0 +1,66 @@
+"""`Reply`: the one-shot slot an asker, a batched op or a group commit waits on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors._reply import Reply
+
+
+async def test_an_answer_given_before_the_wait_is_returned_at_a_checkpoint() -> None:
+    reply: Reply[int] = Reply()
+    reply.succeed(1)
+    reply.succeed(2)  # answered already: ignored
+    with trio.testing.assert_checkpoints():
+        assert await reply.wait() == 1
+
+
+async def test_a_parked_waiter_is_woken_with_the_answer(autojump_clock: Any) -> None:
+    reply: Reply[int] = Reply()
+    error = KeyError("nope")
+    failing: Reply[int] = Reply()
+    async with trio.open_nursery() as nursery:
+
+        async def answer() -> None:
+            await trio.sleep(1)
+            reply.succeed(5)
+            failing.fail(error)
+
+        nursery.start_soon(answer)
+        assert await reply.wait() == 5
+        with pytest.raises(KeyError) as caught:
+            await failing.wait()
+        assert caught.value is error
+        assert trio.current_time() == 1.0
+
+
+async def test_run_answers_with_the_functions_result_or_exception() -> None:
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async def fail() -> int:
+        raise ValueError("bad")
+
+    ok: Reply[int] = Reply()
+    await ok.run(double, 4)
+    assert await ok.wait() == 8
+    bad: Reply[int] = Reply()
+    await bad.run(fail)
+    with pytest.raises(ValueError, match="bad"):
+        await bad.wait()
+
+
+async def test_a_cancelled_waiter_abandons_the_reply_and_the_answer_is_dropped(
+    autojump_clock: Any,
+) -> None:
+    reply: Reply[int] = Reply()
+    with trio.move_on_after(1) as scope:
+        await reply.wait()
+    assert scope.cancelled_caught
+    assert reply.abandoned
+    reply.succeed(3)  # nobody waits: dropped, no error
+    assert reply.abandoned
