@@ -58,13 +58,6 @@ class Reply(Generic[R]):
         """Answer with ``value`` (a no-op if answered already or abandoned)."""
         self._answer(outcome.Value(value))
 
-    def succeed(self, value: R) -> None:
-        """Answer with ``value`` without running anything here (the work ran elsewhere)."""
-        if self._state in (_QUEUED, _RUNNING):
-            self._outcome = outcome.Value(value)
-            self._state = _DONE
-        self._event.set()
-
     def fail(self, exc: BaseException) -> None:
         """Answer with ``exc``, raised from `wait` (a no-op if answered already or abandoned)."""
         self._answer(outcome.Error(exc))
