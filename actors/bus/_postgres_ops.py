@@ -109,33 +109,40 @@ def get_chain(conn: Conn, chain_id: str) -> ChainState:
     return chain_state(row, nodes)
 
 
+_STEP = f"""
+WITH step AS (
+    UPDATE chains SET
+        next_index = CASE WHEN %(failure)s::text IS NULL THEN next_index + 1 ELSE next_index END,
+        completed = (%(failure)s::text IS NULL AND next_index + 1 >= length),
+        failed = (%(failure)s::text IS NOT NULL),
+        failure = %(failure)s,
+        updated_at = %(now)s
+    WHERE chain_id = %(chain_id)s AND next_index = %(index)s AND NOT completed AND NOT failed
+    RETURNING chain_id, next_index, completed, failed
+)
+SELECT step.next_index, step.completed, step.failed, {", ".join(f"n.{c}" for c in JOB_COLUMNS.split(", "))}
+FROM step LEFT JOIN chain_nodes n
+    ON n.chain_id = step.chain_id AND n.idx = step.next_index
+    AND NOT step.completed AND NOT step.failed
+"""  # noqa: E501
+
+
 def record_chain_step(
     conn: Conn, chain_id: str, index: int, failure: str | None, now: datetime
 ) -> ChainStep | None:
-    row = _load_chain(conn, chain_id, lock=True)
-    if not row.step(index, failure, now):
+    # The hot path is one round trip: the step, by `ChainRow.step`'s rule (node ``index``
+    # is the one due, and the chain has not ended), with the node to queue next.
+    params = {"chain_id": chain_id, "index": index, "failure": failure, "now": to_micros(now)}
+    found = conn.execute(_STEP, params).fetchone()
+    if found is None:
+        _load_chain(conn, chain_id, lock=False)  # NotFound, or else a duplicate
         return None
-    conn.execute(
-        "UPDATE chains SET next_index = %s, completed = %s, failed = %s, failure = %s, "
-        "updated_at = %s WHERE chain_id = %s",
-        (
-            row.next_index,
-            row.completed,
-            row.failed,
-            row.failure,
-            to_micros(row.updated_at),
-            chain_id,
-        ),
-    )
-    next_node = None
-    if not (row.completed or row.failed):
-        found = conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM chain_nodes WHERE chain_id = %s AND idx = %s",
-            (chain_id, row.next_index),
-        ).fetchone()
-        next_node = job_from_row(found) if found is not None else None
+    next_index, completed, failed = found[:3]
     return ChainStep(
-        next_index=row.next_index, completed=row.completed, failed=row.failed, next_node=next_node
+        next_index=next_index,
+        completed=completed,
+        failed=failed,
+        next_node=None if completed or failed else job_from_row(found[3:]),
     )
 
 
