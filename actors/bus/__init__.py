@@ -24,7 +24,8 @@ How a job flows (one way, each step a module):
    a plain job is acknowledged; a chain's or batch's job is told to its coordinator.
 3. ``_chains`` / ``_batches``: the coordinator (a keyed actor per chain or batch, the only
    writer of its state) records the outcome in the store (``_recording``: retried until it
-   commits), acknowledges the delivery, queues a chain's next job or counts the batch.
+   commits), acknowledges the delivery, queues a chain's next job or counts the batch
+   (``_coordinators`` holds what the two registries share).
 4. ``_callbacks``: at the end, the coordinator claims each callback in the store and runs it
    (a callable) or queues it (a `Job`).
 
@@ -81,6 +82,7 @@ from ._model import JobRecord as JobRecord
 from ._model import QueuedJob as QueuedJob
 from ._postgres import PostgresStore as PostgresStore
 from ._protocol import BusLike as BusLike
+from ._redis_broker import RedisBroker as RedisBroker
 from ._rules import BatchRecord as BatchRecord
 from ._rules import BatchUpdate as BatchUpdate
 from ._rules import ChainRecord as ChainRecord
@@ -88,6 +90,7 @@ from ._rules import ChainStep as ChainStep
 from ._rules import FailedJob as FailedJob
 from ._rules import JobOutcome as JobOutcome
 from ._sqlite import SQLiteStore as SQLiteStore
+from ._sqlite_broker import SQLiteBroker as SQLiteBroker
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
 
@@ -145,7 +148,9 @@ __all__ = [
     "QueuedJob",
     "RateLimit",
     "RateLimiter",
+    "RedisBroker",
     "Release",
+    "SQLiteBroker",
     "SQLiteStore",
     "SkipWhen",
     "Store",

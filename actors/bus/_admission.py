@@ -180,9 +180,12 @@ class Admission:
         queue = options.queue or self.default_queue
         if emitter.active:
             started = trio.current_time()
-            emitter.emit(
-                EventKind.DISPATCH_STARTED, dispatch_id=dispatch_id, job_type=job.type, queue=queue
-            )
+            fields: dict[str, Any] = {
+                "dispatch_id": dispatch_id,
+                "job_type": job.type,
+                "queue": queue,
+            }
+            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         try:
             payload = check_job(job, self._handlers, parts.queues, queue)
             queued = QueuedJob(
@@ -201,13 +204,7 @@ class Admission:
                 await self._claim_unique(job.type, payload, options.unique_for)
         except BaseException as exc:
             if emitter.active:
-                emitter.emit(
-                    EventKind.DISPATCH_FAILED,
-                    dispatch_id=dispatch_id,
-                    job_type=job.type,
-                    queue=queue,
-                    error=exc,
-                )
+                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
             raise
         # Accepted: queue and report it, whatever happens to the caller meanwhile.
         if parts.puts_now(queue):
@@ -218,22 +215,12 @@ class Admission:
                     await parts.put((queued,), options.delay)
                 except BaseException as exc:
                     if emitter.active:
-                        emitter.emit(
-                            EventKind.DISPATCH_FAILED,
-                            dispatch_id=dispatch_id,
-                            job_type=job.type,
-                            queue=queue,
-                            error=exc,
-                        )
+                        emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
                     raise
         if emitter.active:
+            duration = trio.current_time() - started
             emitter.emit(
-                EventKind.DISPATCH_SUCCEEDED,
-                dispatch_id=dispatch_id,
-                job_id=queued.job_id,
-                job_type=job.type,
-                queue=queue,
-                duration=trio.current_time() - started,
+                EventKind.DISPATCH_SUCCEEDED, job_id=queued.job_id, duration=duration, **fields
             )
         await trio.lowlevel.cancel_shielded_checkpoint()
         return DispatchResult(dispatch_id, queued.job_id, queue)

@@ -17,9 +17,9 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._keyed import KeyedActors, open_keyed
+from .._keyed import KeyedActors
 from ._callbacks import Callback, Owner, run_callback
-from ._chains import Done
+from ._coordinators import Coordinators, Done
 from ._errors import BusError, NotFound
 from ._events import EventKind
 from ._model import BatchState, QueuedJob
@@ -56,14 +56,13 @@ class BatchLocal:
     finished: bool = False
 
 
-class Batches:
+class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
     """The registry of batch coordinators (a supervisor child of the bus)."""
 
+    kind = "batch"
+
     def __init__(self, parts: Parts, idle_timeout: float) -> None:
-        self._parts = parts
-        self._idle_timeout = idle_timeout
-        self._keyed: KeyedActors[Message, BatchState | None] | None = None
-        self._local: dict[str, BatchLocal] = {}
+        super().__init__(parts, idle_timeout)
         #: Batches known cancelled here, whose waiting jobs were taken off this bus's queues.
         self._cancelled: set[str] = set()
         #: The task running each batch's coordinator turn now (a callback of the batch may
@@ -72,34 +71,12 @@ class Batches:
         #: Batches whose first failure is on its way to the coordinator (it will cancel them).
         self._stopping: set[str] = set()
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with open_keyed(
-            self._handle,
-            idle_timeout=self._idle_timeout,
-            name="bus batch coordinators",
-            on_error=_failed,
-        ) as keyed:
-            self._keyed = keyed
-            task_status.started()
-            await trio.sleep_forever()
-
-    def adopt(self, batch_id: str, local: BatchLocal) -> None:
-        self._local[batch_id] = local
-
-    def forget(self, batch_id: str) -> None:
-        self._local.pop(batch_id, None)
-
     def is_cancelled(self, batch_id: str) -> bool:
         return batch_id in self._cancelled or batch_id in self._stopping
-
-    def stats(self) -> Any:
-        assert self._keyed is not None
-        return self._keyed.stats()
 
     async def tell(self, done: Done) -> None:
         """Hand the coordinator a job's outcome. A failure that will cancel the batch stops
         this process's workers from starting its jobs at once, before the write is done."""
-        assert self._keyed is not None
         batch_id = done.job.batch_id
         assert batch_id is not None
         if done.outcome == "failed":
@@ -110,7 +87,6 @@ class Batches:
 
     async def cancel(self, batch_id: str, *, abandon: bool = False) -> BatchState:
         """Have the coordinator cancel the batch; from the batch's own callback, do it here."""
-        assert self._keyed is not None
         message = Cancel(abandon) if abandon else _CANCEL
         if self._turn.get(batch_id) is trio.lowlevel.current_task():
             return await self._cancel(batch_id, message)
@@ -146,7 +122,6 @@ class Batches:
 
     async def _record(self, batch_id: str, first: Done) -> BatchState | None:
         keyed, parts = self._keyed, self._parts
-        assert keyed is not None
         local = self._local.get(batch_id)
         progress = parts.emitter.active or (local is not None and local.progress is not None)
         messages: list[Done] = [first]
@@ -312,10 +287,6 @@ class Batches:
             await run_callback(parts, owner, "then", then, (state,))
         if finally_ is not None:
             await run_callback(parts, owner, "finally", finally_, (state,))
-
-
-def _failed(key: str, message: object, exc: BaseException) -> None:
-    log.error("bus batch coordinator %r failed handling %r", key, message, exc_info=exc)
 
 
 def _is_done(message: Message) -> bool:

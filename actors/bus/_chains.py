@@ -14,29 +14,14 @@ from typing import Any
 import attrs
 import trio
 
-from .._keyed import KeyedActors, open_keyed
-from ._broker import Delivery
 from ._callbacks import Callback, Owner, run_callback
+from ._coordinators import Coordinators, Done
 from ._errors import NotFound
 from ._events import EventKind
 from ._model import QueuedJob, describe
-from ._parts import INSIDE, Parts
-from ._rules import Outcome
+from ._parts import INSIDE
 
 log = logging.getLogger("actors.bus")
-
-
-@attrs.define(eq=False, slots=True)
-class Done:
-    """Worker -> coordinator: a chain's or batch's job has its final outcome."""
-
-    delivery: Delivery
-    outcome: Outcome
-    error: BaseException | None
-
-    @property
-    def job(self) -> QueuedJob:
-        return self.delivery.job
 
 
 @attrs.define(eq=False)
@@ -65,41 +50,14 @@ def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
     )
 
 
-class Chains:
+class Chains(Coordinators[Done, None, ChainLocal]):
     """The registry of chain coordinators (a supervisor child of the bus)."""
 
-    def __init__(self, parts: Parts, idle_timeout: float) -> None:
-        self._parts = parts
-        self._idle_timeout = idle_timeout
-        self._keyed: KeyedActors[Done, None] | None = None
-        self._local: dict[str, ChainLocal] = {}
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with open_keyed(
-            self._handle,
-            idle_timeout=self._idle_timeout,
-            name="bus chain coordinators",
-            on_error=_failed,
-        ) as keyed:
-            self._keyed = keyed
-            task_status.started()
-            await trio.sleep_forever()
-
-    def adopt(self, chain_id: str, local: ChainLocal) -> None:
-        """A chain this process dispatched: keep its callbacks (before its first job runs)."""
-        self._local[chain_id] = local
-
-    def forget(self, chain_id: str) -> None:
-        self._local.pop(chain_id, None)
+    kind = "chain"
 
     async def tell(self, done: Done) -> None:
-        assert self._keyed is not None
         assert done.job.chain_id is not None
         await self._keyed.tell(done.job.chain_id, done)
-
-    def stats(self) -> Any:
-        assert self._keyed is not None
-        return self._keyed.stats()
 
     async def _handle(self, chain_id: str, done: Done) -> None:
         inside = INSIDE.set(True)
@@ -176,7 +134,3 @@ class Chains:
             await run_callback(parts, owner, "catch", catch, (state, error), error=error)
         if finally_ is not None:
             await run_callback(parts, owner, "finally", finally_, (state,))
-
-
-def _failed(key: str, message: object, exc: BaseException) -> None:
-    log.error("bus chain coordinator %r failed handling %r", key, message, exc_info=exc)

@@ -61,6 +61,21 @@ def _run_group(conn: sqlite3.Connection, group: Sequence[_Op]) -> list[tuple[boo
     return results
 
 
+def deliver_group(
+    group: Sequence[_Op],
+    results: Sequence[tuple[bool, Any]],
+    wrap: Callable[[sqlite3.Error], BaseException],
+) -> None:
+    """Answer each operation of a committed group: its value, or its own error (wrapped)."""
+    for (_, _, reply), (ok, value) in zip(group, results, strict=True):
+        if ok:
+            reply.succeed(value)
+        elif isinstance(value, sqlite3.Error):
+            reply.fail(wrap(value))
+        else:
+            reply.fail(value)
+
+
 class SQLiteStore:
     """A store in an SQLite file that survives restarts; a reopened bus finds its state.
 
@@ -143,13 +158,7 @@ class SQLiteStore:
             for _, _, reply in group:
                 reply.fail(exc)
             raise
-        for (_, _, reply), (ok, value) in zip(group, results, strict=True):
-            if ok:
-                reply.succeed(value)
-            elif isinstance(value, sqlite3.Error):
-                reply.fail(self._wrap(value))
-            else:
-                reply.fail(value)
+        deliver_group(group, results, self._wrap)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writer actor (group commit) until cancelled; the bus runs it."""

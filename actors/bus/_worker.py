@@ -19,7 +19,8 @@ import trio
 
 from ._batches import Batches
 from ._broker import BrokerQueue, Delivery
-from ._chains import Chains, Done
+from ._chains import Chains
+from ._coordinators import Done
 from ._errors import Release, UnknownJobType
 from ._events import EventKind
 from ._handlers import Handler

@@ -1,0 +1,481 @@
+"""`RedisBroker`: durable queues on Redis Streams with a consumer group, through coredis.
+
+Per queue, two keys (in one hash slot): a stream of ready jobs read by the consumer group
+``workers``, and a sorted set of delayed and retrying jobs scored by their due time (Redis's
+own clock, ``TIME``, so every process agrees). Each open broker is one consumer of the group.
+Every step that touches more than one thing is one Lua script, so a hard kill can never
+leave it half-done, and no step takes a lock that a dead process could leave behind.
+
+- **put**: one script per chunk XADDs the jobs (or ZADDs them, due ``TIME`` + delay).
+- **promote** (`serve`): a script moves due jobs from the sorted set to the stream; any
+  process may run it at any time (it is atomic), so none has to own the job.
+- **claim** (``get``): ``XREADGROUP COUNT n BLOCK`` puts up to n entries in this consumer's
+  pending list (PEL): that is the lease, and its age is the entry's idle time.
+- **heartbeat** (`serve`): every ``visibility_timeout / 3`` a script resets the idle time of
+  the entries this process holds (``XCLAIM ... JUSTID``, which does not count a delivery),
+  only where this consumer still owns them.
+- **redelivery**: ``XAUTOCLAIM`` (atomic) takes entries idle longer than the visibility
+  timeout for this consumer; their delivery count is the PEL's (``XPENDING``), read in the
+  same script. A delayed job sits in the sorted set, not in any PEL, so no lease can lapse
+  on it: it is never delivered before its time, whatever its delay.
+- **ack**: concurrent acks share one script call (``XACK`` + ``XDEL``, so the stream holds
+  only unacknowledged entries and its memory stays bounded). Idempotent.
+- **retry**: one script ``XACK``\\ s + ``XDEL``\\ s the entry and adds the next attempt to the
+  sorted set, only if the entry was still pending (a late retry after another worker settled
+  it does nothing).
+- **release**: one script re-adds the entries this consumer still owns to the stream (due
+  now), keeping their delivery count in the entry, and removes the old ones.
+- **discard** (a cancelled batch): one script removes the batch's delayed jobs, its stream
+  entries past the group's last delivered id (handed to nobody) and those prefetched here;
+  it reads the backlog, so it costs in proportion to the jobs waiting.
+
+A lost connection (Redis restarted) is retried with backoff in `serve`, ``get`` and ``ack``.
+Durability is the server's: run it with ``appendonly yes`` (the stream, the group and its PEL
+then survive a restart; ``appendfsync everysec`` may lose the last second on power loss,
+``always`` loses nothing). A ``put`` of more than 1,000 jobs is several script calls: if the
+connection drops between two, the error says the put failed, although its first chunks were
+accepted (a retried put then queues those twice; at least once, never lost).
+
+Lanes (issue 11) plug in as a partition lease per lane partition, ``(owner, epoch)`` in a
+hash taken and renewed by a script with the heartbeat; a lane job's `Delivery.fence` is the
+epoch, and the ack and retry scripts take the lease key and the fence and refuse (return 0)
+when the epoch moved on, so a worker whose lease lapsed cannot settle the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _redis_scripts as scripts
+from ._broker import Delivery, QueueStats, decode_job
+from ._leased import (
+    DEFAULT_MAX_PAYLOAD,
+    Coalescer,
+    LeasedQueue,
+    LeaseOptions,
+    encode_jobs,
+    log,
+)
+from ._model import QueuedJob, check_seconds
+
+if TYPE_CHECKING:
+    import coredis
+
+GROUP = "workers"
+
+#: A consumer that holds nothing and was idle this many visibility timeouts is reaped.
+_REAP_AFTER_LEASES = 10
+
+#: Jobs per script call on put (keeps each call short, so Redis serves others in between).
+_PUT_CHUNK = 1000
+
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
+
+
+def _coredis() -> ModuleType:
+    """coredis, imported on first use: it is the optional ``redis`` extra."""
+    global _CONNECTION_ERRORS
+    try:
+        import coredis
+        import coredis.exceptions
+    except ImportError:
+        raise ImportError("RedisBroker needs coredis: pip install 'trio-lanes[redis]'") from None
+    _CONNECTION_ERRORS = (
+        coredis.exceptions.ConnectionError,
+        ConnectionError,
+        OSError,
+        TimeoutError,
+    )
+    return coredis
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _fields(raw: Any) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    items = list(raw)
+    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items), 2)}
+
+
+class RedisBroker:
+    """Durable queues on one Redis server (Streams + consumer groups), for many hosts.
+
+    ``RedisBroker("redis://localhost:6379/0")``. ``visibility_timeout``: how long a job
+    delivered to a process that stops renewing its lease (it died) stays leased before another
+    worker takes it over. ``claim_batch``: most entries read at once. ``poll_interval``: the
+    longest a read blocks, and how often due delayed jobs are moved to their stream.
+    ``max_payload``: the largest encoded job accepted (bytes). ``prefix``: of every key.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        visibility_timeout: float = 30.0,
+        claim_batch: int = 100,
+        poll_interval: float = 0.25,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        prefix: str = "trio-lanes",
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(
+                f'url must be a Redis URL like "redis://localhost:6379/0", got {url!r}'
+            )
+        self.url = url
+        options = LeaseOptions.check(visibility_timeout, poll_interval, max_payload, claim_batch)
+        self.visibility_timeout = options.visibility_timeout
+        self.poll_interval = options.poll_interval
+        self.max_payload = options.max_payload
+        self.claim_batch = options.claim_batch
+        self.prefix = prefix
+        self.consumer = ""
+        self._connect_timeout = connect_timeout
+        _coredis()
+        self._client: coredis.Redis[str] | None = None
+        self._stack: AsyncExitStack | None = None
+        self._queues: dict[str, RedisBrokerQueue] = {}
+        self.scripts: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.url!r}{'' if self._client else ' (closed)'}>"
+
+    @property
+    def client(self) -> coredis.Redis[str]:
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not open; the bus opens it (await broker.open())")
+        return self._client
+
+    def unreachable(self, exc: BaseException) -> ConnectionError:
+        return ConnectionError(
+            f"cannot reach Redis at {self.url} ({type(exc).__name__}: {exc}); is redis-server "
+            "running there? Start one (e.g. `redis-server --port 6379`) or pass the right URL"
+        )
+
+    async def open(self) -> None:
+        """Connect and check the server answers; a clear `ConnectionError` if it does not."""
+        if self._client is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        client: coredis.Redis[str] = _coredis().Redis.from_url(
+            self.url,
+            decode_responses=True,
+            connect_timeout=self._connect_timeout,
+        )
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(client)
+            with trio.fail_after(self._connect_timeout):
+                await client.ping()
+        except BaseException as exc:
+            await stack.aclose()
+            leaves = _leaves(exc)
+            if isinstance(exc, trio.TooSlowError) or all(
+                isinstance(leaf, _CONNECTION_ERRORS) for leaf in leaves
+            ):
+                raise self.unreachable(leaves[0]) from exc
+            raise
+        self.consumer = secrets.token_hex(8)
+        self._client, self._stack = client, stack
+        self.scripts = {
+            name: client.register_script(text)
+            for name, text in {
+                "put": scripts.PUT,
+                "promote": scripts.PROMOTE,
+                "ack": scripts.ACK,
+                "retry": scripts.RETRY,
+                "heartbeat": scripts.HEARTBEAT,
+                "release": scripts.RELEASE,
+                "reclaim": scripts.RECLAIM,
+                "stats": scripts.STATS,
+                "discard": scripts.DISCARD,
+                "reap": scripts.REAP,
+            }.items()
+        }
+
+    async def close(self) -> None:
+        """Give back prefetched entries never handed out, and disconnect.
+
+        Call it from the task that called `open` (coredis's pool runs its connections in a
+        task group entered there), as ``async with`` nesting would.
+        """
+        if self._client is None or self._stack is None:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.CancelScope(shield=True):
+            for queue in self._queues.values():
+                buffered = queue._take_buffer()
+                if not buffered:
+                    continue
+                try:
+                    await queue.give_back(buffered, uncount=1)
+                except _CONNECTION_ERRORS as exc:
+                    log.warning(
+                        "Redis broker %s: could not give back %d jobs on close (%s); they "
+                        "return when their lease lapses",
+                        self.url,
+                        len(buffered),
+                        exc,
+                    )
+        stack, self._stack, self._client = self._stack, None, None
+        await stack.aclose()
+
+    def queue(self, name: str) -> RedisBrokerQueue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = RedisBrokerQueue(self, name)
+        return queue
+
+
+class RedisBrokerQueue(LeasedQueue):
+    """One queue of a `RedisBroker`: a stream and a sorted set of delayed jobs."""
+
+    def __init__(self, broker: RedisBroker, name: str) -> None:
+        super().__init__(name, claim_batch=broker.claim_batch)
+        self._broker = broker
+        tag = f"{broker.prefix}:{{{name}}}"
+        self.stream = f"{tag}:stream"
+        self.delayed = f"{tag}:delayed"
+        self._group_ready = False
+        self._cursor = "0-0"
+        self._last_reclaim = -math.inf
+        self._acks: Coalescer[str] = Coalescer(self._ack_many)
+
+    def __repr__(self) -> str:
+        return f"<RedisBrokerQueue {self.name!r} of {self._broker!r}>"
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._broker.scripts[name](keys=keys, args=args)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        # made already by another process (or before a restart): fine
+        with contextlib.suppress(_coredis().exceptions.StreamDuplicateConsumerGroupError):
+            await self._broker.client.xgroup_create(self.stream, GROUP, "0", mkstream=True)
+        self._group_ready = True
+
+    def _group_lost(self, exc: BaseException) -> bool:
+        """The consumer group is gone (a server that restarted empty): make it again on the
+        next call. False for any other error."""
+        errors = _coredis().exceptions
+        if not (isinstance(exc, errors.StreamConsumerGroupError) or "NOGROUP" in str(exc)):
+            return False
+        log.warning(
+            "Redis broker %s: the consumer group of %s is gone (server reset?); recreating",
+            self._broker.url,
+            self.stream,
+        )
+        self._group_ready = False
+        return True
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Move due delayed jobs to the stream, and renew this process's leases."""
+        broker = self._broker
+        await self._ensure_group()
+        task_status.started()
+        beat_every = broker.visibility_timeout / 3
+        next_beat = trio.current_time() + beat_every
+        reap_after = _REAP_AFTER_LEASES * broker.visibility_timeout
+        next_reap = trio.current_time()
+        backoff = 0.05
+        while True:
+            try:
+                await self._ensure_group()
+                moved, wait_ms = await self._script(
+                    "promote", [self.stream, self.delayed], [_PUT_CHUNK]
+                )
+                if trio.current_time() >= next_beat:
+                    await self.heartbeat()
+                    next_beat = trio.current_time() + beat_every
+                if trio.current_time() >= next_reap:
+                    await self.reap()
+                    next_reap = trio.current_time() + reap_after
+                backoff = 0.05
+            except _CONNECTION_ERRORS as exc:
+                log.warning("Redis broker %s: %s; reconnecting in %.2fs", broker.url, exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            except _coredis().exceptions.RedisError as exc:
+                if not self._group_lost(exc):
+                    raise
+                continue
+            if moved:
+                continue
+            wait = (
+                broker.poll_interval if wait_ms < 0 else min(broker.poll_interval, wait_ms / 1000)
+            )
+            await trio.sleep(min(wait, max(0.0, next_beat - trio.current_time())))
+
+    async def reap(self) -> int:
+        """Delete the group's consumers that hold nothing and were idle for many leases (the
+        processes that died or closed); how many."""
+        min_idle = int(_REAP_AFTER_LEASES * self._broker.visibility_timeout * 1000)
+        deleted: int = await self._script("reap", [self.stream], [GROUP, min_idle])
+        return deleted
+
+    async def heartbeat(self) -> int:
+        """Reset the idle time of every entry this process holds (its leases)."""
+        ids = [d.receipt for d in self.held()]
+        renewed = 0
+        for start in range(0, len(ids), _PUT_CHUNK):
+            chunk = ids[start : start + _PUT_CHUNK]
+            renewed += await self._script(
+                "heartbeat",
+                [self.stream],
+                [GROUP, self._broker.consumer, max(len(ids) * 2, 1000), *chunk],
+            )
+        return renewed
+
+    async def put(self, jobs: Sequence[QueuedJob], *, delay: float = 0.0) -> None:
+        delay = check_seconds(delay, "delay")
+        bodies = encode_jobs(jobs, self._broker.max_payload, f"Redis at {self._broker.url}")
+        await self._ensure_group()
+        for start in range(0, len(bodies), _PUT_CHUNK):
+            args: list[Any] = [math.ceil(delay * 1000)]
+            for job, body in zip(
+                jobs[start : start + _PUT_CHUNK], bodies[start : start + _PUT_CHUNK], strict=True
+            ):
+                args += [secrets.token_hex(8), job.batch_id or "", body]
+            await self._script("put", [self.stream, self.delayed], args)
+        if not bodies:
+            await trio.lowlevel.checkpoint()
+
+    def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
+        out = []
+        for identifier, raw, count in entries:
+            fields = _fields(raw)
+            out.append(
+                Delivery(
+                    job=decode_job(fields["j"]),
+                    delivery=int(fields.get("d", 0)) + count,
+                    receipt=identifier,
+                )
+            )
+        return out
+
+    async def _claim(self, n: int) -> tuple[list[Delivery], float]:
+        broker = self._broker
+        try:
+            await self._ensure_group()
+            now = trio.current_time()
+            if now - self._last_reclaim >= min(broker.visibility_timeout / 4, broker.poll_interval):
+                self._last_reclaim = now
+                reclaimed = await self.reclaim(n)
+                if reclaimed:
+                    return reclaimed, 0.0
+            found = await broker.client.xreadgroup(
+                GROUP,
+                broker.consumer,
+                {self.stream: ">"},
+                count=n,
+                block=max(1, int(broker.poll_interval * 1000)),
+            )
+        except _CONNECTION_ERRORS as exc:
+            log.warning("Redis broker %s: %s; reconnecting", broker.url, exc)
+            return [], broker.poll_interval
+        except _coredis().exceptions.RedisError as exc:
+            if not self._group_lost(exc):
+                raise
+            return [], 0.0
+        if not found:
+            return [], 0.0
+        entries = found.get(self.stream, ())
+        return self._deliveries([(str(e.identifier), e.field_values, 1) for e in entries]), 0.0
+
+    async def reclaim(self, n: int) -> list[Delivery]:
+        """Take over up to ``n`` entries whose lease lapsed (idle > visibility timeout)."""
+        broker = self._broker
+        out = await self._script(
+            "reclaim",
+            [self.stream],
+            [GROUP, broker.consumer, int(broker.visibility_timeout * 1000), self._cursor, n],
+        )
+        self._cursor = out[0]
+        rest = out[1:]
+        return self._deliveries(
+            [(rest[i], rest[i + 1], int(rest[i + 2])) for i in range(0, len(rest), 3)]
+        )
+
+    async def _ack_many(self, ids: list[str]) -> None:
+        backoff = 0.05
+        deadline = trio.current_time() + self._broker.visibility_timeout
+        while True:
+            try:
+                await self._script("ack", [self.stream], [GROUP, *ids])
+                return
+            except _CONNECTION_ERRORS as exc:
+                if trio.current_time() + backoff > deadline:
+                    raise self._broker.unreachable(exc) from exc
+                log.warning("Redis broker %s: ack failed (%s); retrying", self._broker.url, exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self._acks.submit(delivery.receipt)
+        self._settled([delivery])
+
+    async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
+        delay = check_seconds(delay, "delay")
+        (body,) = encode_jobs([job], self._broker.max_payload, f"Redis at {self._broker.url}")
+        await self._script(
+            "retry",
+            [self.stream, self.delayed],
+            [
+                GROUP,
+                delivery.receipt,
+                math.ceil(delay * 1000),
+                secrets.token_hex(8),
+                job.batch_id or "",
+                body,
+            ],
+        )
+        self._settled([delivery])
+
+    async def give_back(self, deliveries: Sequence[Delivery], *, uncount: int) -> None:
+        args: list[Any] = [GROUP, self._broker.consumer]
+        for d in deliveries:
+            args += [d.receipt, d.delivery - uncount]
+        await self._script("release", [self.stream], args)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            await self.give_back(deliveries, uncount=0)
+        else:
+            await trio.lowlevel.checkpoint()
+        self._settled(deliveries)
+
+    async def discard(self, batch_id: str) -> list[QueuedJob]:
+        """Remove the batch's jobs no worker has been handed (one script: it reads the queue's
+        backlog, so it costs in proportion to the jobs waiting)."""
+        await self._ensure_group()
+        mine = [d for d in self._buffer if d.job.batch_id == batch_id]
+        for delivery in mine:
+            self._buffer.remove(delivery)
+        bodies = await self._script(
+            "discard",
+            [self.stream, self.delayed],
+            [GROUP, batch_id, *(d.receipt for d in mine)],
+        )
+        return [decode_job(body) for body in bodies]
+
+    async def stats(self) -> QueueStats:
+        ready, delayed, running = await self._script("stats", [self.stream, self.delayed], [GROUP])
+        return QueueStats(ready=int(ready), delayed=int(delayed), running=int(running))

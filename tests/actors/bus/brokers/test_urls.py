@@ -1,0 +1,67 @@
+"""Broker and store URLs: parsed at once, with errors that say what to write instead."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.bus._redis_broker import RedisBroker
+from actors.bus._sqlite_broker import SQLiteBroker
+from actors.bus._urls import ServiceURL, broker_from_url, parse_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("memory://", ServiceURL("memory", "")),
+        ("sqlite:///jobs.db", ServiceURL("sqlite", "jobs.db")),
+        ("sqlite:///data/jobs.db", ServiceURL("sqlite", "data/jobs.db")),
+        ("sqlite:////var/lib/app/jobs.db", ServiceURL("sqlite", "/var/lib/app/jobs.db")),
+        ("redis://localhost:6379/0", ServiceURL("redis", "redis://localhost:6379/0")),
+        (
+            "redis://h:6380/2?visibility_timeout=5&claim_batch=50",
+            ServiceURL("redis", "redis://h:6380/2", {"visibility_timeout": 5.0, "claim_batch": 50}),
+        ),
+        (
+            "sqlite:///j.db?visibility_timeout=0.5&poll_interval=0.1",
+            ServiceURL("sqlite", "j.db", {"visibility_timeout": 0.5, "poll_interval": 0.1}),
+        ),
+    ],
+)
+def test_broker_urls(url: str, expected: ServiceURL) -> None:
+    assert parse_url(url) == expected
+
+
+def test_store_urls() -> None:
+    assert parse_url("postgresql://u@h/db", what="store") == ServiceURL(
+        "postgresql", "postgresql://u@h/db"
+    )
+    assert parse_url("postgres://u@h/db", what="store").scheme == "postgresql"
+    assert parse_url("sqlite:////tmp/s.db", what="store") == ServiceURL("sqlite", "/tmp/s.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("kafka://h/q", r"unknown broker URL 'kafka://h/q': the scheme must be one of memory://"),
+        ("jobs.db", "unknown broker URL"),
+        ("postgresql://h/db", "unknown broker URL"),
+        ("sqlite://host/jobs.db", "names a host"),
+        ("sqlite:///", "no file path"),
+        ("redis://h/0?visibility=5", r"unknown option 'visibility'.*takes: claim_batch"),
+        ("redis://h/0?visibility_timeout=soon", r"visibility_timeout='soon'.*not a valid float"),
+    ],
+)
+def test_bad_urls_say_what_to_write(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+def test_a_url_makes_its_broker() -> None:
+    sqlite = broker_from_url("sqlite:///x.db?visibility_timeout=7")
+    assert isinstance(sqlite, SQLiteBroker)
+    assert (sqlite.path, sqlite.visibility_timeout) == ("x.db", 7.0)
+    redis = broker_from_url("redis://localhost:6379/1?claim_batch=10&prefix=app")
+    assert isinstance(redis, RedisBroker)
+    assert (redis.url, redis.claim_batch, redis.prefix) == ("redis://localhost:6379/1", 10, "app")
+    with pytest.raises(ValueError, match="made by the bus"):
+        broker_from_url("memory://")
