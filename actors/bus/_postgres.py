@@ -13,6 +13,7 @@ password); the bus retries outcome writes on them, so a server restart loses not
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -48,6 +49,7 @@ except ImportError as missing:  # pragma: no cover (the dev install has the extr
     _MISSING = str(missing)
 
 T = TypeVar("T")
+log = logging.getLogger("actors.bus")
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...]]
 _Op = tuple[Callable[..., Any], tuple[Any, ...], Reply[Any]]
@@ -81,6 +83,15 @@ def _run_alone(conn: ops.Conn, fn: Callable[..., Any], args: tuple[Any, ...]) ->
         return False, exc
 
 
+class _CommitLost(Exception):
+    """The connection broke during COMMIT: the transaction may or may not have committed."""
+
+    def __init__(self, error: Exception, results: list[tuple[bool, Any]]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.results = results
+
+
 def _run_calls(conn: ops.Conn, calls: Sequence[_Call]) -> list[tuple[bool, Any]]:
     """In the thread, inside a begun transaction: every call, then COMMIT. If one raises, roll
     back and run each in its own transaction (unless the connection itself broke)."""
@@ -91,6 +102,8 @@ def _run_calls(conn: ops.Conn, calls: Sequence[_Call]) -> list[tuple[bool, Any]]
         conn.execute("COMMIT")
         return results
     except Exception as exc:
+        if conn.broken and len(results) == len(calls):
+            raise _CommitLost(exc, results) from exc  # every call ran: COMMIT was sent
         if conn.broken or len(calls) == 1:
             return [(False, exc)] * len(calls)
         conn.execute("ROLLBACK")
@@ -183,8 +196,45 @@ class PostgresStore:
                     if spare == 0:
                         raise
                     continue
-                return [self._answer(ok, v) for ok, v in _run_calls(conn, calls)]
+                row = conn.execute("SELECT txid_current()").fetchone()
+                assert row is not None
+                xid = int(row[0])
+                try:
+                    results = _run_calls(conn, calls)
+                except _CommitLost as lost:
+                    failure = lost
+                else:
+                    return [self._answer(ok, v) for ok, v in results]
+            # (outside the block: the broken connection has gone back to the pool)
+            results = self._after_lost_commit(xid, failure)
+            return [self._answer(ok, v) for ok, v in results]
         raise AssertionError("unreachable")
+
+    def commit_status(self, xid: int) -> str | None:
+        """In a thread: ``committed``, ``aborted`` or ``in progress`` (`txid_status`) for a
+        transaction id of this database; None if it is too old to know."""
+        assert self._pool is not None
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+        return None if row is None else row[0]
+
+    def _after_lost_commit(self, xid: int, lost: _CommitLost) -> list[tuple[bool, Any]]:
+        """The connection broke after COMMIT was sent. Ask the server (on a new connection)
+        what became of the transaction: committed, the calls' results stand (a retry would
+        read its own write as a duplicate, and a chain would stop); aborted, the error
+        stands and the bus's retry is the write's first effect. If the server cannot say
+        within ``connect_timeout``, the error says the outcome is unknown."""
+        try:
+            status = self.commit_status(xid)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StoreError(
+                f"PostgreSQL store {self.safe_dsn!r}: the connection broke during COMMIT "
+                f"({lost.error}) and the server cannot say whether it committed ({exc})"
+            ) from lost.error
+        if status == "committed":
+            log.warning("%r: COMMIT's answer was lost, but it committed (txid %d)", self, xid)
+            return lost.results
+        raise lost.error
 
     async def _hop(self, calls: Sequence[_Call]) -> list[tuple[bool, Any]]:
         try:

@@ -25,7 +25,8 @@ from actors.bus import (
     StoreError,
     open_bus,
 )
-from actors.bus._postgres import redact
+from actors.bus import _postgres_ops as ops
+from actors.bus._postgres import _CommitLost, redact
 from actors.bus._postgres_schema import MIGRATIONS
 
 from .stores import T0, PostgresServer, drop_schema, own_postgres, pg_schema
@@ -278,3 +279,68 @@ async def test_a_server_restart_under_a_running_bus_loses_no_outcome(
     assert ran == set(range(batch_size))
     assert all(chain.completed for chain in ended)
     assert stats.unrecorded == 0
+
+
+def _xids(dsn: str) -> tuple[int, int]:
+    """A committed and an aborted transaction id, from a connection of our own."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():
+            committed = conn.execute("SELECT txid_current()").fetchone()
+        conn.execute("BEGIN")
+        aborted = conn.execute("SELECT txid_current()").fetchone()
+        conn.execute("ROLLBACK")
+    assert committed is not None
+    assert aborted is not None
+    return int(committed[0]), int(aborted[0])
+
+
+async def test_a_commit_whose_answer_was_lost_is_asked_about(pg_schema: tuple[str, str]) -> None:
+    """After the connection broke during COMMIT, the server says what became of it: the
+    results stand if it committed, the error if it did not."""
+    dsn, schema = pg_schema
+    store = PostgresStore(dsn, schema=schema)
+    committed, aborted = _xids(dsn)
+    broken = psycopg.OperationalError("server closed the connection unexpectedly")
+    async with opened(store, serve=False):
+        assert await trio.to_thread.run_sync(store.commit_status, committed) == "committed"
+        assert await trio.to_thread.run_sync(store.commit_status, aborted) == "aborted"
+        results = [(True, "ran")]
+        kept = await trio.to_thread.run_sync(
+            store._after_lost_commit, committed, _CommitLost(broken, results)
+        )
+        assert kept == results
+        with pytest.raises(psycopg.OperationalError, match="closed"):
+            await trio.to_thread.run_sync(
+                store._after_lost_commit, aborted, _CommitLost(broken, results)
+            )
+
+
+async def test_a_backend_killed_during_commit_rolls_back_and_says_so(
+    pg_schema: tuple[str, str],
+) -> None:
+    """A deferred trigger ends the server process at COMMIT (the connection breaks after
+    COMMIT was sent): the store asks the server, learns it aborted, and raises; the claim
+    made in that transaction was not kept, so the bus's retry is its first effect."""
+    dsn, schema = pg_schema
+    store = PostgresStore(dsn, schema=schema)
+
+    def claim_and_die(conn: Any) -> bool:
+        conn.execute("INSERT INTO boom VALUES (1)")
+        return ops.claim_callback(conn, "batch:b1", "then", 0)
+
+    async with opened(store, serve=False):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            conn.execute("CREATE TABLE boom (x INTEGER)")
+            conn.execute(
+                "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$"
+            )
+            conn.execute(
+                "CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON boom "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die()"
+            )
+        with pytest.raises(StoreError, match=r"PostgreSQL store '\S+'") as caught:
+            await store._run(claim_and_die)
+        assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+        assert await store.claim_callback("batch:b1", "then", T0)  # the first was undone
