@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,16 +24,7 @@ import trio
 from .._keyed import KeyedActors, open_keyed
 from .._reply import Reply
 from ._errors import StoreError
-from ._model import BatchState, ChainState, JobRecord
-from ._rules import (
-    BatchRecord,
-    BatchUpdate,
-    ChainRecord,
-    ChainStep,
-    FailedJob,
-    JobOutcome,
-    to_micros,
-)
+from ._sql_store import SQLOperations, SQLOps
 
 try:  # the `postgres` extra; without it `actors.bus` still imports, PostgresStore() says so
     import psycopg
@@ -110,7 +100,7 @@ def _run_calls(conn: ops.Conn, calls: Sequence[_Call]) -> list[tuple[bool, Any]]
     return [_run_alone(conn, fn, args) for fn, args in calls]
 
 
-class PostgresStore:
+class PostgresStore(SQLOperations):
     """A store in a PostgreSQL database, shared by every bus (and host) that opens it.
 
     ``PostgresStore("postgresql://app@db.internal/app")``; the tables are created (or
@@ -122,6 +112,8 @@ class PostgresStore:
     Each state change is one transaction; concurrent operations share one (group commit).
     Like `SQLiteStore`, prefer the real clock in tests: threads carry the calls.
     """
+
+    _ops: SQLOps
 
     def __init__(
         self,
@@ -156,6 +148,7 @@ class PostgresStore:
             )
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
+        self._ops = ops
         self.dsn = dsn
         self.schema = schema
         self.safe_dsn = redact(dsn)
@@ -341,65 +334,3 @@ class PostgresStore:
             use_schema(conn, self.schema)
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             return 0 if row is None else int(row[0])
-
-    # --------------------------------------------------------------------- operations
-
-    async def claim_unique(self, key: str, now: datetime, expires_at: datetime) -> bool:
-        return await self._run(ops.claim_unique, key, to_micros(now), to_micros(expires_at))
-
-    async def create_chain(self, record: ChainRecord) -> None:
-        await self._run(ops.create_chain, record)
-
-    async def get_chain(self, chain_id: str) -> ChainState:
-        return await self._run(ops.get_chain, chain_id)
-
-    async def record_chain_step(
-        self, chain_id: str, index: int, failure: str | None, now: datetime
-    ) -> ChainStep | None:
-        return await self._run(ops.record_chain_step, chain_id, index, failure, now)
-
-    async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
-        return await self._run(ops.fail_chain, chain_id, failure, now)
-
-    async def create_batch(self, record: BatchRecord) -> BatchState:
-        return await self._run(ops.create_batch, record)
-
-    async def get_batch(self, batch_id: str) -> BatchState:
-        return await self._run(ops.get_batch, batch_id)
-
-    async def record_batch(
-        self,
-        batch_id: str,
-        outcomes: Sequence[JobOutcome],
-        now: datetime,
-        *,
-        progress: bool = True,
-    ) -> BatchUpdate:
-        return await self._run(ops.record_batch, batch_id, tuple(outcomes), now, progress)
-
-    async def cancel_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
-        return await self._run(ops.cancel_batch, batch_id, now)
-
-    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
-        return await self._run(ops.job_callbacks, owner)
-
-    async def batch_cancelled(self, batch_id: str) -> bool:
-        return await self._run(ops.batch_cancelled, batch_id)
-
-    async def abandon_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
-        return await self._run(ops.abandon_batch, batch_id, now)
-
-    async def claim_callback(self, owner: str, name: str, now: datetime) -> bool:
-        return await self._run(ops.claim_callback, owner, name, to_micros(now))
-
-    async def record_failed(self, job: FailedJob) -> None:
-        await self._run(ops.record_failed, job)
-
-    async def failed_jobs(self) -> list[FailedJob]:
-        return await self._run(ops.failed_jobs)
-
-    async def take_failed(self, job_id: str) -> FailedJob:
-        return await self._run(ops.take_failed, job_id)
-
-    async def prune(self, before: datetime) -> int:
-        return await self._run(ops.prune, to_micros(before))

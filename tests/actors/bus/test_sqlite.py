@@ -2,14 +2,13 @@
 
 Threads carry the SQLite calls, and the autojump clock would race ahead while a thread works
 (any timer, such as the coordinators' reaper, is due "next"). So these tests run on the real
-clock without waiting on timers, and move wall-clock time with a `ManualClock`.
+clock without waiting on timers, and move wall-clock time by hand (`stores.ManualClock`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +36,7 @@ from actors.bus import (
 from actors.bus._sqlite_schema import MIGRATIONS
 
 from .helpers import Recorder
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-class ManualClock:
-    """A wall clock that moves only when told."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from .stores import T0
 
 
 async def _ok(ctx: JobContext) -> None:
