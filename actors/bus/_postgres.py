@@ -301,7 +301,11 @@ class PostgresStore(SQLOperations):
             name=f"trio-lanes store {self.safe_dsn}",
             num_workers=1,
         )
-        pool.open(wait=True, timeout=self._connect_timeout)
+        try:
+            pool.open(wait=True, timeout=self._connect_timeout)
+        except BaseException:
+            pool.close()  # its threads too
+            raise
         return pool
 
     async def open(self) -> None:
