@@ -9,6 +9,8 @@ the waits on real time are bounded.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +23,7 @@ from actors.bus import (
     Job,
     JobContext,
     PostgresStore,
+    SQLiteBroker,
     Store,
     StoreError,
     open_bus,
@@ -127,40 +130,62 @@ async def test_unique_for_holds_across_buses_on_one_database(pg_schema: tuple[st
         await b.dispatch(Job("report", {"day": 2}).unique_for(3600))
 
 
-async def test_job_callbacks_are_queued_once_across_two_buses(pg_schema: tuple[str, str]) -> None:
-    """Two buses on one database race to finish many batches: each batch's `then` Job runs
-    exactly once, whichever bus ends it."""
+async def test_job_callbacks_are_queued_once_across_two_buses(
+    pg_schema: tuple[str, str], tmp_path: Path
+) -> None:
+    """Two worker buses (as two processes would) share the store and a durable broker, so
+    both run the jobs of every batch and both record its outcomes: each batch's `then` and
+    `finally` Jobs are queued, and run, exactly once."""
     dsn, schema = pg_schema
-    thens: list[str] = []
+    batches, size = 8, 6
+    ran_on: Counter[str] = Counter()
+    callbacks: Counter[str] = Counter()
+    all_done = trio.Event()
 
-    async def work(ctx: JobContext) -> None:
-        await trio.lowlevel.checkpoint()
+    def work_on(name: str) -> Any:
+        async def work(ctx: JobContext) -> None:
+            ran_on[name] += 1
+            await trio.sleep(0.002)  # real time: the other bus gets its share
 
-    async def publish(ctx: JobContext) -> None:
+        return work
+
+    async def callback(ctx: JobContext) -> None:
         assert ctx.state is not None
-        thens.append(ctx.payload)
+        callbacks[ctx.payload] += 1
+        if sum(callbacks.values()) == 2 * batches:
+            all_done.set()
 
-    async with (
-        open_bus(store=PostgresStore(dsn, schema=schema), queues={"default": 4}) as a,
-        open_bus(store=PostgresStore(dsn, schema=schema), queues={"default": 4}) as b,
-    ):
-        for bus in (a, b):
-            bus.register("work", work)
-            bus.register("publish", publish)
-        ids = []
-        for i in range(10):
-            bus = (a, b)[i % 2]
-            ids.append(
-                await bus.batch(*(Job("work", k) for k in range(4)))
-                .then(Job("publish", f"batch-{i}"))
-                .dispatch()
-            )
+    path = tmp_path / "broker.db"
+
+    def bus(**options: Any) -> Any:
+        store = PostgresStore(dsn, schema=schema)
+        broker = SQLiteBroker(path, claim_batch=2, poll_interval=0.01)
+        return open_bus(store=store, broker=broker, **options)
+
+    # A dispatcher that runs no jobs, and two workers (as three processes would be).
+    async with bus(workers=False) as a, bus() as b, bus() as c:
+        a.register("work", work_on("a"))
+        a.register("callback", callback)
+        for name, worker in (("b", b), ("c", c)):
+            worker.register("work", work_on(name))
+            worker.register("callback", callback)
+        ids = [
+            await a.batch(*(Job("work", k) for k in range(size)))
+            .then(Job("callback", f"then-{i}"))
+            .finally_(Job("callback", f"finally-{i}"))
+            .dispatch()
+            for i in range(batches)
+        ]
         with trio.fail_after(30):
-            await a.wait_idle()
-            await b.wait_idle()
-        states = [await a.find_batch(batch_id) for batch_id in ids]
-    assert all(state.completed for state in states)
-    assert sorted(thens) == sorted(f"batch-{i}" for i in range(10))
+            await all_done.wait()
+        states = [await b.find_batch(batch_id) for batch_id in ids]
+    assert all(state.completed and state.processed == size for state in states)
+    assert sum(ran_on.values()) == batches * size
+    assert ran_on["a"] == 0
+    assert ran_on["b"] > 0
+    assert ran_on["c"] > 0  # both workers ran (and recorded) jobs of the batches
+    expected = [f"{kind}-{i}" for i in range(batches) for kind in ("then", "finally")]
+    assert callbacks == Counter(expected)  # each exactly once
 
 
 async def test_failed_jobs_and_state_survive_a_new_bus(pg_schema: tuple[str, str]) -> None:
