@@ -266,6 +266,12 @@ class Bus:
         )
         return await self.dispatch(Job(record.job_type, decode_payload(record.payload), options))
 
+    async def in_flight(self, limit: int = 100) -> tuple[list[BatchState], list[ChainState]]:
+        """Up to ``limit`` batches and ``limit`` chains not over yet, from the store (every
+        process's), oldest first."""
+        self._check_open()
+        return await self._parts.store.in_flight(check_positive_int(limit, "limit"))
+
     def stats(self) -> BusStats:
         """A snapshot: outstanding jobs, queues, coordinators, store errors, dropped events."""
         parts = self._parts
@@ -392,8 +398,10 @@ async def open_bus(
                 await sup.shutdown()
         finally:
             bus._closed = True
-            with trio.CancelScope(shield=True):
-                await broker.close()
+            # Not under a shield of ours: a broker shields what must finish itself, and
+            # RedisBroker's pool (a task group entered in open) must not exit inside a scope
+            # opened after it.
+            await broker.close()
     finally:
         bus._closed = True
         with trio.CancelScope(shield=True):
