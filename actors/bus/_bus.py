@@ -121,7 +121,8 @@ class Bus:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._parts.jobs} outstanding"
-        return f"<Bus queues={list(self._parts.queues)} {state}>"
+        mode = "" if self._workers else " (no workers)"
+        return f"<Bus queues={list(self._parts.queues)} {state}{mode}>"
 
     def _check_open(self) -> None:
         if self._closed:

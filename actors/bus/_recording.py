@@ -5,8 +5,9 @@ the rest of the bus waits for, so a failing write is retried: after 0.05 s, doub
 5 s, for as long as it takes. Every failed try is logged at WARNING with the store and the
 error, counted in `Bus.stats` (``store_errors``; ``unrecorded`` while writes wait), and the
 job stays outstanding, so `Bus.wait_idle` does not return while an outcome waits to be
-recorded. The writes are idempotent (keyed by job id), so a try that committed but looked
-failed is harmless when it runs again.
+recorded. A store raises only for a write that did not commit (its transaction rolled back),
+so a retry is that write's first effect; and outcomes are counted once by job id, so the same
+outcome delivered twice (a redelivered job) counts once.
 
 `NotFound` is not retried: the chain or batch is gone (pruned, or never in this store), so
 there is nothing to record into; it is logged at ERROR and the outcome is dropped.
