@@ -400,8 +400,10 @@ async def open_bus(
                 await sup.shutdown()
         finally:
             bus._closed = True
-            with trio.CancelScope(shield=True):
-                await broker.close()
+            # Not under a shield of ours: a broker may exit here a scope it entered in open()
+            # (RedisBroker's connection pool), which must not be inside a newer scope. Each
+            # broker's close shields what must finish (giving back prefetched jobs) itself.
+            await broker.close()
     finally:
         bus._closed = True
         with trio.CancelScope(shield=True):
