@@ -40,12 +40,11 @@ from .bus import (
     JobContext,
     MemoryBroker,
     NotFound,
-    SQLiteStore,
     Store,
     StoreError,
     open_bus,
 )
-from .bus._urls import broker_from_url, parse_url
+from .bus._urls import broker_from_url, parse_url, store_from_url
 
 log = logging.getLogger("actors.cli")
 
@@ -148,22 +147,6 @@ def _with_option(url: str, name: str, value: object) -> str:
     return f"{base}?{urlencode([*kept, (name, str(value))])}"
 
 
-def make_store(url: str) -> Store:
-    """The store for a checked (not memory) store URL."""
-    parsed = parse_url(url, what="store")
-    if parsed.scheme == "sqlite":
-        return SQLiteStore(parsed.target, **parsed.options)
-    try:
-        module = importlib.import_module(".bus._postgres", __package__)
-        store: Store = module.PostgresStore(parsed.target, **parsed.options)
-    except (ImportError, AttributeError) as exc:
-        raise CliError(
-            f"--store {url!r}: PostgresStore is not available here ({exc}); install the "
-            "postgres extra (pip install 'trio-lanes[postgres]') or use a sqlite:/// store"
-        ) from exc
-    return store
-
-
 @attrs.frozen
 class Services:
     """The store and broker URLs a command works on."""
@@ -172,7 +155,7 @@ class Services:
     broker: str | None
 
     def open_store(self) -> Store:
-        return make_store(self.store)
+        return store_from_url(self.store)
 
     def open_broker(self) -> Broker:
         if self.broker is None:

@@ -17,7 +17,6 @@ import trio
 
 from actors._cli import main
 from actors.bus import Job, open_bus
-from actors.bus._urls import broker_from_url
 
 from ..services import free_port, redis_url
 from .cli_app import handlers
@@ -147,13 +146,9 @@ def populate(store: str, broker: str) -> None:
     chain of 2 (its first step queued)."""
 
     async def go() -> None:
-        async with open_bus(
-            store=_store(store), broker=broker_from_url(broker), handlers=handlers
-        ) as bus:
+        async with open_bus(store=store, broker=broker, handlers=handlers) as bus:
             await bus.dispatch(Job("cli:fail", {"n": 1}))
-        async with open_bus(
-            store=_store(store), broker=broker_from_url(broker), handlers=handlers, workers=False
-        ) as bus:
+        async with open_bus(store=store, broker=broker, handlers=handlers, workers=False) as bus:
             for n in range(3):
                 await bus.dispatch(Job("cli:record", {"n": n}))
             await bus.dispatch(Job("cli:record", {"n": 9}).delay(600))
@@ -162,12 +157,6 @@ def populate(store: str, broker: str) -> None:
             await bus.chain(Job("cli:record", {"n": 20}), Job("cli:record", {"n": 21})).dispatch()
 
     trio.run(go)
-
-
-def _store(url: str) -> Any:
-    from actors._cli import make_store
-
-    return make_store(url)
 
 
 def status(capsys: pytest.CaptureFixture[str], store: str, broker: str) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from typing import BinaryIO
 import pytest
 import trio
 
-from actors.bus import Job, SQLiteStore, open_bus
-from actors.bus._urls import broker_from_url
+from actors.bus import Job, open_bus
 
 from ..services import redis_url
 from .cli_app import handlers
@@ -103,8 +102,8 @@ class Fleet:
     def dispatch(self, jobs: list[Job]) -> None:
         async def go() -> None:
             async with open_bus(
-                store=SQLiteStore(self.db),
-                broker=broker_from_url(self.broker),
+                store=self.url,
+                broker=self.broker,
                 handlers=handlers,
                 workers=False,
             ) as bus:
