@@ -1,8 +1,10 @@
-"""Bus, step 1 of 5: register a handler, dispatch jobs, wait until they are done.
+"""Bus, step 1 of 5: declare a handler, dispatch jobs, wait until they are done.
 
-A job is a type and a JSON payload. The bus's queue workers run it: here three workers of the
-"default" queue, so the five jobs run three at a time. An attrs payload travels as JSON and
-comes back with `ctx.bind`. `delay` holds a job back on Trio's clock.
+A job is a type and a JSON payload. Handlers are declared on a `Handlers` at import time (a
+worker process and a `FakeBus` in tests read the same one). The bus's queue workers run the
+jobs: here three workers of the "default" queue, so the five jobs run three at a time. An
+attrs payload travels as JSON and comes back with `ctx.bind`. `delay` holds a job back on
+Trio's clock.
 
 Run: python -m examples.bus_dispatch
 """
@@ -13,7 +15,7 @@ import attrs
 import trio
 import trio.testing
 
-from actors.bus import Job, JobContext, open_bus
+from actors.bus import Handlers, Job, JobContext, open_bus
 
 
 @attrs.frozen
@@ -22,15 +24,18 @@ class Welcome:
     name: str
 
 
+handlers = Handlers()
+
+
+@handlers.handler("emails:welcome")
+async def send_welcome(ctx: JobContext) -> None:
+    mail = ctx.bind(Welcome)
+    await trio.sleep(1)  # pretend to talk to a mail server
+    print(f"t={trio.current_time():.0f}s  welcome mail to {mail.to} ({mail.name})")
+
+
 async def main() -> None:
-    async with open_bus(queues={"default": 3}) as bus:
-
-        @bus.handler("emails:welcome")
-        async def send_welcome(ctx: JobContext) -> None:
-            mail = ctx.bind(Welcome)
-            await trio.sleep(1)  # pretend to talk to a mail server
-            print(f"t={trio.current_time():.0f}s  welcome mail to {mail.to} ({mail.name})")
-
+    async with open_bus(handlers=handlers, queues={"default": 3}) as bus:
         for name in ("ada", "bob", "cy", "dee", "eve"):
             result = await bus.dispatch(Job("emails:welcome", Welcome(f"{name}@example.com", name)))
         print("last dispatch id:", result.dispatch_id.split("-")[0] + "-...")

@@ -2,39 +2,64 @@
 
 ::
 
-    from actors.bus import Job, JobContext, open_bus
+    from actors.bus import Handlers, Job, JobContext, open_bus
 
-    async with open_bus(queues={"default": 4}) as bus:
-        @bus.handler("emails:send")
-        async def send(ctx: JobContext) -> None:
-            await smtp.send(ctx.payload["to"])
+    handlers = Handlers()
 
+    @handlers.handler("emails:send")
+    async def send(ctx: JobContext) -> None:
+        await smtp.send(ctx.payload["to"])
+
+    async with open_bus(handlers=handlers, queues={"default": 4}) as bus:
         await bus.dispatch(Job("emails:send", {"to": "a@b"}).retry(3).backoff(0.5))
         await bus.wait_idle()
 
-Jobs run on queue workers; each chain and each batch has a coordinator, a keyed actor that
-alone advances the chain or counts the batch and runs its callbacks, with its state in a
-`Store` (`MemoryStore`, or `SQLiteStore` to survive restarts). Test your own code against
-`FakeBus` (the ``fake_bus`` pytest fixture).
+How a job flows (one way, each step a module):
+
+1. ``_admission``: `Bus.dispatch` (or a chain's or batch's ``dispatch()``) checks the jobs,
+   stores the chain or batch (``_store`` / ``_sqlite``), and puts the jobs on their queues
+   in the broker (``_broker``; ``_memory_broker`` by default).
+2. ``_worker``: a queue's worker gets a `Delivery`, runs it through the middleware
+   (``_middleware``) and its handler, retries it on failure, and hands the final outcome on:
+   a plain job is acknowledged; a chain's or batch's job is told to its coordinator.
+3. ``_chains`` / ``_batches``: the coordinator (a keyed actor per chain or batch, the only
+   writer of its state) records the outcome in the store (``_recording``: retried until it
+   commits), acknowledges the delivery, queues a chain's next job or counts the batch
+   (``_coordinators`` holds what the two registries share).
+4. ``_callbacks``: at the end, the coordinator claims each callback in the store and runs it
+   (a callable) or queues it (a `Job`).
+
+Events go to observers through ``_observe`` at every step; ``_parts`` is the plumbing the
+roles share and ``_bus`` the face that wires them. Test your code against `FakeBus` (a
+`BusLike`, like `Bus`; the ``fake_bus`` pytest fixture).
 """
 
+from ._broker import Broker as Broker
+from ._broker import BrokerQueue as BrokerQueue
+from ._broker import Delivery as Delivery
+from ._broker import QueueStats as QueueStats
 from ._builders import BatchBuilder as BatchBuilder
 from ._builders import ChainBuilder as ChainBuilder
 from ._bus import Bus as Bus
 from ._bus import BusStats as BusStats
-from ._bus import Handler as Handler
-from ._bus import Observer as Observer
 from ._bus import open_bus as open_bus
 from ._errors import BusClosed as BusClosed
 from ._errors import BusError as BusError
 from ._errors import DuplicateJob as DuplicateJob
+from ._errors import InsideBus as InsideBus
 from ._errors import NotFound as NotFound
 from ._errors import Release as Release
+from ._errors import StoreError as StoreError
 from ._errors import UnknownJobType as UnknownJobType
 from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._fake import BatchSpec as BatchSpec
 from ._fake import FakeBus as FakeBus
+from ._handlers import Handler as Handler
+from ._handlers import Handlers as Handlers
+from ._handlers import Observer as Observer
+from ._memory_broker import MemoryBroker as MemoryBroker
+from ._memory_broker import MemoryQueue as MemoryQueue
 from ._middleware import CallNext as CallNext
 from ._middleware import FailOnError as FailOnError
 from ._middleware import Lock as Lock
@@ -55,19 +80,21 @@ from ._model import JobContext as JobContext
 from ._model import JobOptions as JobOptions
 from ._model import JobRecord as JobRecord
 from ._model import QueuedJob as QueuedJob
-from ._queue import MemoryQueue as MemoryQueue
-from ._queue import Queue as Queue
-from ._queue import QueueStats as QueueStats
+from ._protocol import BusLike as BusLike
 from ._redis_broker import RedisBroker as RedisBroker
+from ._rules import BatchRecord as BatchRecord
+from ._rules import BatchUpdate as BatchUpdate
+from ._rules import ChainRecord as ChainRecord
+from ._rules import ChainStep as ChainStep
+from ._rules import FailedJob as FailedJob
+from ._rules import JobOutcome as JobOutcome
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._sqlite_broker import SQLiteBroker as SQLiteBroker
-from ._store import BatchRecord as BatchRecord
-from ._store import BatchUpdate as BatchUpdate
-from ._store import ChainRecord as ChainRecord
-from ._store import ChainStep as ChainStep
-from ._store import JobOutcome as JobOutcome
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
+
+#: The `BrokerQueue` protocol under its older name: a broker makes the bus's queues.
+Queue = BrokerQueue
 
 __all__ = [
     "BatchBuilder",
@@ -75,9 +102,12 @@ __all__ = [
     "BatchSpec",
     "BatchState",
     "BatchUpdate",
+    "Broker",
+    "BrokerQueue",
     "Bus",
     "BusClosed",
     "BusError",
+    "BusLike",
     "BusStats",
     "CallNext",
     "ChainBuilder",
@@ -85,13 +115,17 @@ __all__ = [
     "ChainRecord",
     "ChainState",
     "ChainStep",
+    "Delivery",
     "DispatchResult",
     "DuplicateJob",
     "Event",
     "EventKind",
     "FailOnError",
+    "FailedJob",
     "FakeBus",
     "Handler",
+    "Handlers",
+    "InsideBus",
     "Job",
     "JobContext",
     "JobOptions",
@@ -99,6 +133,7 @@ __all__ = [
     "JobRecord",
     "Lock",
     "Locker",
+    "MemoryBroker",
     "MemoryLocker",
     "MemoryQueue",
     "MemoryRateLimiter",
@@ -117,6 +152,7 @@ __all__ = [
     "SQLiteStore",
     "SkipWhen",
     "Store",
+    "StoreError",
     "UnknownJobType",
     "WithoutOverlapping",
     "open_bus",

@@ -12,13 +12,14 @@ from typing import Protocol
 
 import attrs
 
-from .._keys import check_key
-from ._model import BatchState, ChainState, Job, check_callback
+from ._model import BatchState, ChainState, Job, check_callback, check_text
 
-ChainCallback = Callable[[ChainState], object]
-ChainCatch = Callable[[ChainState, BaseException], object]
-BatchCallback = Callable[[BatchState], object]
-BatchCatch = Callable[[BatchState, BaseException], object]
+#: A callback: a callable taking the state (and the error, for catch), or a `Job` whose
+#: handler reads ``ctx.state`` (and ``ctx.error``).
+ChainCallback = Callable[[ChainState], object] | Job
+ChainCatch = Callable[[ChainState, BaseException], object] | Job
+BatchCallback = Callable[[BatchState], object] | Job
+BatchCatch = Callable[[BatchState, BaseException], object] | Job
 
 
 class _Owner(Protocol):
@@ -47,7 +48,7 @@ class ChainBuilder:
     """Jobs that run one after another; a failure (after its retries) stops the chain.
 
     ``catch(state, error)`` runs once if a job fails, ``finally_(state)`` once at the end,
-    whatever happened. Callbacks may be sync or async.
+    whatever happened. A callback is a callable (sync or async) or a `Job`.
     """
 
     _owner: _Owner = attrs.field(repr=False)
@@ -58,7 +59,7 @@ class ChainBuilder:
 
     def on_queue(self, name: str) -> ChainBuilder:
         """Run the jobs that set no queue of their own on ``name``."""
-        return attrs.evolve(self, queue=check_key(name, "queue name"))
+        return attrs.evolve(self, queue=check_text(name, "queue name"))
 
     def catch(self, callback: ChainCatch) -> ChainBuilder:
         """Call ``callback(state, error)`` once if a job of the chain fails."""
@@ -96,11 +97,11 @@ class BatchBuilder:
 
     def name(self, name: str) -> BatchBuilder:
         """A display name, kept in the `BatchState`."""
-        return attrs.evolve(self, batch_name=check_key(name, "batch name"))
+        return attrs.evolve(self, batch_name=check_text(name, "batch name"))
 
     def on_queue(self, name: str) -> BatchBuilder:
         """Run the jobs that set no queue of their own on ``name``."""
-        return attrs.evolve(self, queue=check_key(name, "queue name"))
+        return attrs.evolve(self, queue=check_text(name, "queue name"))
 
     def allow_failures(self, allow: bool = True) -> BatchBuilder:
         """Keep running the other jobs when one fails (``catch`` still runs once)."""

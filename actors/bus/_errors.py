@@ -18,7 +18,8 @@ class BusError(ActorsError):
 class UnknownJobType(BusError, LookupError):
     """`Bus.dispatch` (or a chain or batch) named a job type no handler is registered for.
 
-    Register it first: ``bus.register("emails:send", handler)`` or ``@bus.handler(...)``.
+    Register it first: ``bus.register("emails:send", handler)``, or declare it on the
+    `Handlers` given to ``open_bus(handlers=...)``.
     """
 
 
@@ -58,3 +59,16 @@ class Release(BusError):
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = check_duration(delay, "Release(delay)")
         super().__init__(f"job released back to its queue for {self.delay:g}s")
+
+
+class StoreError(BusError):
+    """A store operation failed; the message names the store (an SQLite file's path).
+
+    The original error is the ``__cause__``. Recording a job's outcome retries on it until
+    the write commits (see `Bus.stats`'s ``unrecorded``); elsewhere it reaches the caller.
+    """
+
+
+class InsideBus(BusError, RuntimeError):
+    """A call that waits for the whole bus was made from the bus's own work (a handler, a
+    callback): ``wait_idle()`` there would wait for itself. Call it from outside the bus."""

@@ -10,7 +10,7 @@ fixture), then::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
 import attrs
@@ -19,9 +19,10 @@ import trio
 from .._checks import check_async_fn
 from .._clock import trio_clock
 from .._keys import check_key
+from ._admission import check_job
 from ._builders import BatchBuilder, ChainBuilder, check_jobs
-from ._bus import H, Handler
 from ._errors import NotFound
+from ._handlers import H, Handler, Handlers, handler_decorator
 from ._model import (
     BatchState,
     ChainNode,
@@ -29,9 +30,9 @@ from ._model import (
     DispatchResult,
     Job,
     JobOptions,
-    encode_payload,
     id_source,
 )
+from ._rules import FailedJob
 
 
 @attrs.frozen
@@ -51,11 +52,32 @@ class FakeBus:
     """A stand-in for `Bus` that records dispatches, chains and batches instead of running them.
 
     It checks jobs as the real bus does (payloads must be JSON-serialisable, callbacks
-    callable), but needs no registration and never raises `DuplicateJob`.
+    callables or Jobs). Given ``handlers=`` (the `Handlers` your bus opens with), it refuses
+    job types they do not handle (`UnknownJobType`); given ``queues=``, unknown queues
+    (`ValueError`): as the real bus does. Without them it accepts any type and queue. It
+    never raises `DuplicateJob`.
     """
 
-    def __init__(self, *, default_queue: str = "default") -> None:
+    def __init__(
+        self,
+        *,
+        handlers: Handlers | None = None,
+        queues: Collection[str] | None = None,
+        default_queue: str | None = None,
+    ) -> None:
+        if handlers is not None and not isinstance(handlers, Handlers):
+            raise TypeError(f"handlers must be an actors.bus.Handlers, got {handlers!r}")
+        if queues is not None:
+            if isinstance(queues, str) or not isinstance(queues, Collection) or not queues:
+                raise TypeError(
+                    f"queues must name the bus's queues, e.g. ['default'], got {queues!r}"
+                )
+            queues = [check_key(q, "queue name") for q in queues]
+        if default_queue is None:
+            default_queue = "default" if not queues else next(iter(queues))
         self.default_queue = check_key(default_queue, "default_queue")
+        self._queues = queues
+        self._known: dict[str, Handler] | None = None if handlers is None else handlers.table()
         #: Jobs passed to `dispatch`, in order.
         self.dispatched: list[Job] = []
         #: Chains dispatched, as their jobs, in order.
@@ -81,22 +103,21 @@ class FakeBus:
         check_key(job_type, "job type")
         check_async_fn(handler, "handler")
         self.handlers[job_type] = handler
+        if self._known is not None:
+            self._known[job_type] = handler
 
     def handler(self, job_type: str) -> Callable[[H], H]:
         """Decorator form of `register`."""
-        check_key(job_type, "job type")
+        return handler_decorator(self.register, job_type)
 
-        def decorate(fn: H) -> H:
-            self.register(job_type, fn)
-            return fn
-
-        return decorate
+    def _check(self, job: Job, queue: str | None) -> None:
+        check_job(job, self._known, self._queues, job.options.queue or queue or self.default_queue)
 
     async def dispatch(self, job: Job) -> DispatchResult:
         """Record ``job`` (after the same payload check as the real bus)."""
         if not isinstance(job, Job):
             raise TypeError(f"dispatch() takes an actors.bus.Job, got {type(job).__name__}")
-        encode_payload(job.type, job.payload)
+        self._check(job, None)
         await trio.lowlevel.checkpoint()
         self.dispatched.append(job)
         return DispatchResult(self._ids(), self._ids(), job.options.queue or self.default_queue)
@@ -112,9 +133,15 @@ class FakeBus:
             self._clock = trio_clock()
         return self._clock()
 
+    def _check_all(self, builder: ChainBuilder | BatchBuilder, callbacks: list[object]) -> None:
+        for job in builder.jobs:
+            self._check(job, builder.queue)
+        for callback in callbacks:
+            if isinstance(callback, Job):
+                self._check(callback, builder.queue)
+
     async def _submit_chain(self, chain: ChainBuilder) -> str:
-        for job in chain.jobs:
-            encode_payload(job.type, job.payload)
+        self._check_all(chain, [chain.catch_callback, chain.finally_callback])
         await trio.lowlevel.checkpoint()
         self.chains.append(chain)
         chain_id, now = self._ids(), self._now()
@@ -140,8 +167,15 @@ class FakeBus:
         return chain_id
 
     async def _submit_batch(self, batch: BatchBuilder) -> str:
-        for job in batch.jobs:
-            encode_payload(job.type, job.payload)
+        self._check_all(
+            batch,
+            [
+                batch.progress_callback,
+                batch.then_callback,
+                batch.catch_callback,
+                batch.finally_callback,
+            ],
+        )
         await trio.lowlevel.checkpoint()
         self.batches.append(batch)
         batch_id, now = self._ids(), self._now()
@@ -182,13 +216,34 @@ class FakeBus:
         except KeyError:
             raise NotFound(f"FakeBus recorded no chain {chain_id!r}") from None
 
-    async def cancel_batch(self, batch_id: str) -> BatchState:
-        """Mark the recorded batch cancelled."""
+    async def cancel_batch(self, batch_id: str, *, abandon: bool = False) -> BatchState:
+        """Mark the recorded batch cancelled (and completed, with ``abandon=True``)."""
         state = await self.find_batch(batch_id)
         if not state.completed:
-            state = attrs.evolve(state, cancelled=True)
+            if abandon:
+                state = attrs.evolve(state, cancelled=True, completed=True, pending=0)
+            else:
+                state = attrs.evolve(state, cancelled=True)
             self._batch_states[batch_id] = state
         return state
+
+    async def cancel_chain(self, chain_id: str) -> ChainState:
+        """Mark the recorded chain failed with "cancelled"."""
+        state = await self.find_chain(chain_id)
+        if not (state.completed or state.failed):
+            state = attrs.evolve(state, failed=True, failure="cancelled")
+            self._chain_states[chain_id] = state
+        return state
+
+    async def failed_jobs(self) -> list[FailedJob]:
+        """Nothing runs, so nothing fails."""
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def retry_failed(self, job_id: str) -> DispatchResult:
+        """No job failed: `NotFound`."""
+        await trio.lowlevel.checkpoint()
+        raise NotFound(f"FakeBus has no failed job {job_id!r} (nothing runs in a FakeBus)")
 
     async def prune(self, before: datetime) -> int:
         """Nothing to prune."""

@@ -3,9 +3,11 @@
 SQLite calls block, so they run in a worker thread (`trio.to_thread.run_sync`), one thread
 call at a time (a `trio.CapacityLimiter` of 1 guards the connection). Calls that arrive while
 a thread call runs are *group-committed*: the next thread call runs them all in one
-``BEGIN IMMEDIATE`` transaction, so many tasks share one thread hop and one commit. A call
-that needs all-or-nothing inside the group uses its own savepoint (``_sqlite._transaction``).
-This is `SQLiteStore`'s scheme, as a class the store can share.
+``BEGIN IMMEDIATE`` transaction (`_sqlite._run_group`, the store's), so many tasks share one
+thread hop and one commit; each caller waits on its own `actors._reply.Reply`. A call that
+needs all-or-nothing inside the group uses its own savepoint (`_sqlite_schema.transaction`).
+Unlike `SQLiteStore`, which is served by a writer actor under the bus, this needs no task of
+its own: the first caller to find no group running leads, and runs groups until none waits.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import outcome
 import trio
 
-from ._sqlite import _Call, _run_group
+from .._reply import Reply
+from ._sqlite import _Op, _run_group, deliver_group
 
 T = TypeVar("T")
 
@@ -28,49 +30,41 @@ class GroupCommit:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.limiter = trio.CapacityLimiter(1)
-        self._pending: list[_Call] = []
+        self._pending: list[_Op] = []
         self._flushing = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Cancelled before its group starts, the call is dropped; once started, it completes
-        and its result is returned."""
+        """Cancelled before its call is queued, the call is dropped; once queued, it completes
+        and its result is returned (so no write is left unknown to its caller)."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        call = _Call(fn, args)
-        self._pending.append(call)
-        if not self._flushing:
-            # This caller leads: it runs groups until nothing is pending (shielded, so the
-            # calls of other tasks it took on are never left behind).
-            self._flushing = True
-            try:
-                with trio.CancelScope(shield=True):
+        reply: Reply[T] = Reply()
+        self._pending.append((fn, args, reply))
+        with trio.CancelScope(shield=True):
+            if not self._flushing:
+                # This caller leads: it runs groups until nothing is pending (shielded, so the
+                # calls of other tasks it took on are never left behind).
+                self._flushing = True
+                try:
                     await self._flush()
-            finally:
-                self._flushing = False
-        try:
-            await call.done.wait()
-        except trio.Cancelled:
-            if not call.taken:
-                call.abandoned = True
-                raise
-            with trio.CancelScope(shield=True):
-                await call.done.wait()
-        assert call.result is not None
-        result: T = call.result.unwrap()
-        return result
+                finally:
+                    self._flushing = False
+            answer = await reply.wait()
+        return answer
 
     async def _flush(self) -> None:
         while self._pending:
-            group = [call for call in self._pending if not call.abandoned]
-            self._pending = []
-            for call in group:
-                call.taken = True
+            group, self._pending = self._pending, []
             try:
-                await trio.to_thread.run_sync(_run_group, self.conn, group, limiter=self.limiter)
+                results = await trio.to_thread.run_sync(
+                    _run_group, self.conn, group, limiter=self.limiter
+                )
             except BaseException as exc:  # BEGIN or COMMIT failed: the whole group failed
-                for call in group:
-                    call.result = outcome.Error(exc)
-            for call in group:
-                call.done.set()
+                for _, _, reply in group:
+                    reply.fail(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            deliver_group(group, results, lambda exc: exc)
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self.conn.close, limiter=self.limiter)

@@ -5,10 +5,13 @@ Everything here is a frozen attrs class: safe to share between tasks, cheap to c
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import json
 import math
 import secrets
+import types
+import typing
 from collections.abc import Callable
 from datetime import datetime
 from itertools import count
@@ -34,10 +37,14 @@ def check_seconds(value: object, what: str, *, allow_zero: bool = True) -> float
 
 
 def check_callback(fn: object, what: str) -> None:
-    """Callbacks may be sync or async; they must at least be callable."""
+    """A callback is a `Job`, or a callable (sync or async) taking the state."""
+    if isinstance(fn, Job):
+        if fn.options.unique_for is not None:
+            raise ValueError(f"{what}: unique_for applies to bus.dispatch() only; remove it")
+        return
     if not callable(fn):
         raise TypeError(
-            f"{what} must be a function (sync or async) taking the state, "
+            f"{what} must be a Job or a function (sync or async) taking the state, "
             f"got {type(fn).__name__}: {fn!r}"
         )
 
@@ -124,20 +131,65 @@ def _structure(cls: Any, data: object) -> Any:
         raise TypeError(f"payload has keys {unknown} that {cls.__name__} has no field for")
     kwargs: dict[str, Any] = {}
     for f in fields:
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if isinstance(f.type, type) and attrs.has(f.type) and isinstance(value, dict):
-            value = _structure(f.type, value)
-        kwargs[f.alias or f.name] = value
+        if f.name in data:
+            kwargs[f.alias or f.name] = _structure_value(f.type, data[f.name])
     return cls(**kwargs)
+
+
+def _structure_value(hint: Any, value: object) -> Any:
+    """``value`` (decoded JSON) shaped as ``hint`` says: the inverse of encoding it.
+
+    Attrs classes come back from dicts, at any depth: in ``list[...]``, ``tuple[...]``,
+    ``dict[str, ...]`` and optional (``X | None``) fields. Anything else is left as decoded.
+    """
+    if value is None or hint is None or isinstance(hint, str):
+        return value
+    if isinstance(hint, type) and attrs.has(hint):
+        return _structure(hint, value) if isinstance(value, dict) else value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if isinstance(arg, type) and attrs.has(arg) and isinstance(value, dict):
+                return _structure(arg, value)
+        for arg in args:
+            if arg is not type(None):
+                shaped = _structure_value(arg, value)
+                if shaped is not value:
+                    return shaped
+        return value
+    if origin in (list, collections.abc.Sequence, collections.abc.MutableSequence):
+        if isinstance(value, list) and args:
+            return [_structure_value(args[0], item) for item in value]
+        return value
+    if origin is tuple and isinstance(value, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_structure_value(args[0], item) for item in value)
+        if args and len(args) == len(value):
+            return tuple(_structure_value(a, item) for a, item in zip(args, value, strict=True))
+        return tuple(value)
+    if origin in (dict, collections.abc.Mapping) and isinstance(value, dict) and len(args) == 2:
+        return {k: _structure_value(args[1], v) for k, v in value.items()}
+    return value
 
 
 # ------------------------------------------------------------------------------ jobs
 
 
+def check_text(value: object, what: str) -> str:
+    """A non-empty str that is valid Unicode text (no lone surrogates), as stores need it."""
+    text = check_key(value, what)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{what} {text!r} is not valid Unicode text (it holds a lone surrogate); "
+            "no store or broker can keep it: use plain text"
+        ) from None
+    return text
+
+
 def _check_job_type(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
-    check_key(value, "job type")
+    check_text(value, "job type")
 
 
 @attrs.frozen
@@ -179,7 +231,7 @@ class Job:
 
     def on_queue(self, name: str) -> Job:
         """Run on the queue called ``name`` (one of the bus's ``queues``)."""
-        return self._with(queue=check_key(name, "queue name"))
+        return self._with(queue=check_text(name, "queue name"))
 
     def delay(self, seconds: float) -> Job:
         """Wait ``seconds`` (>= 0) after dispatch before the first attempt."""
@@ -262,6 +314,10 @@ class QueuedJob:
     chain_id: str | None = None
     chain_index: int = 0
     batch_id: str | None = None
+    callback_of: str | None = None
+    """For a `Job` callback: ``"batch:<id>"`` or ``"chain:<id>"``, whose state it reads."""
+    error: str | None = None
+    """For a ``catch`` `Job` callback: the failure, as ``"ExceptionType: message"``."""
 
 
 class _AttemptFlags:
@@ -289,6 +345,12 @@ class JobContext:
     chain_id: str | None
     batch_id: str | None
     queue: str
+    state: BatchState | ChainState | None = None
+    """For a `Job` callback: the state of the batch or chain it was a callback of."""
+    error: str | None = None
+    """For a ``catch`` `Job` callback: the failure, as ``"ExceptionType: message"``."""
+    delivery: int = 1
+    """1 unless a durable broker redelivered this attempt (its worker died)."""
     _flags: _AttemptFlags = attrs.field(factory=_AttemptFlags, eq=False, repr=False)
 
     def bind(self, cls: type[T]) -> T:

@@ -57,7 +57,7 @@ from ._leased import (
     log,
 )
 from ._model import QueuedJob, check_seconds
-from ._sqlite import _transaction
+from ._sqlite_schema import transaction as _transaction
 
 T = TypeVar("T")
 

@@ -1,8 +1,8 @@
-"""Stores: where chain and batch state, callback records and unique keys live.
+"""Stores: where chain and batch state, callback claims, unique keys and failed jobs live.
 
 One `Store` protocol, two stores here: `MemoryStore` (the default) and `SQLiteStore`
-(`_sqlite.py`). The rules of how a batch moves (`apply_outcome`) are shared, so both stores
-count the same way; a store's job is to apply them atomically and idempotently:
+(`_sqlite.py`). The rules of how a batch and a chain move are shared (`_rules.py`), so both
+stores count the same way; a store's job is to apply them atomically and idempotently:
 
 * every job's final outcome is counted once, whatever arrives twice (keyed by job id);
 * a callback runs only after ``claim_callback`` recorded it, so it runs at most once even
@@ -12,80 +12,27 @@ count the same way; a store's job is to apply them atomically and idempotently:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol, runtime_checkable
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 import attrs
 import trio
 
 from ._errors import NotFound
-from ._model import BatchState, ChainNode, ChainState, JobRecord
-
-#: The final outcome of a batch job: it ran and succeeded, it ran and failed (after its
-#: retries), or it never ran because the batch was cancelled.
-Outcome = Literal["succeeded", "failed", "cancelled"]
-
-
-@attrs.frozen
-class JobOutcome:
-    """The final outcome of one batch job, as a worker reported it."""
-
-    job_id: str
-    outcome: Outcome
-
-
-@attrs.frozen
-class BatchRecord:
-    """A new batch, as `Store.create_batch` receives it."""
-
-    batch_id: str
-    dispatch_id: str
-    name: str | None
-    queue: str
-    allow_failures: bool
-    jobs: tuple[JobRecord, ...]
-    created_at: datetime
-
-
-@attrs.frozen
-class ChainRecord:
-    """A new chain, as `Store.create_chain` receives it."""
-
-    chain_id: str
-    dispatch_id: str
-    queue: str
-    nodes: tuple[JobRecord, ...]
-    created_at: datetime
-
-
-@attrs.frozen
-class BatchUpdate:
-    """What one atomic batch update did."""
-
-    state: BatchState
-    """The state after the update."""
-    progressed: tuple[BatchState, ...] = ()
-    """The state after each newly finished job (succeeded or failed), in order (unless
-    `Store.record_batch` was asked for no progress)."""
-    progressed_jobs: tuple[str, ...] = ()
-    """The job id behind each entry of ``progressed``, in the same order."""
-    first_failure: str | None = None
-    """The job id of the batch's first failure, if this update recorded it."""
-    cancelled_now: bool = False
-    """This update set ``cancelled``."""
-    finished_now: bool = False
-    """This update set ``completed``: the batch is over."""
-
-
-@attrs.frozen
-class ChainStep:
-    """What recording one chain node's outcome did."""
-
-    next_index: int
-    completed: bool
-    failed: bool
-    next_node: JobRecord | None
-    """The node to queue now (``None`` when the chain has ended)."""
+from ._model import BatchState, ChainState, JobRecord
+from ._rules import (
+    BatchRecord,
+    BatchRow,
+    BatchUpdate,
+    BatchUpdater,
+    ChainRecord,
+    ChainRow,
+    ChainStep,
+    FailedJob,
+    JobOutcome,
+    chain_state,
+    new_batch_row,
+)
 
 
 @runtime_checkable
@@ -98,6 +45,10 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections; the bus calls it when it closes. `open` may follow again."""
+        ...
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work while a bus runs (SQLite's group commit); a supervisor child."""
         ...
 
     async def claim_unique(self, key: str, now: datetime, expires_at: datetime) -> bool:
@@ -147,144 +98,41 @@ class Store(Protocol):
         """Record that callback ``name`` of ``owner`` runs now; False if it already did."""
         ...
 
-    async def prune(self, before: datetime) -> int:
-        """Delete finished chains and batches last updated before ``before`` (with their
-        callback records) and unique keys expired by then; return how many chains and
-        batches went."""
+    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
+        """The `Job` callbacks stored with ``owner`` (``"batch:<id>"``, ``"chain:<id>"``)."""
         ...
 
+    async def batch_cancelled(self, batch_id: str) -> bool:
+        """True if the batch was cancelled (from any process): its waiting jobs must not run."""
+        ...
 
-# ------------------------------------------------------------------------------ the rules
+    async def abandon_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
+        """Cancel the batch and count every job not finished as cancelled, so it completes
+        (for a batch whose process is gone); `NotFound` for an unknown id."""
+        ...
 
+    async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
+        """Stop the chain as failed with ``failure`` unless it has ended; True if it was
+        stopped now. `NotFound` for an unknown id."""
+        ...
 
-@attrs.define
-class BatchRow:
-    """A batch's counters while a store updates them (one transaction)."""
+    async def record_failed(self, job: FailedJob) -> None:
+        """Keep a failed job (one record per job id: a new failure replaces the old)."""
+        ...
 
-    batch_id: str
-    dispatch_id: str
-    name: str | None
-    queue: str
-    allow_failures: bool
-    total: int
-    pending: int
-    processed: int
-    failed: int
-    cancelled: bool
-    completed: bool
-    created_at: datetime
-    updated_at: datetime
+    async def failed_jobs(self) -> list[FailedJob]:
+        """Every failed job kept, oldest first."""
+        ...
 
-    def state(self) -> BatchState:
-        return BatchState(
-            batch_id=self.batch_id,
-            dispatch_id=self.dispatch_id,
-            name=self.name,
-            queue=self.queue,
-            allow_failures=self.allow_failures,
-            total=self.total,
-            pending=self.pending,
-            processed=self.processed,
-            failed=self.failed,
-            cancelled=self.cancelled,
-            completed=self.completed,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-        )
+    async def take_failed(self, job_id: str) -> FailedJob:
+        """Remove and return a failed job's record; `NotFound` for an unknown id."""
+        ...
 
-
-class BatchUpdater:
-    """Applies outcomes to a `BatchRow` by the batch rules and collects what happened.
-
-    The rules: a finished job leaves ``pending`` and is ``processed`` (and ``failed`` if it
-    failed); a cancelled job only leaves ``pending``. The first failure without
-    ``allow_failures`` cancels the jobs not started yet. The batch is ``completed`` when
-    nothing is pending.
-    """
-
-    def __init__(self, row: BatchRow, now: datetime, *, progress: bool = True) -> None:
-        self.row = row
-        self.now = now
-        self.track_progress = progress
-        self.progressed: list[BatchState] = []
-        self.progressed_jobs: list[str] = []
-        self.first_failure: str | None = None
-        self.cancelled_now = False
-        self.finished_now = False
-
-    def apply(self, outcome: JobOutcome) -> None:
-        """Apply one outcome the store has verified is new for this job."""
-        row = self.row
-        row.pending -= 1
-        row.updated_at = self.now
-        if outcome.outcome != "cancelled":
-            row.processed += 1
-            if outcome.outcome == "failed":
-                row.failed += 1
-                if row.failed == 1:
-                    self.first_failure = outcome.job_id
-                    if not row.allow_failures and row.pending > 0 and not row.cancelled:
-                        row.cancelled = True
-                        self.cancelled_now = True
-            self._check_finished()
-            if self.track_progress:
-                self.progressed.append(row.state())
-                self.progressed_jobs.append(outcome.job_id)
-        else:
-            self._check_finished()
-
-    def cancel(self) -> None:
-        row = self.row
-        if not row.completed and not row.cancelled:
-            row.cancelled = True
-            row.updated_at = self.now
-            self.cancelled_now = True
-
-    def _check_finished(self) -> None:
-        row = self.row
-        if row.pending <= 0 and not row.completed:
-            row.pending = 0
-            row.completed = True
-            self.finished_now = True
-
-    def result(self) -> BatchUpdate:
-        return BatchUpdate(
-            state=self.row.state(),
-            progressed=tuple(self.progressed),
-            progressed_jobs=tuple(self.progressed_jobs),
-            first_failure=self.first_failure,
-            cancelled_now=self.cancelled_now,
-            finished_now=self.finished_now,
-        )
-
-
-@attrs.define
-class ChainRow:
-    """A chain's progress while a store updates it."""
-
-    chain_id: str
-    dispatch_id: str
-    queue: str
-    length: int
-    next_index: int
-    completed: bool
-    failed: bool
-    failure: str | None
-    created_at: datetime
-    updated_at: datetime
-
-    def step(self, index: int, failure: str | None, now: datetime) -> bool:
-        """Record node ``index``'s outcome; False (nothing changed) if it is not the one due."""
-        if self.completed or self.failed or index != self.next_index:
-            return False
-        self.updated_at = now
-        if failure is not None:
-            self.failed = True
-            self.failure = failure
-        else:
-            self.next_index += 1
-            self.completed = self.next_index >= self.length
-        return True
+    async def prune(self, before: datetime) -> int:
+        """Delete finished chains and batches last updated before ``before`` (with their
+        callback records), failed jobs recorded before it and unique keys expired by then;
+        return how many chains and batches went."""
+        ...
 
 
 # ------------------------------------------------------------------------------ memory
@@ -313,6 +161,8 @@ class MemoryStore:
         self._chains: dict[str, _MemoryChain] = {}
         self._callbacks: dict[str, str] = {}  # "owner:name" -> owner
         self._uniques: dict[str, datetime] = {}
+        self._failed: dict[str, FailedJob] = {}
+        self._job_callbacks: dict[str, dict[str, JobRecord]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore batches={len(self._batches)} chains={len(self._chains)}>"
@@ -322,6 +172,11 @@ class MemoryStore:
 
     async def close(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to do in the background."""
+        task_status.started()
+        await trio.sleep_forever()
 
     async def claim_unique(self, key: str, now: datetime, expires_at: datetime) -> bool:
         await trio.lowlevel.checkpoint()
@@ -333,6 +188,8 @@ class MemoryStore:
 
     async def create_chain(self, record: ChainRecord) -> None:
         await trio.lowlevel.checkpoint()
+        if record.callbacks:
+            self._job_callbacks[f"chain:{record.chain_id}"] = dict(record.callbacks)
         self._chains[record.chain_id] = _MemoryChain(
             ChainRow(
                 chain_id=record.chain_id,
@@ -358,6 +215,14 @@ class MemoryStore:
         self, chain_id: str, index: int, failure: str | None, now: datetime
     ) -> ChainStep | None:
         await trio.lowlevel.checkpoint()
+        return self.record_chain_step_now(chain_id, index, failure, now)
+
+    def record_chain_step_now(
+        self, chain_id: str, index: int, failure: str | None, now: datetime
+    ) -> ChainStep | None:
+        """`record_chain_step` without yielding (the bus's coordinators use it: a dict
+        update cannot block, and a scheduling point is a large share of a step's cost:
+        measure with ``python -m bench.bus``)."""
         chain = self._chain(chain_id)
         row = chain.row
         if not row.step(index, failure, now):
@@ -372,6 +237,8 @@ class MemoryStore:
 
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
+        if record.callbacks:
+            self._job_callbacks[f"batch:{record.batch_id}"] = dict(record.callbacks)
         row = new_batch_row(record)
         self._batches[record.batch_id] = _MemoryBatch(
             row, dict.fromkeys((job.job_id for job in record.jobs), "pending")
@@ -391,6 +258,17 @@ class MemoryStore:
         progress: bool = True,
     ) -> BatchUpdate:
         await trio.lowlevel.checkpoint()
+        return self.record_batch_now(batch_id, outcomes, now, progress=progress)
+
+    def record_batch_now(
+        self,
+        batch_id: str,
+        outcomes: Sequence[JobOutcome],
+        now: datetime,
+        *,
+        progress: bool = True,
+    ) -> BatchUpdate:
+        """`record_batch` without yielding (see `record_chain_step_now`)."""
         batch = self._batch(batch_id)
         updater = BatchUpdater(batch.row, now, progress=progress)
         jobs = batch.jobs
@@ -414,8 +292,53 @@ class MemoryStore:
         self._callbacks[key] = owner
         return True
 
+    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
+        await trio.lowlevel.checkpoint()
+        return dict(self._job_callbacks.get(owner, {}))
+
+    async def batch_cancelled(self, batch_id: str) -> bool:
+        # No checkpoint: a worker asks before every batch job, and a dict lookup cannot block
+        # (a scheduling point here would also reorder which worker starts first).
+        batch = self._batches.get(batch_id)
+        return batch is not None and batch.row.cancelled
+
+    async def abandon_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
+        await trio.lowlevel.checkpoint()
+        batch = self._batch(batch_id)
+        updater = BatchUpdater(batch.row, now)
+        updater.cancel()
+        for job_id, status in batch.jobs.items():
+            if status == "pending":
+                batch.jobs[job_id] = "cancelled"
+                updater.apply(JobOutcome(job_id, "cancelled"))
+        return updater.result()
+
+    async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
+        await trio.lowlevel.checkpoint()
+        row = self._chain(chain_id).row
+        return row.step(row.next_index, failure, now)
+
+    async def record_failed(self, job: FailedJob) -> None:
+        await trio.lowlevel.checkpoint()
+        self._failed.pop(job.id, None)
+        self._failed[job.id] = job
+
+    async def failed_jobs(self) -> list[FailedJob]:
+        await trio.lowlevel.checkpoint()
+        return list(self._failed.values())
+
+    async def take_failed(self, job_id: str) -> FailedJob:
+        await trio.lowlevel.checkpoint()
+        try:
+            return self._failed.pop(job_id)
+        except KeyError:
+            raise NotFound(
+                f"no failed job {job_id!r} in this store (wrong id, or pruned)"
+            ) from None
+
     async def prune(self, before: datetime) -> int:
         await trio.lowlevel.checkpoint()
+        self._failed = {k: f for k, f in self._failed.items() if f.failed_at >= before}
         owners: set[str] = set()
         for batch_id, batch in list(self._batches.items()):
             if batch.row.completed and batch.row.updated_at < before:
@@ -427,6 +350,8 @@ class MemoryStore:
                 del self._chains[chain_id]
                 owners.add(f"chain:{chain_id}")
         self._callbacks = {k: o for k, o in self._callbacks.items() if o not in owners}
+        for owner in owners:
+            self._job_callbacks.pop(owner, None)
         self._uniques = {k: t for k, t in self._uniques.items() if t >= before}
         return len(owners)
 
@@ -441,49 +366,3 @@ class MemoryStore:
             return self._chains[chain_id]
         except KeyError:
             raise NotFound(f"no chain {chain_id!r} in this store (wrong id, or pruned)") from None
-
-
-def new_batch_row(record: BatchRecord) -> BatchRow:
-    return BatchRow(
-        batch_id=record.batch_id,
-        dispatch_id=record.dispatch_id,
-        name=record.name,
-        queue=record.queue,
-        allow_failures=record.allow_failures,
-        total=len(record.jobs),
-        pending=len(record.jobs),
-        processed=0,
-        failed=0,
-        cancelled=False,
-        completed=not record.jobs,
-        created_at=record.created_at,
-        updated_at=record.created_at,
-    )
-
-
-def chain_state(row: ChainRow, nodes: Sequence[JobRecord]) -> ChainState:
-    return ChainState(
-        chain_id=row.chain_id,
-        dispatch_id=row.dispatch_id,
-        queue=row.queue,
-        nodes=tuple(ChainNode(node.job_id, node.to_job()) for node in nodes),
-        next_index=row.next_index,
-        completed=row.completed,
-        failed=row.failed,
-        failure=row.failure,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def to_micros(moment: datetime) -> int:
-    """An aware datetime as exact integer microseconds since the Unix epoch (for SQL)."""
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + micros * _MICROSECOND

@@ -16,7 +16,16 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.bus import BatchState, ChainState, Job, JobContext, SQLiteStore, Store, open_bus
+from actors.bus import (
+    BatchState,
+    ChainState,
+    Job,
+    JobContext,
+    MemoryStore,
+    SQLiteStore,
+    Store,
+    open_bus,
+)
 
 MODES = st.sampled_from(["ok", "ok", "fail", "flaky"])
 
@@ -219,3 +228,42 @@ def test_random_mixes_on_the_memory_store(plan: list[GroupSpec]) -> None:
 def test_random_mixes_on_sqlite(plan: list[GroupSpec]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(scenario, plan, SQLiteStore(Path(tmp) / "bus.db"), True)
+
+
+class FlakyStore(MemoryStore):
+    """Every ``fail_every``-th write fails before it commits (a locked file, a full disk)."""
+
+    def __init__(self, fail_every: int) -> None:
+        super().__init__()
+        self.fail_every = fail_every
+        self.calls = 0
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls % self.fail_every == 0:
+            raise OSError("database or disk is full")
+
+    async def record_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_fail()
+        return await super().record_batch(*args, **kwargs)
+
+    async def record_chain_step(self, *args: Any) -> Any:
+        self._maybe_fail()
+        return await super().record_chain_step(*args)
+
+    async def claim_callback(self, *args: Any) -> bool:
+        self._maybe_fail()
+        return await super().claim_callback(*args)
+
+    async def record_failed(self, *args: Any) -> None:
+        self._maybe_fail()
+        await super().record_failed(*args)
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=st.lists(groups, min_size=1, max_size=4), fail_every=st.integers(2, 5))
+def test_random_mixes_with_failing_store_writes(plan: list[GroupSpec], fail_every: int) -> None:
+    """Outcome writes that fail are retried: every account still adds up, no callback runs
+    twice or is lost."""
+    store = FlakyStore(fail_every)
+    trio.run(scenario, plan, store, False, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -1,5 +1,6 @@
-"""Regressions from the Bus audit: closing, cancellation, uniqueness, timeouts, batch ends,
-payload keys, event order and fields, cancelling a batch from its own callback."""
+"""A bus's lifecycle at its edges: leaving the block, cancelled callers, unique claims,
+timeouts inside middleware, how a batch ends, payload keys, event order and fields, and
+cancelling a batch from its own callback."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from actors.bus import (
     BusClosed,
     DispatchResult,
     DuplicateJob,
-    Event,
     EventKind,
     FailOnError,
     Job,
     JobContext,
+    MemoryBroker,
+    MemoryQueue,
+    MemoryStore,
     NotFound,
     open_bus,
 )
@@ -32,21 +35,22 @@ async def test_a_dispatch_under_way_when_the_bus_goes_idle_still_runs(autojump_c
     ran: list[tuple[Any, float]] = []
     results: list[DispatchResult] = []
 
-    async def slow_observer(event: Event) -> None:
-        if event.kind == EventKind.DISPATCH_STARTED:
+    class SlowStore(MemoryStore):
+        async def claim_unique(self, key: str, now: Any, expires_at: Any) -> bool:
             await trio.sleep(1)
+            return await super().claim_unique(key, now, expires_at)
 
     async def handler(ctx: JobContext) -> None:
         ran.append((ctx.payload, trio.current_time()))
 
     async def late(bus: Any) -> None:
-        results.append(await bus.dispatch(Job("a", "late")))
+        results.append(await bus.dispatch(Job("a", "late").unique_for(60)))
 
     async with trio.open_nursery() as nursery:
-        async with open_bus(observers=[slow_observer]) as bus:
+        async with open_bus(store=SlowStore()) as bus:
             bus.register("a", handler)
             nursery.start_soon(late, bus)
-            await trio.sleep(0.5)  # the dispatch is under way (in its observer) till 1.0
+            await trio.sleep(0.5)  # the dispatch is under way (claiming) till 1.0
         left_at = trio.current_time()
     assert len(results) == 1
     assert ran == [("late", 1.0)]
@@ -102,25 +106,26 @@ async def test_a_caller_cancelled_after_the_store_write_leaves_nothing_behind(
     """Once stored or accepted, a dispatch completes (queues, reports, returns) even if its
     caller is cancelled meanwhile; nothing is left stored but never queued."""
 
-    async def slow_observer(event: Event) -> None:
-        if event.kind in (
-            EventKind.CHAIN_STARTED,
-            EventKind.BATCH_STARTED,
-            EventKind.DISPATCH_SUCCEEDED,
-        ):
-            await trio.sleep(1)
+    class SlowQueue(MemoryQueue):
+        async def put(self, jobs: Any, *, delay: float = 0.0) -> None:
+            await trio.sleep(1)  # a broker round trip, after the store write
+            await super().put(jobs, delay=delay)
+
+    class SlowBroker(MemoryBroker):
+        def queue(self, name: str) -> MemoryQueue:
+            return self.__dict__.setdefault(name, SlowQueue(name))  # type: ignore[no-any-return]
 
     ran: list[str] = []
 
     async def handler(ctx: JobContext) -> None:
         ran.append(ctx.job_id)
 
-    async with open_bus(observers=[slow_observer]) as bus:
+    async with open_bus(broker=SlowBroker()) as bus:
         bus.register("a", handler)
         chain_ids: list[str] = []
         with trio.move_on_after(0.5):
             chain_ids.append(await bus.chain(Job("a"), Job("a")).dispatch())
-        assert trio.current_time() == 2.0  # both emits ran to the end, shielded
+        assert trio.current_time() == 1.0  # the put ran to the end, shielded
         batch_ids: list[str] = []
         with trio.move_on_after(0.5):
             batch_ids.append(await bus.batch(Job("a"), Job("a")).dispatch())

@@ -33,8 +33,10 @@ from actors.bus import (
     NotFound,
     SQLiteStore,
     Store,
+    StoreError,
     open_bus,
 )
+from actors.bus._sqlite_schema import MIGRATIONS
 
 from .helpers import Recorder
 
@@ -66,7 +68,7 @@ async def test_the_schema_is_created_once_on_first_use(tmp_path: Path) -> None:
     await store.open()
     await store.open()  # idempotent
     await store.close()
-    assert store.schema_version() == 1
+    assert store.schema_version() == len(MIGRATIONS)
     again = SQLiteStore(str(path))
     await again.open()
     await again.close()
@@ -320,19 +322,27 @@ async def test_group_commit_isolates_each_call(tmp_path: Path) -> None:
     async def fail(call: Any) -> None:
         try:
             await call
-        except (NotFound, sqlite3.IntegrityError) as exc:
+        except (NotFound, StoreError) as exc:
             failures.append(exc)
 
-    async with trio.open_nursery() as nursery:
-        for i in range(30):
-            nursery.start_soon(claim, i)
-            if i % 10 == 0:
-                nursery.start_soon(fail, store.get_batch(f"missing-{i}"))
-                nursery.start_soon(fail, store.create_batch(record))  # duplicate id
+    async with trio.open_nursery() as served:
+        await served.start(store.serve)  # the group-committing writer, as a bus runs it
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(claim, i)
+                if i % 10 == 0:
+                    nursery.start_soon(fail, store.get_batch(f"missing-{i}"))
+                    nursery.start_soon(fail, store.create_batch(record))  # duplicate id
+        served.cancel_scope.cancel()
+    assert all(
+        isinstance(e.__cause__, sqlite3.IntegrityError)
+        for e in failures
+        if isinstance(e, StoreError)
+    )
     state = await store.get_batch("b1")
     await store.close()
     assert claims == dict.fromkeys(range(30), True)
-    assert sorted(type(e).__name__ for e in failures) == ["IntegrityError"] * 3 + ["NotFound"] * 3
+    assert sorted(type(e).__name__ for e in failures) == ["NotFound"] * 3 + ["StoreError"] * 3
     assert state.total == 1
 
 
@@ -360,3 +370,67 @@ async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Pat
         gate.set()
     assert await store.claim_callback("batch:x", "then", T0)  # the cancelled claim never ran
     await store.close()
+
+
+async def test_two_buses_creating_one_new_file_at_once_both_open(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes a lock the busy handler does not wait for; both
+    openers must still succeed (real threads, so many trials)."""
+    for trial in range(40):
+        stores = [SQLiteStore(tmp_path / f"new-{trial}.db") for _ in range(2)]
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                nursery.start_soon(store.open)
+        for store in stores:
+            await store.close()
+
+
+async def test_sqlite_errors_name_the_file(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)  # a directory: SQLite cannot open it
+    with pytest.raises(StoreError, match=str(tmp_path)) as caught:
+        await store.open()
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+
+
+async def test_failed_jobs_are_kept_in_the_file(tmp_path: Path) -> None:
+    async def bad(ctx: JobContext) -> None:
+        raise ValueError(f"bad {ctx.payload}")
+
+    path = tmp_path / "bus.db"
+    async with open_bus(store=SQLiteStore(path)) as bus:
+        bus.register("bad", bad)
+        result = await bus.dispatch(Job("bad", 7).retry(1))
+    async with open_bus(store=SQLiteStore(path)) as bus:  # a restart still has it
+        bus.register("bad", bad)
+        [failed] = await bus.failed_jobs()
+        assert (failed.id, failed.attempts, failed.error) == (result.job_id, 2, "ValueError: bad 7")
+        assert "Traceback" in failed.traceback
+        assert failed.job.retry == 1
+        await bus.retry_failed(failed.id)
+        await bus.wait_idle()
+        [again] = await bus.failed_jobs()  # it failed again: a new record
+        assert again.id != failed.id
+
+
+async def test_cancel_batch_through_the_file_stops_another_bus(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "bus.db"
+    ran: list[int] = []
+
+    async def work(ctx: JobContext) -> None:
+        ran.append(ctx.payload)
+
+    async with open_bus(store=SQLiteStore(path)) as bus:
+        bus.register("work", work)
+        batch_id = await bus.batch(*(Job("work", i).delay(5) for i in range(3))).dispatch()
+        other = SQLiteStore(path)  # another process's store on the same file
+        await other.open()
+        await other.cancel_batch(batch_id, T0)
+        await other.close()
+        mock_clock.jump(5)
+        with trio.fail_after(5):
+            await bus.wait_idle()
+        state = await bus.find_batch(batch_id)
+    assert ran == []
+    assert state.completed
+    assert state.cancelled

@@ -13,7 +13,7 @@ import pytest
 import trio
 from rich.console import Console
 
-EXAMPLES = Path(__file__).parent.parent.parent / "examples"
+EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 def load(name: str) -> Any:

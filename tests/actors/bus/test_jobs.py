@@ -15,12 +15,14 @@ import trio.testing
 import actors
 from actors.bus import (
     BusClosed,
+    Delivery,
     DispatchResult,
     DuplicateJob,
     EventKind,
     Job,
     JobContext,
     JobOptions,
+    MemoryBroker,
     MemoryQueue,
     Queue,
     QueuedJob,
@@ -468,26 +470,39 @@ async def test_a_closed_bus_says_so(autojump_clock: Any) -> None:
         await bus.wait_idle()
 
 
-async def test_a_queue_factory_replaces_the_queues(autojump_clock: Any) -> None:
-    """Workers and coordinators only use the `Queue` protocol, so any queue can stand in."""
+async def test_a_broker_replaces_the_queues(autojump_clock: Any) -> None:
+    """Workers and coordinators only use the `BrokerQueue` protocol (put, get, ack, retry),
+    so any broker's queues can stand in."""
     made: dict[str, CountingQueue] = {}
 
     class CountingQueue(MemoryQueue):
         def __init__(self, name: str) -> None:
             super().__init__(name)
-            self.puts = self.gets = 0
+            self.puts = self.gets = self.acks = self.retries = 0
             made[name] = self
 
-        async def put(self, jobs: Sequence[QueuedJob], *, at: float | None = None) -> None:
+        async def put(self, jobs: Sequence[QueuedJob], *, delay: float = 0.0) -> None:
             self.puts += len(jobs)
-            await super().put(jobs, at=at)
+            await super().put(jobs, delay=delay)
 
-        async def get(self) -> QueuedJob:
+        async def get(self) -> Delivery:
             self.gets += 1
             return await super().get()
 
+        async def ack(self, delivery: Delivery) -> None:
+            self.acks += 1
+            await super().ack(delivery)
+
+        async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
+            self.retries += 1
+            await super().retry(delivery, job, delay=delay)
+
+    class CountingBroker(MemoryBroker):
+        def queue(self, name: str) -> MemoryQueue:
+            return made.get(name) or CountingQueue(name)
+
     ran: list[Any] = []
-    async with open_bus(queues={"q": 2}, queue_factory=CountingQueue) as bus:
+    async with open_bus(queues={"q": 2}, broker=CountingBroker()) as bus:
 
         @bus.handler("a")
         async def handler(ctx: JobContext) -> None:
@@ -502,9 +517,11 @@ async def test_a_queue_factory_replaces_the_queues(autojump_clock: Any) -> None:
         await bus.wait_idle()
         assert isinstance(made["q"], Queue)
     assert sorted(map(str, ran)) == ["1", "2", "plain", "retry", "retry", "x", "y"]
-    assert made["q"].puts == 7  # the retry was put back once
-    assert made["q"].gets >= 7
+    assert made["q"].puts == 7  # six dispatched; MemoryQueue.retry puts the next attempt
+    assert made["q"].retries == 1
+    assert made["q"].gets >= 7  # (idle workers wait inside get() too)
+    assert made["q"].acks == 6  # every final outcome acknowledged
 
-    with pytest.raises(TypeError, match=r"did not return an actors\.bus\.Queue"):
-        async with open_bus(queue_factory=lambda name: object()):  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"must implement actors\.bus\.Broker"):
+        async with open_bus(broker=object()):  # type: ignore[arg-type]
             pass  # pragma: no cover

@@ -1,0 +1,315 @@
+"""Admission: the one path by which jobs, chains and batches enter the bus.
+
+``admit`` checks every job against the bus (type, queue, payload, callbacks), waits for room,
+stores the chain or batch (or claims the unique key), hands the in-process callbacks to the
+coordinator, and puts the jobs on their queues. Refused: nothing is kept and the caller gets
+a clear error. Accepted: the dispatch completes whatever happens to the caller meanwhile. A
+queue that refuses the jobs leaves no chain or batch behind (it is failed or cancelled in the
+store) and the dispatch fails with ``dispatch_failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import timedelta
+from hashlib import sha1
+from typing import Any
+
+import trio
+
+from ._batches import Batches, BatchLocal
+from ._builders import BatchBuilder, ChainBuilder
+from ._chains import ChainLocal, Chains, queued
+from ._errors import BusError, DuplicateJob, UnknownJobType
+from ._events import EventKind
+from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe, encode_payload
+from ._parts import Parts
+from ._rules import BatchRecord, ChainRecord
+
+
+def check_job(
+    job: Job, job_types: Collection[str] | None, queues: Collection[str] | None, queue: str
+) -> str:
+    """Refuse what a bus with these job types and queues would refuse (also `FakeBus`);
+    return the payload as JSON text."""
+    if job_types is not None and job.type not in job_types:
+        raise UnknownJobType(
+            f"no handler is registered for job type {job.type!r}; register one with "
+            f"bus.register({job.type!r}, handler) or @handlers.handler({job.type!r}) "
+            f"(registered: {sorted(job_types)})"
+        )
+    if queues is not None and queue not in queues:
+        raise ValueError(
+            f"job {job.type!r} is for queue {queue!r}, which this bus does not have; "
+            f"open_bus(queues=...) has {list(queues)}"
+        )
+    return encode_payload(job.type, job.payload)
+
+
+class Admission:
+    """Turns checked jobs into stored records and queued attempts."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        handlers: Mapping[str, object],
+        chains: Chains,
+        batches: Batches,
+        *,
+        runs_callbacks: bool,
+    ) -> None:
+        self._parts = parts
+        self._handlers = handlers
+        self._chains = chains
+        self._batches = batches
+        self._runs_callbacks = runs_callbacks
+        self.default_queue = next(iter(parts.queues))
+
+    def record(self, job: Job, default_queue: str | None) -> JobRecord:
+        """Check a job against this bus and freeze it into a `JobRecord`."""
+        options = job.options
+        queue = options.queue or default_queue or self.default_queue
+        payload = check_job(job, self._handlers, self._parts.queues, queue)
+        return JobRecord(
+            job_id=self._parts.ids(),
+            job_type=job.type,
+            payload=payload,
+            queue=queue,
+            delay=options.delay,
+            timeout=options.timeout,
+            retry=options.retry,
+            backoff=options.backoff,
+        )
+
+    def _callbacks(
+        self, named: Sequence[tuple[str, Any]], default_queue: str | None
+    ) -> tuple[dict[str, Any], tuple[tuple[str, JobRecord], ...]]:
+        """The callables (kept in this process) and the checked `Job` callbacks (stored with
+        the chain or batch, so any process runs them)."""
+        callables: dict[str, Any] = {}
+        jobs: list[tuple[str, JobRecord]] = []
+        for name, callback in named:
+            if isinstance(callback, Job):
+                jobs.append((name, self.record(callback, default_queue)))
+            elif callback is not None:
+                self._check_callable()
+                callables[name] = callback
+        return callables, tuple(jobs)
+
+    def _check_callable(self) -> None:
+        if not self._runs_callbacks:
+            raise BusError(
+                "this bus runs no jobs (workers=False), so it cannot run a callable callback; "
+                "pass a Job callback (e.g. .then(Job('reports:publish'))) that any worker runs"
+            )
+
+    async def admit(
+        self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder | None
+    ) -> DispatchResult | str:
+        """Admit one job (``builder`` None), a chain or a batch; return its ids."""
+        if builder is None:
+            return await self._admit_job(jobs[0])
+        return await self._admit_group(jobs, builder)
+
+    async def _admit_group(self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder) -> str:
+        """`admit` for a chain or a batch: stored first, then its jobs queued."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parts, emitter = self._parts, self._parts.emitter
+        dispatch_id, owner_id = parts.ids(), parts.ids()
+        is_chain = isinstance(builder, ChainBuilder)
+        fields: dict[str, Any] = {
+            "dispatch_id": dispatch_id,
+            "chain_id" if is_chain else "batch_id": owner_id,
+            "queue": builder.queue or self.default_queue,
+        }
+        started = trio.current_time()
+        if emitter.active:
+            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
+        try:
+            records = tuple(self.record(job, builder.queue) for job in jobs)
+            local, job_callbacks = self._local(builder, started)
+            await parts.wait_room(1 if is_chain else len(records))
+            now = parts.clock()
+            if isinstance(builder, ChainBuilder):
+                record = ChainRecord(
+                    owner_id, dispatch_id, fields["queue"], records, now, job_callbacks
+                )
+                await parts.store.create_chain(record)
+            else:
+                await parts.store.create_batch(
+                    BatchRecord(
+                        owner_id,
+                        dispatch_id,
+                        builder.batch_name,
+                        fields["queue"],
+                        builder.allows_failures,
+                        records,
+                        now,
+                        job_callbacks,
+                    )
+                )
+        except BaseException as exc:
+            if emitter.active:
+                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+            raise
+        # Stored: queue and report it, whatever happens to the caller meanwhile (a stored
+        # chain or batch whose jobs never reach a queue would never end).
+        with trio.CancelScope(shield=True):
+            try:
+                await self._queue(builder, owner_id, dispatch_id, records, local)
+            except BaseException as exc:
+                await self._undo(builder, owner_id, exc)
+                if emitter.active:
+                    emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+                raise
+            if emitter.active:
+                kind = EventKind.CHAIN_STARTED if is_chain else EventKind.BATCH_STARTED
+                emitter.emit(kind, **fields)
+                duration = trio.current_time() - started
+                emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return owner_id
+
+    async def _admit_job(self, job: Job) -> DispatchResult:
+        """`admit` for one plain job: no store record, one `QueuedJob` built, and on the
+        memory broker no yield (so no shield) between acceptance and return."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parts, emitter = self._parts, self._parts.emitter
+        dispatch_id = parts.ids()
+        options = job.options
+        queue = options.queue or self.default_queue
+        if emitter.active:
+            started = trio.current_time()
+            fields: dict[str, Any] = {
+                "dispatch_id": dispatch_id,
+                "job_type": job.type,
+                "queue": queue,
+            }
+            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
+        try:
+            payload = check_job(job, self._handlers, parts.queues, queue)
+            queued = QueuedJob(
+                parts.ids(),
+                dispatch_id,
+                job.type,
+                payload,
+                queue,
+                options.timeout,
+                options.retry,
+                options.backoff,
+            )
+            await parts.wait_room(1)
+            if options.unique_for is not None:
+                # Claimed last, just before queueing: a dispatch cancelled earlier claims nothing.
+                await self._claim_unique(job.type, payload, options.unique_for)
+        except BaseException as exc:
+            if emitter.active:
+                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+            raise
+        # Accepted: queue and report it, whatever happens to the caller meanwhile.
+        if parts.puts_now(queue):
+            parts.put_now((queued,), options.delay)  # nothing here yields: no shield needed
+        else:
+            with trio.CancelScope(shield=True):
+                try:
+                    await parts.put((queued,), options.delay)
+                except BaseException as exc:
+                    if emitter.active:
+                        emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+                    raise
+        if emitter.active:
+            duration = trio.current_time() - started
+            emitter.emit(
+                EventKind.DISPATCH_SUCCEEDED, job_id=queued.job_id, duration=duration, **fields
+            )
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return DispatchResult(dispatch_id, queued.job_id, queue)
+
+    def _local(
+        self, builder: ChainBuilder | BatchBuilder, started: float
+    ) -> tuple[ChainLocal | BatchLocal, tuple[tuple[str, JobRecord], ...]]:
+        """What this process keeps (callables, timing) and the `Job` callbacks to store."""
+        if isinstance(builder, ChainBuilder):
+            fns, jobs = self._callbacks(
+                [("catch", builder.catch_callback), ("finally", builder.finally_callback)],
+                builder.queue,
+            )
+            return ChainLocal(fns.get("catch"), fns.get("finally"), started, bool(jobs)), jobs
+        fns, jobs = self._callbacks(
+            [
+                ("progress", builder.progress_callback),
+                ("then", builder.then_callback),
+                ("catch", builder.catch_callback),
+                ("finally", builder.finally_callback),
+            ],
+            builder.queue,
+        )
+        local = BatchLocal(
+            progress=fns.get("progress"),
+            then=fns.get("then"),
+            catch=fns.get("catch"),
+            finally_=fns.get("finally"),
+            allow_failures=builder.allows_failures,
+            started_at=started,
+            has_jobs=bool(jobs),
+        )
+        return local, jobs
+
+    async def _queue(
+        self,
+        builder: ChainBuilder | BatchBuilder,
+        owner_id: str,
+        dispatch_id: str,
+        records: Sequence[JobRecord],
+        local: ChainLocal | BatchLocal,
+    ) -> None:
+        parts = self._parts
+        if isinstance(builder, ChainBuilder):
+            assert isinstance(local, ChainLocal)
+            self._chains.adopt(owner_id, local)
+            first = records[0]
+            await parts.put(
+                (queued(first, dispatch_id, chain_id=owner_id, chain_index=0),), first.delay
+            )
+        else:
+            assert isinstance(local, BatchLocal)
+            self._batches.adopt(owner_id, local)
+            await parts.put_many(
+                [(queued(job, dispatch_id, batch_id=owner_id), job.delay) for job in records]
+            )
+
+    async def _undo(
+        self, builder: ChainBuilder | BatchBuilder, owner_id: str, exc: BaseException
+    ) -> None:
+        """The queue refused: no chain or batch stays recorded as running."""
+        parts, now = self._parts, self._parts.clock()
+        reason = f"dispatch failed: {describe(exc)}"
+        if isinstance(builder, ChainBuilder):
+            self._chains.forget(owner_id)
+            await parts.recorder.write(
+                f"the failed dispatch of chain {owner_id}",
+                parts.store.fail_chain,
+                owner_id,
+                reason,
+                now,
+            )
+        else:
+            self._batches.forget(owner_id)
+            await parts.recorder.write(
+                f"the failed dispatch of batch {owner_id}",
+                parts.store.abandon_batch,
+                owner_id,
+                now,
+            )
+            for queue in parts.queues.values():  # what an earlier group put is taken back
+                parts.done(len(await queue.discard(owner_id)))
+
+    async def _claim_unique(self, job_type: str, payload: str, ttl: float) -> None:
+        digest = sha1(payload.encode(), usedforsecurity=False).hexdigest()
+        now = self._parts.clock()
+        key = f"{job_type}:{digest}"
+        if not await self._parts.store.claim_unique(key, now, now + timedelta(seconds=ttl)):
+            raise DuplicateJob(
+                f"job {job_type!r} with this payload was already dispatched in the last "
+                f"{ttl:g}s (unique_for); this dispatch was refused"
+            )

@@ -1,0 +1,308 @@
+"""Batch coordinators: one keyed actor per batch, the only writer of its batch.
+
+Workers *tell* a batch's coordinator each job's final outcome (`Done`); the coordinator takes
+every outcome waiting in its mailbox (`KeyedActors.take_pending`), records them in one store
+write (retried until it commits), acknowledges their deliveries, then acts on the update:
+cancels what is left (after a failure or `cancel_batch`), reports progress and runs the
+callbacks, ``finally_`` last of all. Whether a batch is cancelled, its callbacks and its first
+error live here and nowhere else; workers only read `is_cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+import trio
+
+from .._keyed import KeyedActors
+from ._callbacks import Callback, Owner, run_callback
+from ._coordinators import Coordinators, Done
+from ._errors import BusError, NotFound
+from ._events import EventKind
+from ._model import BatchState, QueuedJob
+from ._parts import INSIDE, Parts
+from ._rules import BatchUpdate, JobOutcome
+
+log = logging.getLogger("actors.bus")
+
+
+@attrs.frozen
+class Cancel:
+    """`Bus.cancel_batch` -> the batch's coordinator (asked: it answers with the state)."""
+
+    abandon: bool = False
+
+
+_CANCEL: Final = Cancel()
+Message = Done | Cancel
+
+
+@attrs.define(eq=False)
+class BatchLocal:
+    """What only the process that built a batch knows: callbacks, start time, first error."""
+
+    progress: Callback | None = None
+    then: Callback | None = None
+    catch: Callback | None = None
+    finally_: Callback | None = None
+    allow_failures: bool = False
+    started_at: float = 0.0
+    has_jobs: bool = False
+    r"""Some callbacks are `Job`\ s, stored with the batch."""
+    first_error: BaseException | None = None
+    finished: bool = False
+
+
+class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
+    """The registry of batch coordinators (a supervisor child of the bus)."""
+
+    kind = "batch"
+
+    def __init__(self, parts: Parts, idle_timeout: float) -> None:
+        super().__init__(parts, idle_timeout)
+        #: Batches known cancelled here, whose waiting jobs were taken off this bus's queues.
+        self._cancelled: set[str] = set()
+        #: The task running each batch's coordinator turn now (a callback of the batch may
+        #: cancel it from inside that turn).
+        self._turn: dict[str, trio.lowlevel.Task] = {}
+        #: Batches whose first failure is on its way to the coordinator (it will cancel them).
+        self._stopping: set[str] = set()
+
+    def is_cancelled(self, batch_id: str) -> bool:
+        return batch_id in self._cancelled or batch_id in self._stopping
+
+    async def tell(self, done: Done) -> None:
+        """Hand the coordinator a job's outcome. A failure that will cancel the batch stops
+        this process's workers from starting its jobs at once, before the write is done."""
+        batch_id = done.job.batch_id
+        assert batch_id is not None
+        if done.outcome == "failed":
+            local = self._local.get(batch_id)
+            if local is not None and not local.allow_failures:
+                self._stopping.add(batch_id)
+        await self._keyed.tell(batch_id, done)
+
+    async def cancel(self, batch_id: str, *, abandon: bool = False) -> BatchState:
+        """Have the coordinator cancel the batch; from the batch's own callback, do it here."""
+        message = Cancel(abandon) if abandon else _CANCEL
+        if self._turn.get(batch_id) is trio.lowlevel.current_task():
+            return await self._cancel(batch_id, message)
+        self._parts.add(1)  # the bus is not idle while a cancel is under way
+        try:
+            state = await self._keyed.ask(batch_id, message)
+        finally:
+            self._parts.done(1)
+        assert state is not None  # a cancel always answers with the state
+        return state
+
+    # ---------------------------------------------------------------- the coordinator
+
+    async def _handle(self, batch_id: str, message: Message) -> BatchState | None:
+        # Reset after: with an older core an ask may run this in the asker's task.
+        inside = INSIDE.set(True)
+        self._turn[batch_id] = trio.lowlevel.current_task()
+        try:
+            if isinstance(message, Cancel):
+                return await self._cancel(batch_id, message)
+            return await self._record(batch_id, message)
+        finally:
+            del self._turn[batch_id]
+            INSIDE.reset(inside)
+
+    async def _cancel(self, batch_id: str, message: Cancel) -> BatchState:
+        store, now = self._parts.store, self._parts.clock()
+        if message.abandon:
+            update = await store.abandon_batch(batch_id, now)
+        else:
+            update = await store.cancel_batch(batch_id, now)
+        return await self._settle(batch_id, update, ())
+
+    async def _record(self, batch_id: str, first: Done) -> BatchState | None:
+        keyed, parts = self._keyed, self._parts
+        local = self._local.get(batch_id)
+        progress = parts.emitter.active or (local is not None and local.progress is not None)
+        messages: list[Done] = [first]
+        while True:
+            messages.extend(_take(keyed, batch_id))
+            try:
+                outcomes = [JobOutcome(m.job.job_id, m.outcome) for m in messages]
+                memory = parts.memory
+                if memory is not None:
+                    try:
+                        update: BatchUpdate | None = memory.record_batch_now(
+                            batch_id, outcomes, parts.clock(), progress=progress
+                        )
+                    except NotFound as exc:
+                        log.error("bus: cannot record outcomes of %s: %s", batch_id, exc)
+                        update = None
+                else:
+                    update = await parts.recorder.write(
+                        f"{len(messages)} job outcome(s) of batch {batch_id}",
+                        parts.store.record_batch,
+                        batch_id,
+                        outcomes,
+                        parts.clock(),
+                        progress=progress,
+                    )
+                for m in messages:
+                    await parts.ack(m.delivery)
+                if update is None:  # the batch is gone from the store (logged): drop these
+                    return None
+                state = await self._settle(batch_id, update, messages)
+            finally:
+                parts.done(len(messages))
+            if state.completed:
+                return state
+            # Linger one scheduling round: outcomes reported meanwhile join this write.
+            await trio.lowlevel.checkpoint()
+            messages = _take(keyed, batch_id)
+            if not messages:
+                return state
+
+    async def _discard(self, batch_id: str) -> list[QueuedJob]:
+        removed: list[QueuedJob] = []
+        for queue in self._parts.queues.values():
+            removed.extend(await queue.discard(batch_id))
+        return removed
+
+    async def _settle(
+        self, batch_id: str, update: BatchUpdate, messages: Sequence[Done]
+    ) -> BatchState:
+        """Act on an update: cancel what is left, report progress, run the callbacks."""
+        parts = self._parts
+        emitter = parts.emitter
+        local = self._local.get(batch_id)
+        state, finished = update.state, update.finished_now
+        first_error: BaseException | None = None
+        if update.first_failure is not None:
+            first_error = next(
+                (m.error for m in messages if m.job.job_id == update.first_failure), None
+            ) or BusError(f"batch job {update.first_failure} failed")
+            if local is not None:
+                local.first_error = first_error
+        if state.cancelled and batch_id not in self._cancelled:
+            self._cancelled.add(batch_id)
+            removed = await self._discard(batch_id)
+            if removed:
+                try:
+                    more = await parts.recorder.write(
+                        f"the cancelled jobs of batch {batch_id}",
+                        parts.store.record_batch,
+                        batch_id,
+                        [JobOutcome(job.job_id, "cancelled") for job in removed],
+                        parts.clock(),
+                    )
+                finally:
+                    parts.done(len(removed))
+                if more is not None:
+                    state, finished = more.state, finished or more.finished_now
+        owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
+        common: dict[str, Any] = {
+            "dispatch_id": state.dispatch_id,
+            "batch_id": batch_id,
+            "queue": state.queue,
+        }
+        by_id = {m.job.job_id: m for m in messages}
+        callbacks = await self._callbacks(batch_id, local, update, first_error, finished)
+        progress, catch = callbacks.get("progress"), callbacks.get("catch")
+        over = local is not None and local.finished
+        for step, job_id in zip(update.progressed, update.progressed_jobs, strict=False):
+            if emitter.active:
+                done = by_id.get(job_id)
+                emitter.emit(
+                    EventKind.BATCH_PROGRESSED,
+                    **common,
+                    **({} if done is None else _job_fields(done)),
+                )
+            if progress is not None and not (over or (local is not None and local.finished)):
+                await run_callback(
+                    parts, owner, "progress", progress, (step,), claim=f"progress:{job_id}"
+                )
+        if first_error is not None and catch is not None and not (local and local.finished):
+            await run_callback(
+                parts, owner, "catch", catch, (state, first_error), error=first_error
+            )
+        if finished:
+            await self._finish(batch_id, state, local, common, callbacks)
+        return state
+
+    async def _callbacks(
+        self,
+        batch_id: str,
+        local: BatchLocal | None,
+        update: BatchUpdate,
+        first_error: BaseException | None,
+        finished: bool,
+    ) -> dict[str, Callback]:
+        """The callbacks this update may run: this process's callables, and the `Job`
+        callbacks stored with the batch (read only when there may be some)."""
+        found: dict[str, Callback] = {}
+        if local is not None:
+            for name in ("progress", "then", "catch", "finally"):
+                fn = getattr(local, "finally_" if name == "finally" else name)
+                if fn is not None:
+                    found[name] = fn
+        if (local is None or local.has_jobs) and (
+            update.progressed or first_error is not None or finished
+        ):
+            stored = await self._parts.store.job_callbacks(f"batch:{batch_id}")
+            for name, record in stored.items():
+                found.setdefault(name, record)
+        return found
+
+    async def _finish(
+        self,
+        batch_id: str,
+        state: BatchState,
+        local: BatchLocal | None,
+        common: dict[str, Any],
+        callbacks: dict[str, Callback],
+    ) -> None:
+        parts = self._parts
+        succeeded = state.failed == 0 and state.processed == state.total
+        if local is not None:
+            local.finished = True  # no progress or catch after this, even from an outer turn
+        if parts.emitter.active:
+            if state.failed:
+                kind = EventKind.BATCH_FAILED
+            elif succeeded:
+                kind = EventKind.BATCH_COMPLETED
+            else:
+                kind = EventKind.BATCH_CANCELLED
+            parts.emitter.emit(
+                kind,
+                duration=None if local is None else trio.current_time() - local.started_at,
+                error=None if local is None or not state.failed else local.first_error,
+                **common,
+            )
+        self._local.pop(batch_id, None)
+        self._cancelled.discard(batch_id)
+        self._stopping.discard(batch_id)
+        owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
+        then, finally_ = callbacks.get("then"), callbacks.get("finally")
+        if then is not None and succeeded:
+            await run_callback(parts, owner, "then", then, (state,))
+        if finally_ is not None:
+            await run_callback(parts, owner, "finally", finally_, (state,))
+
+
+def _is_done(message: Message) -> bool:
+    return message.__class__ is Done
+
+
+def _take(keyed: KeyedActors[Message, BatchState | None], batch_id: str) -> list[Done]:
+    """The outcomes waiting in the batch's mailbox (up to the first ask, a cancel)."""
+    return keyed.take_pending(batch_id, _is_done)  # type: ignore[return-value]
+
+
+def _job_fields(done: Done) -> dict[str, Any]:
+    job = done.job
+    return {
+        "job_id": job.job_id,
+        "job_type": job.job_type,
+        "attempt": job.attempt,
+        "error": done.error if done.outcome == "failed" else None,
+    }

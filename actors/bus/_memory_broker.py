@@ -1,0 +1,151 @@
+"""`MemoryBroker`: the default broker, its queues in this process, on Trio's clock.
+
+Jobs are lost with the process (``durable = False``); nothing is leased, since a worker that
+dies takes the whole process with it. Ready jobs go out FIFO; delayed ones become ready when
+Trio's clock reaches their time, so the autojump clock runs delays instantly in tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Sequence
+from itertools import count
+
+import trio
+
+from ._broker import Delivery, QueueStats
+from ._model import QueuedJob
+
+
+class MemoryQueue:
+    """One queue of a `MemoryBroker` (a `BrokerQueue`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._ready: deque[QueuedJob] = deque()
+        self._delayed: list[tuple[float, int, QueuedJob]] = []
+        self._seq = count()
+        self._running = 0
+        self._workers = trio.lowlevel.ParkingLot()
+        self._timer = trio.lowlevel.ParkingLot()
+
+    def __repr__(self) -> str:
+        return f"<MemoryQueue {self.name!r} ready={len(self._ready)} delayed={len(self._delayed)}>"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Move delayed jobs to the ready deque when they fall due."""
+        task_status.started()
+        delayed = self._delayed
+        while True:
+            now = trio.current_time()
+            while delayed and delayed[0][0] <= now:
+                self._ready.append(heapq.heappop(delayed)[2])
+                self._workers.unpark()
+            with trio.move_on_at(delayed[0][0] if delayed else math.inf):
+                await self._timer.park()
+
+    def put_now(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
+        """`put` without yielding (the bus's own fast path to this queue)."""
+        if delay <= 0:
+            self._ready.extend(jobs)
+            if self._workers:
+                self._workers.unpark(count=len(jobs))
+            return
+        at = trio.current_time() + delay
+        earliest = not self._delayed or at < self._delayed[0][0]
+        for job in jobs:
+            heapq.heappush(self._delayed, (at, next(self._seq), job))
+        if earliest:
+            self._timer.unpark_all()
+
+    async def put(self, jobs: Sequence[QueuedJob], *, delay: float = 0.0) -> None:
+        """Accept ``jobs`` now (never waits for room), then yield."""
+        self.put_now(jobs, delay)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def get(self) -> Delivery:
+        """Wait for a ready job; FIFO among ready jobs."""
+        ready = self._ready
+        if ready:
+            await trio.lowlevel.checkpoint()  # let others run between jobs
+        while not ready:
+            await self._workers.park()  # (a checkpoint too)
+        self._running += 1
+        return Delivery(ready.popleft(), 1, "")
+
+    def get_now(self) -> Delivery | None:
+        """A ready job without yielding, or None (for a worker that has just yielded)."""
+        ready = self._ready
+        if not ready:
+            return None
+        self._running += 1
+        return Delivery(ready.popleft(), 1, "")
+
+    def ack_now(self, delivery: Delivery) -> None:
+        self._running -= 1
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Nothing to remove: a delivered job left the queue when it was taken."""
+        self._running -= 1
+        await trio.lowlevel.checkpoint()
+
+    async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
+        self._running -= 1
+        await self.put((job,), delay=delay)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Back to the front of the queue, in their order, due now."""
+        self._running -= len(deliveries)
+        self._ready.extendleft(reversed([d.job for d in deliveries]))
+        if self._workers:
+            self._workers.unpark(count=len(deliveries))
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def discard(self, batch_id: str) -> list[QueuedJob]:
+        """Remove and return every waiting job of ``batch_id``."""
+        await trio.lowlevel.checkpoint()
+        removed = [job for job in self._ready if job.batch_id == batch_id]
+        if removed:
+            kept = [job for job in self._ready if job.batch_id != batch_id]
+            self._ready.clear()
+            self._ready.extend(kept)
+        late = [entry for entry in self._delayed if entry[2].batch_id == batch_id]
+        if late:
+            self._delayed[:] = [entry for entry in self._delayed if entry[2].batch_id != batch_id]
+            heapq.heapify(self._delayed)
+            removed.extend(entry[2] for entry in sorted(late))
+            self._timer.unpark_all()
+        return removed
+
+    async def stats(self) -> QueueStats:
+        await trio.lowlevel.checkpoint()
+        return self.stats_now()
+
+    def stats_now(self) -> QueueStats:
+        return QueueStats(ready=len(self._ready), delayed=len(self._delayed), running=self._running)
+
+
+class MemoryBroker:
+    """The default `Broker`: queues in this process; jobs are lost with it."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._queues: dict[str, MemoryQueue] = {}
+
+    def __repr__(self) -> str:
+        return f"<MemoryBroker {sorted(self._queues)}>"
+
+    async def open(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def queue(self, name: str) -> MemoryQueue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = MemoryQueue(name)
+        return queue

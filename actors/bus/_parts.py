@@ -1,0 +1,139 @@
+"""What every role of the bus shares: the store, the queues, the events, and the count of
+outstanding work that `Bus.wait_idle` waits on.
+
+Nothing here decides anything; it is the plumbing the roles (`_admission`, `_worker`,
+`_chains`, `_batches`, `_callbacks`) are built on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import datetime
+
+import trio
+from trio_util import AsyncBool  # type: ignore[import-untyped]
+
+from ._broker import BrokerQueue, Delivery
+from ._memory_broker import MemoryQueue
+from ._model import QueuedJob
+from ._observe import Emitter
+from ._recording import Recorder
+from ._store import MemoryStore, Store
+
+#: True in the bus's own tasks (workers, coordinators, callbacks): their dispatches never
+#: wait for room (a full bus would wait on itself) and `wait_idle` refuses to run there.
+INSIDE: ContextVar[bool] = ContextVar("actors.bus.inside", default=False)
+
+
+class Parts:
+    """The shared plumbing of one bus."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        queues: Mapping[str, BrokerQueue],
+        emitter: Emitter,
+        clock: Callable[[], datetime],
+        ids: Callable[[], str],
+        max_pending: int,
+    ) -> None:
+        self.store = store
+        self.queues = queues
+        self.emitter = emitter
+        self.clock = clock
+        self.ids = ids
+        self.recorder = Recorder(store)
+        #: The store itself if it is exactly a `MemoryStore` (not a subclass): coordinators
+        #: then record without a scheduling point (`MemoryStore.record_chain_step_now`).
+        self.memory = store if type(store) is MemoryStore else None
+        self.max_pending = max_pending
+        self.counts_jobs = True
+        """False on a bus that runs no jobs: a job leaves this bus once it is in the broker."""
+        self.jobs = 0
+        """Accepted jobs without a recorded final outcome (queued, running, retrying)."""
+        self.admitting = 0
+        """Dispatches under way (checked open, not returned yet)."""
+        self.idle = AsyncBool(True)
+        """No job outstanding and no dispatch under way (set on the edges only)."""
+        self._room = trio.lowlevel.ParkingLot()
+        # The memory broker's queues take jobs without yielding (the events of a dispatch
+        # then come before its job's, as with any broker whose put returns before a worker
+        # can start).
+        self._now = {
+            name: queue.put_now for name, queue in queues.items() if type(queue) is MemoryQueue
+        }
+
+    # ---------------------------------------------------------------- counting
+
+    def add(self, n: int) -> None:
+        if not self.jobs and not self.admitting and n:
+            self.idle.value = False
+        self.jobs += n
+
+    def done(self, n: int) -> None:
+        self.jobs -= n
+        if not self.jobs and not self.admitting:
+            self.idle.value = True
+        if self._room and self.jobs <= self.max_pending // 2:
+            self._room.unpark_all()
+
+    def admit(self) -> None:
+        if not self.jobs and not self.admitting:
+            self.idle.value = False
+        self.admitting += 1
+
+    def admitted(self) -> None:
+        self.admitting -= 1
+        if not self.jobs and not self.admitting:
+            self.idle.value = True
+
+    async def wait_room(self, n: int) -> None:
+        """Outside the bus's own tasks, wait while ``n`` more jobs would pass ``max_pending``."""
+        if self.jobs + n <= self.max_pending or INSIDE.get():
+            return
+        while self.jobs and self.jobs + n > self.max_pending:
+            await self._room.park()
+
+    # ---------------------------------------------------------------- queueing
+
+    def puts_now(self, queue: str) -> bool:
+        """True if a put on ``queue`` never yields (the memory broker's)."""
+        return queue in self._now
+
+    def put_now(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
+        """`put` for a queue that `puts_now`: no yield, so no cancellation either."""
+        counted = len(jobs) if self.counts_jobs else 0
+        self.add(counted)
+        self._now[jobs[0].queue](jobs, delay)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Acknowledge a delivery (without yielding on the memory broker)."""
+        queue = self.queues[delivery.job.queue]
+        if type(queue) is MemoryQueue:
+            queue.ack_now(delivery)
+        else:
+            await queue.ack(delivery)
+
+    async def put(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
+        """Queue jobs of one queue, counted as outstanding until their outcome is recorded."""
+        counted = len(jobs) if self.counts_jobs else 0
+        self.add(counted)
+        try:
+            put_now = self._now.get(jobs[0].queue)
+            if put_now is not None:
+                put_now(jobs, delay)
+            else:
+                await self.queues[jobs[0].queue].put(jobs, delay=delay)
+        except BaseException:
+            self.done(counted)
+            raise
+
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """Queue jobs with one `BrokerQueue.put` per queue and delay, in order."""
+        groups: dict[tuple[str, float], list[QueuedJob]] = {}
+        for job, delay in jobs:
+            groups.setdefault((job.queue, delay), []).append(job)
+        for (_, delay), group in groups.items():
+            await self.put(group, delay)

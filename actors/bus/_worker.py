@@ -1,0 +1,235 @@
+"""Queue workers: take a delivery, run it through the middleware and its handler, and hand
+its final outcome on (the first step of the flow).
+
+A failed attempt with retries left goes back to its queue as the next attempt
+(`BrokerQueue.retry`), logged at WARNING; the final failure is logged at ERROR and kept as a
+`FailedJob`. A plain job's delivery is acknowledged here; a chain's or batch's job is told
+to its coordinator, which acknowledges it once the outcome is recorded. A batch job whose
+batch was cancelled (in this process or, through the store, in any other) does not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping, Sequence
+
+import attrs
+import trio
+
+from ._batches import Batches
+from ._broker import BrokerQueue, Delivery
+from ._chains import Chains
+from ._coordinators import Done
+from ._errors import Release, UnknownJobType
+from ._events import EventKind
+from ._handlers import Handler
+from ._memory_broker import MemoryQueue
+from ._middleware import CallNext, Middleware
+from ._model import BatchState, ChainState, JobContext, QueuedJob, decode_payload, describe
+from ._parts import INSIDE, Parts
+from ._rules import FailedJob, Outcome
+
+log = logging.getLogger("actors.bus")
+
+
+def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
+    async def step(ctx: JobContext) -> None:
+        await mw(ctx, call_next)
+
+    return step
+
+
+def compose(handlers: Mapping[str, Handler], middleware: Sequence[Middleware]) -> CallNext:
+    """The middleware around the handler call, first outermost; the timeout innermost."""
+
+    async def run_handler(ctx: JobContext) -> None:
+        # The timeout wraps the handler alone, so every middleware sees the attempt fail with
+        # TimeoutError (FailOnError can match it), never Cancelled.
+        timeout = ctx._flags.timeout
+        if timeout is None:
+            await handlers[ctx.job_type](ctx)
+            return
+        with trio.move_on_after(timeout) as scope:
+            await handlers[ctx.job_type](ctx)
+        # cancel_called, not cancelled_caught: a handler that swallowed the Cancelled and
+        # returned still ran out of time.
+        if scope.cancel_called:
+            raise TimeoutError(
+                f"job {ctx.job_type!r} (attempt {ctx.attempt}) timed out after {timeout:g}s"
+            )
+
+    call: CallNext = run_handler
+    for mw in reversed(middleware):
+        call = _wrap(mw, call)
+    return call
+
+
+class Worker:
+    """What every worker task of a bus runs (one `Worker`, many tasks)."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        handlers: Mapping[str, Handler],
+        middleware: Sequence[Middleware],
+        chains: Chains,
+        batches: Batches,
+    ) -> None:
+        self._parts = parts
+        self._handlers = handlers
+        self._call = compose(handlers, middleware)
+        self._chains = chains
+        self._batches = batches
+
+    async def serve(
+        self, queue: BrokerQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One worker of ``queue``: take a job, run it, hand its outcome on; forever."""
+        INSIDE.set(True)
+        task_status.started()
+        memory = queue if type(queue) is MemoryQueue else None
+        yielded = False
+        while True:
+            # A job that ended by telling its coordinator has just passed a scheduling point:
+            # the next ready job is taken without another one (the memory broker's get would
+            # only yield for fairness).
+            delivery = memory.get_now() if yielded and memory is not None else None
+            if delivery is None:
+                delivery = await queue.get()
+            try:
+                yielded = await self._run(queue, delivery)
+            except Exception:
+                # Our machinery failed, not the job: count it out rather than hang wait_idle().
+                log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
+                self._parts.done(1)
+
+    async def _cancelled(self, batch_id: str) -> bool:
+        return self._batches.is_cancelled(batch_id) or await self._parts.store.batch_cancelled(
+            batch_id
+        )
+
+    async def _run(self, queue: BrokerQueue, delivery: Delivery) -> bool:
+        """Run one delivery; True if it ended with a scheduling point (a tell)."""
+        job = delivery.job
+        batch_id = job.batch_id
+        state: BatchState | ChainState | None = None
+        if batch_id is not None or job.callback_of is not None:
+            try:
+                if batch_id is not None and await self._cancelled(batch_id):
+                    return await self._finish(queue, delivery, "cancelled", None)
+                if job.callback_of is not None:
+                    state = await self._state_of(job.callback_of)
+            except trio.Cancelled:
+                # Stopped before the job started: give it back to the broker, for anyone.
+                with trio.CancelScope(shield=True):
+                    await queue.release([delivery])
+                raise
+        ctx = JobContext(
+            decode_payload(job.payload),
+            job.attempt,
+            job.job_type,
+            job.dispatch_id,
+            job.job_id,
+            job.chain_id,
+            batch_id,
+            job.queue,
+            state,
+            job.error,
+            delivery.delivery,
+        )
+        ctx._flags.timeout = job.timeout
+        emitter = self._parts.emitter
+        if emitter.active:
+            emitter.job(EventKind.JOB_STARTED, job)
+        started = trio.current_time()
+        known = job.job_type in self._handlers
+        try:
+            if not known:
+                raise UnknownJobType(
+                    f"no handler is registered for job type {job.job_type!r} on this worker"
+                )
+            await self._call(ctx)
+        except Release as release:
+            await queue.retry(delivery, job, delay=release.delay)
+            return False
+        except Exception as exc:
+            error = exc
+        else:
+            if emitter.active:
+                emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
+            return await self._finish(queue, delivery, "succeeded", None)
+        if emitter.active:
+            emitter.job(
+                EventKind.JOB_FAILED, job, duration=trio.current_time() - started, error=error
+            )
+        if known and job.attempt <= job.retry and not ctx._flags.no_retry:
+            log.warning(
+                "bus job %s %s failed (attempt %d of %d): %s; retrying in %gs",
+                job.job_type,
+                job.job_id,
+                job.attempt,
+                job.retry + 1,
+                describe(error),
+                job.backoff,
+            )
+            if batch_id is not None and await self._cancelled(batch_id):
+                return await self._finish(queue, delivery, "cancelled", None)
+            retry = attrs.evolve(job, attempt=job.attempt + 1)
+            await queue.retry(delivery, retry, delay=job.backoff)
+            return False
+        log.error(
+            "bus job %s %s failed for good (attempt %d): %s",
+            job.job_type,
+            job.job_id,
+            job.attempt,
+            describe(error),
+            exc_info=error,
+        )
+        await self._keep_failed(job, error)
+        return await self._finish(queue, delivery, "failed", error)
+
+    async def _state_of(self, owner: str) -> BatchState | ChainState | None:
+        kind, _, owner_id = owner.partition(":")
+        store = self._parts.store
+        try:
+            if kind == "batch":
+                return await store.get_batch(owner_id)
+            return await store.get_chain(owner_id)
+        except LookupError:
+            return None
+
+    async def _keep_failed(self, job: QueuedJob, error: Exception) -> None:
+        parts = self._parts
+        record = FailedJob(
+            id=job.job_id,
+            job_type=job.job_type,
+            payload=job.payload,
+            queue=job.queue,
+            error=describe(error),
+            traceback="".join(traceback.format_exception(error)),
+            attempts=job.attempt,
+            failed_at=parts.clock(),
+            job=job,
+        )
+        await parts.recorder.write(f"failed job {job.job_id}", parts.store.record_failed, record)
+
+    async def _finish(
+        self,
+        queue: BrokerQueue,
+        delivery: Delivery,
+        outcome: Outcome,
+        error: BaseException | None,
+    ) -> bool:
+        """Hand the final outcome on: to the job's coordinator (True: that yielded), or
+        acknowledge it here (False)."""
+        job = delivery.job
+        if job.batch_id is not None:
+            await self._batches.tell(Done(delivery, outcome, error))
+            return True
+        if job.chain_id is not None:
+            await self._chains.tell(Done(delivery, outcome, error))
+            return True
+        await self._parts.ack(delivery)
+        self._parts.done(1)
+        return False

@@ -1,0 +1,83 @@
+"""DESIGN rule 6: the bus's fast paths (a plain MemoryStore recorded without a scheduling
+point, the memory broker's puts and acks without yielding, a worker taking the next ready job
+after telling its coordinator) are invisible: the same workload on subclasses, which take the
+slow paths, ends the same way."""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextvars import ContextVar
+from typing import Any
+
+import trio
+
+from actors.bus import Job, JobContext, MemoryBroker, MemoryQueue, MemoryStore, open_bus
+
+from .helpers import Recorder
+
+request: ContextVar[str] = ContextVar("request", default="none")
+
+
+class SlowStore(MemoryStore):
+    """A subclass: the bus records through its async methods."""
+
+
+class SlowQueue(MemoryQueue):
+    """A subclass: the bus awaits its put and ack."""
+
+
+class SlowBroker(MemoryBroker):
+    def queue(self, name: str) -> MemoryQueue:
+        return self.__dict__.setdefault(name, SlowQueue(name))  # type: ignore[no-any-return]
+
+
+async def _workload(store: MemoryStore, broker: MemoryBroker) -> tuple[Any, ...]:
+    events = Recorder()
+    seen: list[tuple[Any, int, str]] = []
+    ends: list[Any] = []
+
+    async def work(ctx: JobContext) -> None:
+        seen.append((ctx.payload, ctx.attempt, request.get()))
+        await trio.sleep(0.1)
+        if ctx.payload == "flaky" and ctx.attempt == 1:
+            raise ValueError("once")
+        if ctx.payload == "bad":
+            raise KeyError("bad")
+
+    request.set("outer")
+    async with open_bus(store=store, broker=broker, observers=[events]) as bus:
+        bus.register("w", work)
+        await bus.dispatch(Job("w", "plain"))
+        await bus.dispatch(Job("w", "flaky").retry(1).backoff(1))
+        chain_id = (
+            await bus.chain(Job("w", 1), Job("w", 2), Job("w", 3))
+            .finally_(lambda s: ends.append(("chain", s.completed, s.next_index)))
+            .dispatch()
+        )
+        batch_id = await (
+            bus.batch(*(Job("w", i) for i in range(5)), Job("w", "bad"))
+            .allow_failures()
+            .finally_(lambda s: ends.append(("batch", s.processed, s.failed)))
+            .dispatch()
+        )
+        await bus.wait_idle()
+        chain = await bus.find_chain(chain_id)
+        batch = await bus.find_batch(batch_id)
+        failed = [(f.job_type, f.error) for f in await bus.failed_jobs()]
+    return (
+        sorted(seen, key=str),
+        sorted(ends),
+        Counter(events.kinds()),
+        (chain.completed, chain.next_index),
+        (batch.processed, batch.failed, batch.completed),
+        failed,
+        trio.current_time(),
+    )
+
+
+async def test_the_fast_paths_end_as_the_slow_ones(autojump_clock: Any) -> None:
+    fast = await _workload(MemoryStore(), MemoryBroker())
+    start = trio.current_time()
+    slow = await _workload(SlowStore(), SlowBroker())
+    assert slow[:-1] == fast[:-1]
+    assert slow[-1] - start == fast[-1]  # and take the same (Trio) time
