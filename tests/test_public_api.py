@@ -134,6 +134,7 @@ PINNED = {
         "JobOptions",
         "JobOutcome",
         "JobRecord",
+        "LeaseLost",
         "Lock",
         "Locker",
         "MemoryBroker",

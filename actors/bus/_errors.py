@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .._checks import check_duration
 from .._errors import ActorsError, ComponentClosed
+from .._errors import LeaseLost as LeaseLost  # the bus refuses a lapsed lane lease with it
 
 
 class BusError(ActorsError):

@@ -318,6 +318,8 @@ class QueuedJob:
     """For a `Job` callback: ``"batch:<id>"`` or ``"chain:<id>"``, whose state it reads."""
     error: str | None = None
     """For a ``catch`` `Job` callback: the failure, as ``"ExceptionType: message"``."""
+    lane: str | None = None
+    """The lane key: jobs of one lane run one at a time, in the order they were put."""
 
 
 class _AttemptFlags:

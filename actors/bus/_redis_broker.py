@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._errors import LeaseLost
+from . import _redis_lanes as lanes
 from . import _redis_scripts as scripts
 from ._broker import Delivery, QueueStats, decode_job
 from ._leased import (
@@ -206,6 +208,10 @@ class RedisBroker:
                 "stats": scripts.STATS,
                 "discard": scripts.DISCARD,
                 "reap": scripts.REAP,
+                "put_lanes": lanes.PUT_LANES,
+                "start_lanes": lanes.START_LANES,
+                "ack_lane": lanes.ACK_LANE,
+                "retry_lane": lanes.RETRY_LANE,
             }.items()
         }
 
@@ -252,6 +258,8 @@ class RedisBrokerQueue(LeasedQueue):
         tag = f"{broker.prefix}:{{{name}}}"
         self.stream = f"{tag}:stream"
         self.delayed = f"{tag}:delayed"
+        self.epochs = f"{tag}:lanes"
+        self.lane_prefix = f"{tag}:lane:"
         self._group_ready = False
         self._cursor = "0-0"
         self._last_reclaim = -math.inf
@@ -348,27 +356,53 @@ class RedisBrokerQueue(LeasedQueue):
         delay = check_seconds(delay, "delay")
         bodies = encode_jobs(jobs, self._broker.max_payload, f"Redis at {self._broker.url}")
         await self._ensure_group()
-        for start in range(0, len(bodies), _PUT_CHUNK):
-            args: list[Any] = [math.ceil(delay * 1000)]
-            for job, body in zip(
-                jobs[start : start + _PUT_CHUNK], bodies[start : start + _PUT_CHUNK], strict=True
-            ):
+        delay_ms = math.ceil(delay * 1000)
+        plain = [(j, b) for j, b in zip(jobs, bodies, strict=True) if j.lane is None]
+        laned = [(j, b) for j, b in zip(jobs, bodies, strict=True) if j.lane is not None]
+        for start in range(0, len(plain), _PUT_CHUNK):
+            args: list[Any] = [delay_ms]
+            for job, body in plain[start : start + _PUT_CHUNK]:
                 args += [secrets.token_hex(8), job.batch_id or "", body]
             await self._script("put", [self.stream, self.delayed], args)
+        for start in range(0, len(laned), _PUT_CHUNK):
+            args = [delay_ms, self.lane_prefix]
+            for job, body in laned[start : start + _PUT_CHUNK]:
+                args += [job.lane, job.batch_id or "", body]
+            await self._script("put_lanes", [self.stream, self.delayed], args)
         if not bodies:
             await trio.lowlevel.checkpoint()
 
-    def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
+    async def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
+        """Entries as deliveries; a lane's token starts its lane (a new fence) and delivers
+        the lane's head job (one script for every token read at once)."""
+        parsed = [(identifier, _fields(raw), count) for identifier, raw, count in entries]
+        tokens = [fields["l"] for _, fields, _ in parsed if "l" in fields]
+        started: list[Any] = []
+        if tokens:
+            started = await self._script("start_lanes", [self.epochs], [self.lane_prefix, *tokens])
         out = []
-        for identifier, raw, count in entries:
-            fields = _fields(raw)
+        stray = []
+        for identifier, fields, count in parsed:
+            fence = 0
+            if "l" in fields:
+                fence, head = int(started[0]), str(started[1])
+                started = started[2:]
+                if not fence:
+                    stray.append(identifier)
+                    continue
+                body = head.split("\n", 2)[2]
+            else:
+                body = fields["j"]
             out.append(
                 Delivery(
-                    job=decode_job(fields["j"]),
+                    job=decode_job(body),
                     delivery=int(fields.get("d", 0)) + count,
                     receipt=identifier,
+                    fence=fence,
                 )
             )
+        if stray:  # a token of a lane without jobs (it cannot be made, but never keep one)
+            await self._ack_many(stray)
         return out
 
     async def _claim(self, n: int) -> tuple[list[Delivery], float]:
@@ -398,7 +432,8 @@ class RedisBrokerQueue(LeasedQueue):
         if not found:
             return [], 0.0
         entries = found.get(self.stream, ())
-        return self._deliveries([(str(e.identifier), e.field_values, 1) for e in entries]), 0.0
+        found_entries = [(str(e.identifier), e.field_values, 1) for e in entries]
+        return await self._deliveries(found_entries), 0.0
 
     async def reclaim(self, n: int) -> list[Delivery]:
         """Take over up to ``n`` entries whose lease lapsed (idle > visibility timeout)."""
@@ -410,7 +445,7 @@ class RedisBrokerQueue(LeasedQueue):
         )
         self._cursor = out[0]
         rest = out[1:]
-        return self._deliveries(
+        return await self._deliveries(
             [(rest[i], rest[i + 1], int(rest[i + 2])) for i in range(0, len(rest), 3)]
         )
 
@@ -429,12 +464,54 @@ class RedisBrokerQueue(LeasedQueue):
                 backoff = min(backoff * 2, 1.0)
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._acks.submit(delivery.receipt)
+        """Remove the job for good; for a lane job only while its fence is still the lane's
+        epoch (else `LeaseLost`), which sends the lane's next job at once."""
+        lane = delivery.job.lane
+        if lane is None:
+            await self._acks.submit(delivery.receipt)
+        else:
+            try:
+                answer = await self._script(
+                    "ack_lane",
+                    [self.stream, self.delayed, self.epochs],
+                    [GROUP, delivery.receipt, self.lane_prefix, lane, delivery.fence],
+                )
+            finally:
+                self._settled([delivery])
+            self._check_lane(delivery, int(answer))
         self._settled([delivery])
+
+    def _check_lane(self, delivery: Delivery, answer: int) -> None:
+        if answer < 0:
+            raise LeaseLost(
+                f"the lease on lane {delivery.job.lane!r} of queue {self.name!r} lapsed and "
+                f"was taken over (this delivery's fence {delivery.fence} is stale): another "
+                "worker has this job now, so this outcome must not be recorded"
+            )
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         delay = check_seconds(delay, "delay")
         (body,) = encode_jobs([job], self._broker.max_payload, f"Redis at {self._broker.url}")
+        if job.lane is not None:
+            try:
+                answer = await self._script(
+                    "retry_lane",
+                    [self.stream, self.delayed, self.epochs],
+                    [
+                        GROUP,
+                        delivery.receipt,
+                        self.lane_prefix,
+                        job.lane,
+                        delivery.fence,
+                        math.ceil(delay * 1000),
+                        job.batch_id or "",
+                        body,
+                    ],
+                )
+            finally:
+                self._settled([delivery])
+            self._check_lane(delivery, int(answer))
+            return
         await self._script(
             "retry",
             [self.stream, self.delayed],

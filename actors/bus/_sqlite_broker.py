@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from .._errors import LeaseLost
 from ._broker import Delivery, QueueStats, decode_job
 from ._group_commit import GroupCommit
 from ._leased import (
@@ -77,6 +78,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX broker_jobs_visible ON broker_jobs (queue, visible_at, id)",
         "CREATE INDEX broker_jobs_owner ON broker_jobs (owner) WHERE owner IS NOT NULL",
         "CREATE INDEX broker_jobs_batch ON broker_jobs (batch_id) WHERE batch_id IS NOT NULL",
+    ),
+    (
+        # Lanes: a lane job's row carries its lane, its place in the lane (seq, kept by its
+        # retries) and the fence its delivery got; broker_lanes holds each lane's last epoch.
+        "ALTER TABLE broker_jobs ADD COLUMN lane TEXT",
+        "ALTER TABLE broker_jobs ADD COLUMN seq INTEGER",
+        "ALTER TABLE broker_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX broker_jobs_lane ON broker_jobs (queue, lane, seq) WHERE lane IS NOT NULL",
+        """CREATE TABLE broker_lanes (
+            queue TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            PRIMARY KEY (queue, lane)
+        ) WITHOUT ROWID""",
     ),
 )
 
@@ -126,29 +141,63 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
 # ------------------------------------------------------------------------- in the thread
 
 
-def _insert(
-    conn: sqlite3.Connection, queue: str, rows: list[tuple[str | None, str]], visible_at: float
-) -> None:
+#: A row as put: (batch id, body, lane, the lane place to keep or None for the lane's end).
+Row = tuple[str | None, str, str | None, int | None]
+
+
+def _insert(conn: sqlite3.Connection, queue: str, rows: list[Row], visible_at: float) -> None:
     with _transaction(conn):
+        plain = [(queue, b, body, visible_at) for b, body, lane, _ in rows if lane is None]
         conn.executemany(
             "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) VALUES (?, ?, ?, ?)",
-            [(queue, batch_id, body, visible_at) for batch_id, body in rows],
+            plain,
         )
+        for batch_id, body, lane, seq in rows:
+            if lane is None:
+                continue
+            if seq is None:  # the lane's end: after every job of the lane still here
+                seq = (
+                    1
+                    + conn.execute(
+                        "SELECT COALESCE(MAX(seq), 0) FROM broker_jobs "
+                        "WHERE queue = ? AND lane = ?",
+                        (queue, lane),
+                    ).fetchone()[0]
+                )
+            conn.execute(
+                "INSERT INTO broker_jobs (queue, batch_id, body, visible_at, lane, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (queue, batch_id, body, visible_at, lane, seq),
+            )
 
 
 def _claim(
     conn: sqlite3.Connection, queue: str, owner: str, n: int, now: float, lease: float
-) -> tuple[list[tuple[int, str, int]], float | None]:
+) -> tuple[list[tuple[int, str, int, int]], float | None]:
     # In the group's transaction: nobody claims the same rows between the two statements.
-    rows = conn.execute(
-        "SELECT id, body, deliveries + 1 FROM broker_jobs WHERE queue = ? AND visible_at <= ? "
+    # A lane job is due only at the head of its lane (the lowest seq still there): while the
+    # head is leased, delayed or retrying, the jobs behind it wait.
+    found = conn.execute(
+        "SELECT id, body, deliveries + 1, lane FROM broker_jobs AS j "
+        "WHERE queue = ? AND visible_at <= ? AND (lane IS NULL OR seq = "
+        "(SELECT MIN(seq) FROM broker_jobs WHERE queue = j.queue AND lane = j.lane)) "
         "ORDER BY visible_at, id LIMIT ?",
         (queue, now, n),
     ).fetchall()
+    rows: list[tuple[int, str, int, int]] = []
+    for row_id, body, count, lane in found:
+        fence = 0
+        if lane is not None:  # a new lease of the lane: its epoch moves on
+            fence = conn.execute(
+                "INSERT INTO broker_lanes (queue, lane, epoch) VALUES (?, ?, 1) "
+                "ON CONFLICT (queue, lane) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                (queue, lane),
+            ).fetchone()[0]
+        rows.append((row_id, body, count, fence))
     conn.executemany(
-        "UPDATE broker_jobs SET owner = ?, visible_at = ?, deliveries = deliveries + 1 "
-        "WHERE id = ?",
-        [(owner, now + lease, row[0]) for row in rows],
+        "UPDATE broker_jobs SET owner = ?, visible_at = ?, deliveries = deliveries + 1, "
+        "fence = ? WHERE id = ?",
+        [(owner, now + lease, row[3], row[0]) for row in rows],
     )
     next_due = None
     if not rows:
@@ -172,18 +221,54 @@ def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
         conn.executemany("DELETE FROM broker_jobs WHERE id = ?", [(i,) for i in ids])
 
 
+def _settle_lane(
+    conn: sqlite3.Connection, queue: str, lane: str, row_id: int, fence: int
+) -> int | None:
+    """Delete a lane job's row if this delivery's fence is still the lane's; return its seq.
+
+    None if the row is gone and the fence is still the lane's (settled already: idempotent).
+    Raises `LeaseLost` if the lane's epoch moved on (the lease lapsed and was taken over).
+    """
+    row = conn.execute(
+        "DELETE FROM broker_jobs WHERE id = ? AND fence = ? RETURNING seq", (row_id, fence)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    epoch = conn.execute(
+        "SELECT epoch FROM broker_lanes WHERE queue = ? AND lane = ?", (queue, lane)
+    ).fetchone()
+    if epoch is None or epoch[0] != fence:
+        raise LeaseLost(
+            f"the lease on lane {lane!r} of queue {queue!r} lapsed and was taken over (fence "
+            f"{fence}, the lane is at {None if epoch is None else epoch[0]}): another worker "
+            "has this job now, so this outcome must not be recorded"
+        )
+    return None
+
+
+def _ack_lane(conn: sqlite3.Connection, queue: str, lane: str, row_id: int, fence: int) -> None:
+    with _transaction(conn):
+        _settle_lane(conn, queue, lane, row_id, fence)
+
+
 def _retry(
     conn: sqlite3.Connection,
     row_id: int,
     queue: str,
-    batch_id: str | None,
-    body: str,
+    row: Row,
     visible_at: float,
+    fence: int,
 ) -> bool:
     with _transaction(conn):
-        if conn.execute("DELETE FROM broker_jobs WHERE id = ?", (row_id,)).rowcount != 1:
+        lane = row[2]
+        if lane is not None:
+            seq = _settle_lane(conn, queue, lane, row_id, fence)
+            if seq is None:
+                return False
+            row = (row[0], row[1], lane, seq)  # the next attempt keeps the lane's place
+        elif conn.execute("DELETE FROM broker_jobs WHERE id = ?", (row_id,)).rowcount != 1:
             return False  # settled already (by another worker after a lapsed lease)
-        _insert(conn, queue, [(batch_id, body)], visible_at)
+        _insert(conn, queue, [row], visible_at)
     return True
 
 
@@ -360,7 +445,9 @@ class SQLiteBrokerQueue(LeasedQueue):
         if not bodies:
             await trio.lowlevel.checkpoint()
             return
-        rows = [(job.batch_id, body) for job, body in zip(jobs, bodies, strict=True)]
+        rows: list[Row] = [
+            (job.batch_id, body, job.lane, None) for job, body in zip(jobs, bodies, strict=True)
+        ]
         await self._broker.run(_insert, self.name, rows, self._broker.now() + delay)
         self._local_put()
 
@@ -371,8 +458,8 @@ class SQLiteBrokerQueue(LeasedQueue):
             _claim, self.name, broker.owner, n, now, broker.visibility_timeout
         )
         deliveries = [
-            Delivery(job=decode_job(body), delivery=count, receipt=str(row_id))
-            for row_id, body, count in rows
+            Delivery(job=decode_job(body), delivery=count, receipt=str(row_id), fence=fence)
+            for row_id, body, count, fence in rows
         ]
         wait = broker.poll_interval
         if next_due is not None:
@@ -383,17 +470,38 @@ class SQLiteBrokerQueue(LeasedQueue):
         await self._broker.run(_delete, ids)
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._acks.submit(int(delivery.receipt))
+        """Remove the job for good; for a lane job only while this delivery's lease is the
+        lane's (else `LeaseLost`), and the lane's next job is due at once."""
+        lane = delivery.job.lane
+        if lane is None:
+            await self._acks.submit(int(delivery.receipt))
+        else:
+            try:
+                await self._broker.run(
+                    _ack_lane, self.name, lane, int(delivery.receipt), delivery.fence
+                )
+            finally:
+                self._settled([delivery])
+            self._local_put()
+            return
         self._settled([delivery])
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         delay = check_seconds(delay, "delay")
         (body,) = encode_jobs([job], self._broker.max_payload, "the SQLite broker")
         broker = self._broker
-        await broker.run(
-            _retry, int(delivery.receipt), self.name, job.batch_id, body, broker.now() + delay
-        )
-        self._settled([delivery])
+        row: Row = (job.batch_id, body, job.lane, None)
+        try:
+            await broker.run(
+                _retry,
+                int(delivery.receipt),
+                self.name,
+                row,
+                broker.now() + delay,
+                delivery.fence,
+            )
+        finally:
+            self._settled([delivery])
         if delay == 0:
             self._local_put()
 
