@@ -36,10 +36,8 @@ then survive a restart; ``appendfsync everysec`` may lose the last second on pow
 connection drops between two, the error says the put failed, although its first chunks were
 accepted (a retried put then queues those twice; at least once, never lost).
 
-Lanes (issue 11) plug in as a partition lease per lane partition, ``(owner, epoch)`` in a
-hash taken and renewed by a script with the heartbeat; a lane job's `Delivery.fence` is the
-epoch, and the ack and retry scripts take the lease key and the fence and refuse (return 0)
-when the epoch moved on, so a worker whose lease lapsed cannot settle the job.
+Lane jobs (``QueuedJob.lane``): a waiting list per lane and one token per lane in the
+stream, fenced by the lane's epoch; see `_redis_lanes`.
 """
 
 from __future__ import annotations
@@ -54,7 +52,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import LeaseLost
 from . import _redis_lanes as lanes
 from . import _redis_scripts as scripts
 from ._broker import Delivery, QueueStats, decode_job
@@ -365,42 +362,12 @@ class RedisBrokerQueue(LeasedQueue):
                 args += [secrets.token_hex(8), job.batch_id or "", body]
             await self._script("put", [self.stream, self.delayed], args)
         for start in range(0, len(laned), _PUT_CHUNK):
-            args = [delay_ms, self.lane_prefix]
-            for job, body in laned[start : start + _PUT_CHUNK]:
-                args += [job.lane, job.batch_id or "", body]
-            await self._script("put_lanes", [self.stream, self.delayed], args)
+            await lanes.put(self, laned[start : start + _PUT_CHUNK], delay_ms)
         if not bodies:
             await trio.lowlevel.checkpoint()
 
     async def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
-        """Entries as deliveries; a lane's token starts its lane (a new fence) and delivers
-        the lane's head job (one script for every token read at once)."""
-        parsed = [(identifier, _fields(raw), count) for identifier, raw, count in entries]
-        tokens = [fields["l"] for _, fields, _ in parsed if "l" in fields]
-        started: list[Any] = []
-        if tokens:
-            started = await self._script("start_lanes", [self.epochs], [self.lane_prefix, *tokens])
-        out = []
-        stray = []
-        for identifier, fields, count in parsed:
-            fence = 0
-            if "l" in fields:
-                fence, head = int(started[0]), str(started[1])
-                started = started[2:]
-                if not fence:
-                    stray.append(identifier)
-                    continue
-                body = head.split("\n", 2)[2]
-            else:
-                body = fields["j"]
-            out.append(
-                Delivery(
-                    job=decode_job(body),
-                    delivery=int(fields.get("d", 0)) + count,
-                    receipt=identifier,
-                    fence=fence,
-                )
-            )
+        out, stray = await lanes.deliveries(self, [(i, _fields(raw), n) for i, raw, n in entries])
         if stray:  # a token of a lane without jobs (it cannot be made, but never keep one)
             await self._ack_many(stray)
         return out
@@ -471,46 +438,20 @@ class RedisBrokerQueue(LeasedQueue):
             await self._acks.submit(delivery.receipt)
         else:
             try:
-                answer = await self._script(
-                    "ack_lane",
-                    [self.stream, self.delayed, self.epochs],
-                    [GROUP, delivery.receipt, self.lane_prefix, lane, delivery.fence],
-                )
+                await lanes.settle(self, "ack_lane", delivery, [])
             finally:
                 self._settled([delivery])
-            self._check_lane(delivery, int(answer))
         self._settled([delivery])
-
-    def _check_lane(self, delivery: Delivery, answer: int) -> None:
-        if answer < 0:
-            raise LeaseLost(
-                f"the lease on lane {delivery.job.lane!r} of queue {self.name!r} lapsed and "
-                f"was taken over (this delivery's fence {delivery.fence} is stale): another "
-                "worker has this job now, so this outcome must not be recorded"
-            )
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         delay = check_seconds(delay, "delay")
         (body,) = encode_jobs([job], self._broker.max_payload, f"Redis at {self._broker.url}")
         if job.lane is not None:
             try:
-                answer = await self._script(
-                    "retry_lane",
-                    [self.stream, self.delayed, self.epochs],
-                    [
-                        GROUP,
-                        delivery.receipt,
-                        self.lane_prefix,
-                        job.lane,
-                        delivery.fence,
-                        math.ceil(delay * 1000),
-                        job.batch_id or "",
-                        body,
-                    ],
-                )
+                args = [math.ceil(delay * 1000), job.batch_id or "", body]
+                await lanes.settle(self, "retry_lane", delivery, args)
             finally:
                 self._settled([delivery])
-            self._check_lane(delivery, int(answer))
             return
         await self._script(
             "retry",

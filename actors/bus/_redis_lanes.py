@@ -18,7 +18,79 @@ on one Redis server, not declared as ``KEYS`` for a Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ._broker import Delivery, decode_job
+from ._errors import LeaseLost
+from ._model import QueuedJob
 from ._redis_scripts import DUE
+
+GROUP = "workers"
+
+
+class LaneQueue(Protocol):
+    """What these helpers need of a `RedisBrokerQueue`."""
+
+    name: str
+    stream: str
+    delayed: str
+    epochs: str
+    lane_prefix: str
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
+
+
+async def put(queue: LaneQueue, jobs: Sequence[tuple[QueuedJob, str]], delay_ms: int) -> None:
+    """Append lane jobs (with their encoded bodies) to their lanes' lists, in order."""
+    args: list[Any] = [delay_ms, queue.lane_prefix]
+    for job, body in jobs:
+        args += [job.lane, job.batch_id or "", body]
+    await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+
+
+async def deliveries(
+    queue: LaneQueue, entries: Sequence[tuple[str, dict[str, str], int]]
+) -> tuple[list[Delivery], list[str]]:
+    """Stream entries as deliveries: a lane's token starts its lane (a new fence) and
+    delivers the lane's head (one script for every token read at once). Also returns the ids
+    of stray tokens (a lane without jobs) for the caller to ack away."""
+    tokens = [fields["l"] for _, fields, _ in entries if "l" in fields]
+    started: list[Any] = []
+    if tokens:
+        started = await queue._script("start_lanes", [queue.epochs], [queue.lane_prefix, *tokens])
+    out, stray = [], []
+    for identifier, fields, count in entries:
+        fence = 0
+        if "l" in fields:
+            fence, head = int(started[0]), str(started[1])
+            started = started[2:]
+            if not fence:
+                stray.append(identifier)
+                continue
+            body = head.split("\n", 2)[2]
+        else:
+            body = fields["j"]
+        delivery = int(fields.get("d", 0)) + count
+        out.append(Delivery(decode_job(body), delivery, identifier, fence))
+    return out, stray
+
+
+async def settle(queue: LaneQueue, script: str, delivery: Delivery, args: list[Any]) -> None:
+    """Ack (``ack_lane``) or retry (``retry_lane``) a lane job; `LeaseLost` if the lane's
+    epoch moved past this delivery's fence."""
+    answer = await queue._script(
+        script,
+        [queue.stream, queue.delayed, queue.epochs],
+        [GROUP, delivery.receipt, queue.lane_prefix, delivery.job.lane, delivery.fence, *args],
+    )
+    if int(answer) < 0:
+        raise LeaseLost(
+            f"the lease on lane {delivery.job.lane!r} of queue {queue.name!r} lapsed and was "
+            f"taken over (this delivery's fence {delivery.fence} is stale): another worker "
+            "has this job now, so this outcome must not be recorded"
+        )
+
 
 #: Send the token for a lane's (new) head: now if it is due, else when it is.
 _SCHEDULE = """

@@ -28,11 +28,8 @@ and calls that arrive while one runs share the next transaction. A local ``put``
 waiting local ``get`` at once; jobs put by other processes are seen within
 ``poll_interval`` (or at their due time, whichever comes first).
 
-Lanes (issue 11) plug in beside the lease: a ``lane_leases(queue, partition, owner, epoch,
-lease_until)`` table taken and renewed in the claim and heartbeat transactions; a lane job's
-`Delivery.fence` carries the epoch, and ack/retry of a lane job check ``epoch = fence AND
-owner = me`` in their own transaction before they change anything, so a worker whose lease
-lapsed cannot settle the job.
+Lane jobs (``QueuedJob.lane``): only a lane's head is claimed, under a fenced lease; see
+`_sqlite_lanes`.
 """
 
 from __future__ import annotations
@@ -46,7 +43,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .._errors import LeaseLost
+from . import _sqlite_lanes as lanes
 from ._broker import Delivery, QueueStats, decode_job
 from ._group_commit import GroupCommit
 from ._leased import (
@@ -79,20 +76,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX broker_jobs_owner ON broker_jobs (owner) WHERE owner IS NOT NULL",
         "CREATE INDEX broker_jobs_batch ON broker_jobs (batch_id) WHERE batch_id IS NOT NULL",
     ),
-    (
-        # Lanes: a lane job's row carries its lane, its place in the lane (seq, kept by its
-        # retries) and the fence its delivery got; broker_lanes holds each lane's last epoch.
-        "ALTER TABLE broker_jobs ADD COLUMN lane TEXT",
-        "ALTER TABLE broker_jobs ADD COLUMN seq INTEGER",
-        "ALTER TABLE broker_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
-        "CREATE INDEX broker_jobs_lane ON broker_jobs (queue, lane, seq) WHERE lane IS NOT NULL",
-        """CREATE TABLE broker_lanes (
-            queue TEXT NOT NULL,
-            lane TEXT NOT NULL,
-            epoch INTEGER NOT NULL,
-            PRIMARY KEY (queue, lane)
-        ) WITHOUT ROWID""",
-    ),
+    lanes.MIGRATION,
 )
 
 
@@ -147,28 +131,14 @@ Row = tuple[str | None, str, str | None, int | None]
 
 def _insert(conn: sqlite3.Connection, queue: str, rows: list[Row], visible_at: float) -> None:
     with _transaction(conn):
-        plain = [(queue, b, body, visible_at) for b, body, lane, _ in rows if lane is None]
-        conn.executemany(
-            "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) VALUES (?, ?, ?, ?)",
-            plain,
-        )
-        for batch_id, body, lane, seq in rows:
-            if lane is None:
-                continue
-            if seq is None:  # the lane's end: after every job of the lane still here
-                seq = (
-                    1
-                    + conn.execute(
-                        "SELECT COALESCE(MAX(seq), 0) FROM broker_jobs "
-                        "WHERE queue = ? AND lane = ?",
-                        (queue, lane),
-                    ).fetchone()[0]
-                )
-            conn.execute(
-                "INSERT INTO broker_jobs (queue, batch_id, body, visible_at, lane, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (queue, batch_id, body, visible_at, lane, seq),
+        if all(lane is None for _, _, lane, _ in rows):
+            conn.executemany(
+                "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) VALUES (?, ?, ?, ?)",
+                [(queue, batch_id, body, visible_at) for batch_id, body, _, _ in rows],
             )
+            return
+        for batch_id, body, lane, seq in rows:  # in order: ids say the order of the queue
+            lanes.insert(conn, queue, batch_id, body, visible_at, lane, seq)
 
 
 def _claim(
@@ -179,8 +149,7 @@ def _claim(
     # head is leased, delayed or retrying, the jobs behind it wait.
     found = conn.execute(
         "SELECT id, body, deliveries + 1, lane FROM broker_jobs AS j "
-        "WHERE queue = ? AND visible_at <= ? AND (lane IS NULL OR seq = "
-        "(SELECT MIN(seq) FROM broker_jobs WHERE queue = j.queue AND lane = j.lane)) "
+        f"WHERE queue = ? AND visible_at <= ? AND {lanes.IS_HEAD} "
         "ORDER BY visible_at, id LIMIT ?",
         (queue, now, n),
     ).fetchall()
@@ -188,11 +157,7 @@ def _claim(
     for row_id, body, count, lane in found:
         fence = 0
         if lane is not None:  # a new lease of the lane: its epoch moves on
-            fence = conn.execute(
-                "INSERT INTO broker_lanes (queue, lane, epoch) VALUES (?, ?, 1) "
-                "ON CONFLICT (queue, lane) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
-                (queue, lane),
-            ).fetchone()[0]
+            fence = lanes.start(conn, queue, lane)
         rows.append((row_id, body, count, fence))
     conn.executemany(
         "UPDATE broker_jobs SET owner = ?, visible_at = ?, deliveries = deliveries + 1, "
@@ -221,36 +186,6 @@ def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
         conn.executemany("DELETE FROM broker_jobs WHERE id = ?", [(i,) for i in ids])
 
 
-def _settle_lane(
-    conn: sqlite3.Connection, queue: str, lane: str, row_id: int, fence: int
-) -> int | None:
-    """Delete a lane job's row if this delivery's fence is still the lane's; return its seq.
-
-    None if the row is gone and the fence is still the lane's (settled already: idempotent).
-    Raises `LeaseLost` if the lane's epoch moved on (the lease lapsed and was taken over).
-    """
-    row = conn.execute(
-        "DELETE FROM broker_jobs WHERE id = ? AND fence = ? RETURNING seq", (row_id, fence)
-    ).fetchone()
-    if row is not None:
-        return int(row[0])
-    epoch = conn.execute(
-        "SELECT epoch FROM broker_lanes WHERE queue = ? AND lane = ?", (queue, lane)
-    ).fetchone()
-    if epoch is None or epoch[0] != fence:
-        raise LeaseLost(
-            f"the lease on lane {lane!r} of queue {queue!r} lapsed and was taken over (fence "
-            f"{fence}, the lane is at {None if epoch is None else epoch[0]}): another worker "
-            "has this job now, so this outcome must not be recorded"
-        )
-    return None
-
-
-def _ack_lane(conn: sqlite3.Connection, queue: str, lane: str, row_id: int, fence: int) -> None:
-    with _transaction(conn):
-        _settle_lane(conn, queue, lane, row_id, fence)
-
-
 def _retry(
     conn: sqlite3.Connection,
     row_id: int,
@@ -262,7 +197,7 @@ def _retry(
     with _transaction(conn):
         lane = row[2]
         if lane is not None:
-            seq = _settle_lane(conn, queue, lane, row_id, fence)
+            seq = lanes.settle(conn, queue, lane, row_id, fence)
             if seq is None:
                 return False
             row = (row[0], row[1], lane, seq)  # the next attempt keeps the lane's place
@@ -478,7 +413,7 @@ class SQLiteBrokerQueue(LeasedQueue):
         else:
             try:
                 await self._broker.run(
-                    _ack_lane, self.name, lane, int(delivery.receipt), delivery.fence
+                    lanes.ack, self.name, lane, int(delivery.receipt), delivery.fence
                 )
             finally:
                 self._settled([delivery])

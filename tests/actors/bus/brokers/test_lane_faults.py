@@ -19,12 +19,26 @@ from pathlib import Path
 
 import trio
 
+from actors.bus._broker import Broker
 from actors.bus._model import QueuedJob
 
 from .lane_worker import create_store
-from .test_faults import ROOT, Workers, drained, opened, until
+from .test_faults import ROOT, Workers, opened, until
 
 LEASE = 0.5
+
+#: The longest a test waits for another process (the machine may be busy with other tests).
+PATIENCE = 120.0
+
+
+async def drained(broker: Broker, queue: str) -> None:
+    """Wait (bounded) until the queue holds nothing: every job acknowledged."""
+    with trio.fail_after(PATIENCE):
+        while True:
+            stats = await broker.queue(queue).stats()
+            if stats.ready == stats.delayed == stats.running == 0:
+                return
+            await trio.sleep(0.05)
 
 
 def lane_jobs(lanes: int, per_lane: int) -> list[QueuedJob]:
@@ -55,7 +69,7 @@ class LaneWorkers(Workers):
         argv += ["--prefix", self.prefix, "--visibility-timeout", str(LEASE), *extra]
         process = await trio.lowlevel.open_process(argv, cwd=ROOT)
         self.processes.append(process)
-        await until(lambda: out.exists() and out.read_text().startswith("ready"), 20.0)
+        await until(lambda: out.exists() and out.read_text().startswith("ready"), PATIENCE)
         return process
 
     def records(self) -> list[list[str]]:
@@ -147,16 +161,16 @@ async def test_a_worker_paused_past_its_lease_is_fenced(
             # or the store's): then nobody can take its lanes over meanwhile, and its outcome
             # stands. Pause again until one pause led to a takeover (bounded).
             for _ in range(5):
-                await until(lambda: workers.in_flight(victim), 20.0)
+                await until(lambda: workers.in_flight(victim), PATIENCE)
                 os.kill(victim.pid, signal.SIGSTOP)
                 await trio.sleep(LEASE * 4)  # its leases lapse; the others take over
                 os.kill(victim.pid, signal.SIGCONT)
-                await until(lambda: not workers.in_flight(victim), 20.0)
+                await until(lambda: not workers.in_flight(victim), PATIENCE)
                 if workers.count("stale"):
                     break
             await drained(broker, workers.queue)
             # The victim's late acks, refused (they may come after the queue drained).
-            await until(lambda: workers.count("refused") >= workers.count("stale"), 20.0)
+            await until(lambda: workers.count("refused") >= workers.count("stale"), PATIENCE)
         counts = check(workers, lanes, per_lane)
         print(f"\n{kind}: {lanes}x{per_lane} lane jobs, SIGSTOP past the lease: {counts}")
         assert counts["stale"] >= 1  # the paused worker's late write was refused by the store

@@ -29,8 +29,8 @@ def lane_job(job_id: str, lane: str | None, *, attempt: int = 1) -> QueuedJob:
     )
 
 
-def test_lease_lost_is_one_type() -> None:
-    assert BusLeaseLost is LeaseLost
+def test_the_bus_lease_lost_is_an_actors_lease_lost() -> None:
+    assert issubclass(BusLeaseLost, LeaseLost)
 
 
 async def test_a_lane_hands_out_its_head_only_and_in_put_order(open_queue: OpenQueue) -> None:
@@ -100,9 +100,9 @@ async def test_a_lapsed_holders_late_ack_and_retry_are_refused(open_queue: OpenQ
             taken = await get_within(owner)  # after the lapse: the same head, a new fence
             assert taken.job.job_id == "a0"
             assert taken.fence > stale.fence
-            with pytest.raises(LeaseLost, match="lapsed and was taken over"):
+            with pytest.raises(BusLeaseLost, match="lapsed and was taken over"):
                 await late.ack(stale)
-            with pytest.raises(LeaseLost):
+            with pytest.raises(BusLeaseLost):
                 await late.retry(stale, lane_job("a0", "A", attempt=2), delay=0)
             await nothing_for(owner, 0.2)  # the refused ack settled nothing: a1 still waits
             await owner.ack(taken)
@@ -111,6 +111,6 @@ async def test_a_lapsed_holders_late_ack_and_retry_are_refused(open_queue: OpenQ
             assert nxt.job.job_id == "a1"
             await owner.ack(nxt)
             # After the lane's jobs are gone, the stale ack is still refused.
-            with pytest.raises(LeaseLost):
+            with pytest.raises(BusLeaseLost):
                 await late.ack(stale)
             await nothing_for(owner, 0.2)
