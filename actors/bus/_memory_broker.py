@@ -132,7 +132,10 @@ class MemoryQueue:
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         """The next attempt, due in ``delay``; a lane job's keeps its lane's turn."""
         self._running -= 1
-        self._place((job,), delay)
+        if job.lane is None:
+            await self.put((job,), delay=delay)
+            return
+        self._place((job,), delay)  # not `put`: the lane is this job's already
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:

@@ -361,6 +361,9 @@ class JobContext:
     """For a ``catch`` `Job` callback: the failure, as ``"ExceptionType: message"``."""
     delivery: int = 1
     """1 unless a durable broker redelivered this attempt (its worker died)."""
+    fence: int = 0
+    """For a lane job: its delivery's fencing token (grows with each lease of the lane), to
+    hand to what the handler writes so a holder whose lease lapsed is refused; else 0."""
     _flags: _AttemptFlags = attrs.field(factory=_AttemptFlags, eq=False, repr=False)
 
     def bind(self, cls: type[T]) -> T:

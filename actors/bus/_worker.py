@@ -137,6 +137,7 @@ class Worker:
             state,
             job.error,
             delivery.delivery,
+            delivery.fence,
         )
         ctx._flags.timeout = job.timeout
         emitter = self._parts.emitter

@@ -27,9 +27,11 @@ class Recorder:
         self.most = 0
         self.sleep = sleep
         self.fail = fail or set()
+        self.fences: list[int] = []
 
     async def __call__(self, ctx: JobContext) -> None:
         lane, i = ctx.payload["lane"], ctx.payload["i"]
+        self.fences.append(ctx.fence)
         assert lane not in self.running, f"lane {lane} runs twice at once"
         self.running.add(lane)
         self.most = max(self.most, len(self.running))
@@ -68,6 +70,8 @@ async def test_lanes_run_in_order_one_at_a_time_and_in_parallel(kind: str, tmp_p
     for lane in "abcd":
         assert record.order(lane) == list(range(10))
     assert record.most > 1  # different lanes ran at once
+    # A durable broker leases the lane: each delivery a fence; in one process nothing is.
+    assert (min(record.fences) > 0) if kind == "sqlite" else set(record.fences) == {0}
 
 
 async def test_a_failed_lane_job_is_recorded_and_its_lane_goes_on(
