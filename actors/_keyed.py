@@ -186,6 +186,22 @@ class KeyedActors(Generic[M, R]):
         if not waited:  # put in at once: still a schedule point
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def tell_nowait(self, key: str, message: M) -> bool:
+        """`tell` without a scheduling point: queue ``message`` if its mailbox has room now
+        (and no sender waits before it) and return True; else queue nothing and return False.
+
+        For a caller that is about to wait anyway (on the answer it will get some other way),
+        so the tell's own checkpoint would only cost a task switch.
+        """
+        self._check_open()
+        check_key(key)
+        entry = self._keys.get(key)
+        if entry is None or entry.__class__ is float:
+            self._enqueue_new(key, _Envelope(message, None))
+            return True
+        assert isinstance(entry, Mailbox)
+        return entry.put_nowait(_Envelope(message, None))
+
     def take_pending(self, key: str, accept: Callable[[M], bool] | None = None) -> list[M]:
         """From inside ``key``'s handler: remove and return the told messages waiting now.
 
@@ -214,14 +230,18 @@ class KeyedActors(Generic[M, R]):
         """Put ``item`` in ``key``'s mailbox; return the mailbox and whether we waited for room."""
         entry = self._keys.get(key)
         if entry is None or entry.__class__ is float:
-            box: _Box = Mailbox(self._mailbox_size)
-            self._keys[key] = box
-            self._busy += 1
-            box.items.append(item)
-            self._spawn(key, box)
-            return box, False
+            return self._enqueue_new(key, item), False
         assert isinstance(entry, Mailbox)
         return entry, await entry.put(item)
+
+    def _enqueue_new(self, key: str, item: _Item) -> _Box:
+        """An idle (or unknown) key gets a mailbox holding ``item``, and its task."""
+        box: _Box = Mailbox(self._mailbox_size)
+        self._keys[key] = box
+        self._busy += 1
+        box.items.append(item)
+        self._spawn(key, box)
+        return box
 
     # ---------------------------------------------------------------- turns
 

@@ -93,13 +93,6 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             await parts.ack(done.delivery)
             return
         emitter = parts.emitter
-        common: dict[str, Any] = {
-            "dispatch_id": job.dispatch_id,
-            "chain_id": chain_id,
-            "job_id": job.job_id,
-            "job_type": job.job_type,
-            "queue": job.queue,
-        }
         if step.next_node is not None:
             node = step.next_node
             # Next queued before this one is acknowledged: a crash in between re-runs a
@@ -110,7 +103,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             )
             await parts.ack(done.delivery)
             if emitter.active:
-                emitter.emit(EventKind.CHAIN_ADVANCED, **common)
+                emitter.emit(EventKind.CHAIN_ADVANCED, **_fields(chain_id, job))
             return
         await parts.ack(done.delivery)
         local = self._local.pop(chain_id, None)
@@ -119,7 +112,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
                 EventKind.CHAIN_FAILED if step.failed else EventKind.CHAIN_COMPLETED,
                 duration=None if local is None else trio.current_time() - local.started_at,
                 error=error,
-                **common,
+                **_fields(chain_id, job),
             )
         catch = None if local is None else local.catch
         finally_ = None if local is None else local.finally_
@@ -134,3 +127,14 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             await run_callback(parts, owner, "catch", catch, (state, error), error=error)
         if finally_ is not None:
             await run_callback(parts, owner, "finally", finally_, (state,))
+
+
+def _fields(chain_id: str, job: QueuedJob) -> dict[str, Any]:
+    """The fields of a chain event about ``job``'s step (built only when someone listens)."""
+    return {
+        "dispatch_id": job.dispatch_id,
+        "chain_id": chain_id,
+        "job_id": job.job_id,
+        "job_type": job.job_type,
+        "queue": job.queue,
+    }

@@ -268,3 +268,28 @@ def test_every_handler_runs_as_the_actors_work(schedule: list[Ask]) -> None:
             assert answer.args == (i,)
         else:
             assert answer == i
+
+
+async def test_tell_nowait_queues_without_a_schedule_point_while_there_is_room(
+    autojump_clock: Any,
+) -> None:
+    """Like `tell`, handled in order in the key's task (in the registry's context), but with
+    no checkpoint; with the mailbox full it queues nothing and says so."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="registry")
+    seen: list[tuple[int, str, bool]] = []
+    caller = current_task()
+
+    async def handler(key: str, message: int) -> None:
+        await trio.sleep(1)
+        seen.append((message, var.get(), current_task() is caller))
+
+    async with open_keyed(handler, mailbox_size=2) as keyed:
+        var.set("caller")
+        with trio.testing.assert_no_checkpoints():
+            assert keyed.tell_nowait("k", 0)  # idle key: its task is started
+            assert keyed.tell_nowait("k", 1)
+            assert not keyed.tell_nowait("k", 2)  # full (its task has not started): not queued
+        await keyed.tell("k", 3)  # waits for room, then queued behind the others
+    assert seen == [(0, "registry", False), (1, "registry", False), (3, "registry", False)]
+    with pytest.raises(ComponentClosed):
+        keyed.tell_nowait("k", 5)
