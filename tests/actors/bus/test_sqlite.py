@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -346,7 +347,10 @@ async def test_group_commit_isolates_each_call(tmp_path: Path) -> None:
     assert state.total == 1
 
 
-async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Path) -> None:
+async def _store_with_a_gated_call(
+    tmp_path: Path,
+) -> tuple[SQLiteStore, threading.Event, Callable[[sqlite3.Connection], str]]:
+    """An open store, and an operation that holds the store's thread until ``gate`` is set."""
     store = SQLiteStore(tmp_path / "bus.db")
     await store.open()
     gate = threading.Event()
@@ -355,6 +359,11 @@ async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Pat
         gate.wait(10)
         return "slow"
 
+    return store, gate, slow
+
+
+async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Path) -> None:
+    store, gate, slow = await _store_with_a_gated_call(tmp_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store._run, slow)  # leads a group, held in its thread by `gate`
         await trio.testing.wait_all_tasks_blocked()
@@ -443,14 +452,7 @@ async def test_a_sent_call_completes_and_returns_though_cancelled_on_either_path
     """DESIGN rule 6: an operation sent to the writer without a checkpoint (its mailbox had
     room) and one sent by the shielded tell (forced here) behave alike: cancelled while its
     group runs, it completes, returns its result, and the cancel lands at the next checkpoint."""
-    store = SQLiteStore(tmp_path / "bus.db")
-    await store.open()
-    gate = threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> str:
-        gate.wait(10)
-        return "slow"
-
+    store, gate, slow = await _store_with_a_gated_call(tmp_path)
     seen: list[object] = []
     async with trio.open_nursery() as served:
         await served.start(store.serve)
