@@ -142,6 +142,7 @@ PINNED = {
         "Middleware",
         "NotFound",
         "Observer",
+        "PostgresStore",
         "Queue",
         "QueueStats",
         "QueuedJob",

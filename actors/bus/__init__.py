@@ -80,6 +80,7 @@ from ._model import JobContext as JobContext
 from ._model import JobOptions as JobOptions
 from ._model import JobRecord as JobRecord
 from ._model import QueuedJob as QueuedJob
+from ._postgres import PostgresStore as PostgresStore
 from ._protocol import BusLike as BusLike
 from ._redis_broker import RedisBroker as RedisBroker
 from ._redis_limits import RedisLock as RedisLock
@@ -144,6 +145,7 @@ __all__ = [
     "Middleware",
     "NotFound",
     "Observer",
+    "PostgresStore",
     "Queue",
     "QueueStats",
     "QueuedJob",

@@ -267,6 +267,12 @@ class Bus:
         )
         return await self.dispatch(Job(record.job_type, decode_payload(record.payload), options))
 
+    async def in_flight(self, limit: int = 100) -> tuple[list[BatchState], list[ChainState]]:
+        """Up to ``limit`` batches and ``limit`` chains not over yet, from the store (every
+        process's), oldest first."""
+        self._check_open()
+        return await self._parts.store.in_flight(check_positive_int(limit, "limit"))
+
     def stats(self) -> BusStats:
         """A snapshot: outstanding jobs, queues, coordinators, store errors, dropped events."""
         parts = self._parts
@@ -400,9 +406,9 @@ async def open_bus(
                 await sup.shutdown()
         finally:
             bus._closed = True
-            # Not under a shield of ours: a broker may exit here a scope it entered in open()
-            # (RedisBroker's connection pool), which must not be inside a newer scope. Each
-            # broker's close shields what must finish (giving back prefetched jobs) itself.
+            # Not under a shield of ours: a broker shields what must finish itself, and
+            # RedisBroker's pool (a task group entered in open) must not exit inside a scope
+            # opened after it.
             await broker.close()
     finally:
         bus._closed = True
