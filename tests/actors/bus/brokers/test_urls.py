@@ -22,7 +22,7 @@ from actors.bus import (
 from actors.bus._redis_broker import RedisBroker
 from actors.bus._sqlite_broker import SQLiteBroker
 from actors.bus._urls import ServiceURL, broker_from_url, parse_url, store_from_url
-from tests.services import free_port, redis_url
+from tests.services import free_port, postgres_dsn, redis_url
 
 
 @pytest.mark.parametrize(
@@ -154,3 +154,21 @@ async def test_a_bus_on_redis_opens_and_closes_cleanly() -> None:
             await second.wait()
     assert ran == [1, 1]
     gc.collect()  # coredis's closed streams, collected here rather than in a later test
+
+
+async def test_open_bus_takes_a_postgresql_store_url(tmp_path: Path) -> None:
+    ran: list[int] = []
+
+    async def job(ctx: JobContext) -> None:
+        ran.append(ctx.delivery)
+
+    handlers = Handlers()
+    handlers.register("t", job)
+    store = store_from_url(postgres_dsn())
+    assert type(store).__name__ == "PostgresStore"
+    broker = f"sqlite:///{tmp_path}/jobs.db?poll_interval=0.01"
+    async with open_bus(store=postgres_dsn(), broker=broker, handlers=handlers) as bus:
+        batch_id = await bus.batch(Job("t"), Job("t")).dispatch()
+        await bus.wait_idle()
+        assert (await bus.find_batch(batch_id)).completed
+    assert ran == [1, 1]
