@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.bus import Handlers, Job, JobContext, UnknownJobType, open_bus
+from actors.bus import DuplicateJob, Handlers, Job, JobContext, UnknownJobType, open_bus
 
 
 def handlers(ran: list[str]) -> Handlers:
@@ -65,3 +65,18 @@ async def test_cancel_batch_from_one_bus_stops_its_jobs_on_another(tmp_path: Pat
         assert (state.pending, state.processed, state.cancelled) == (0, 0, True)
         assert (await worker.queue_stats())["default"].ready == 0
     assert ran == []
+
+
+async def test_unique_for_holds_across_buses_sharing_the_store(tmp_path: Path) -> None:
+    # The claims live in the store (the SQLite file here; PostgreSQL across hosts), so every
+    # process sharing the store sees them, whatever the broker.
+    db = f"sqlite:///{tmp_path}/jobs.db"
+    found = handlers([])
+    async with (
+        open_bus(store=db, broker=db, handlers=found, workers=False) as one,
+        open_bus(store=db, broker=db, handlers=found, workers=False) as two,
+    ):
+        await one.dispatch(Job("t", {"report": 7}).unique_for(3600))
+        with pytest.raises(DuplicateJob, match="unique_for"):
+            await two.dispatch(Job("t", {"report": 7}).unique_for(3600))
+        await two.dispatch(Job("t", {"report": 8}).unique_for(3600))  # another payload
