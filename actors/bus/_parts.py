@@ -78,7 +78,9 @@ class Parts:
         self.jobs += n
 
     def done(self, n: int) -> None:
-        self.jobs -= n
+        # Never below zero: on a durable broker this bus also finishes (or discards, in
+        # cancel_batch) jobs that other processes dispatched, which it never counted in.
+        self.jobs = max(0, self.jobs - n)
         if not self.jobs and not self.admitting:
             self.idle.value = True
         if self._room and self.jobs <= self.max_pending // 2:
