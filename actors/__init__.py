@@ -22,7 +22,9 @@ from ._cron import Every as Every
 from ._errors import ActorCrashed as ActorCrashed
 from ._errors import ActorsError as ActorsError
 from ._errors import ComponentClosed as ComponentClosed
+from ._errors import LeaseLost as LeaseLost
 from ._errors import WouldDeadlock as WouldDeadlock
+from ._fence import current_fence as current_fence
 from ._keyed import KeyedActors as KeyedActors
 from ._keyed import KeyedStats as KeyedStats
 from ._keyed import open_keyed as open_keyed
@@ -64,6 +66,7 @@ __all__ = [
     "KeyedStats",
     "LaneStats",
     "Lanes",
+    "LeaseLost",
     "NotStarted",
     "Pool",
     "PoolStats",
@@ -75,6 +78,7 @@ __all__ = [
     "SkippedDuplicate",
     "TickResult",
     "WouldDeadlock",
+    "current_fence",
     "open_batcher",
     "open_keyed",
     "open_lanes",

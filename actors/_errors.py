@@ -33,3 +33,13 @@ class WouldDeadlock(ActorsError, RuntimeError):
 
     The call would wait for itself forever, so it fails at once. Call the function directly.
     """
+
+
+class LeaseLost(ActorsError, RuntimeError):
+    """A lease on a key (a cluster lane, a lane partition) lapsed and may be someone else's.
+
+    The process held it too long without renewing (a long pause, a frozen VM, a lost
+    connection): its fencing token is stale and the work it protected must not take effect.
+    A cluster `Lanes` job whose lease is lost is cancelled and its `run` raises this; a
+    broker refuses a late acknowledgement with it.
+    """

@@ -8,7 +8,10 @@ How a key lives:
 * **Idle**: the registry's dict maps the key to the Trio time it went idle, a bare float. No
   task, no mailbox, nothing for the garbage collector to walk.
 * **Busy**: the dict maps the key to its `Mailbox`, and the key's task drains it in order, one
-  message at a time, then ends, and the key is idle again.
+  message at a time, and the key is idle again. The task then lingers one scheduling round:
+  a key that needs a task meanwhile is taken over by it (no new task per turn for a key that
+  is busy now and then, such as a chain's coordinator), else it ends. Each turn starts in a
+  fresh copy of the registry's context, exactly as a new task would.
 * A handler is the actor's work (DESIGN rule 6): it always runs in the key's task, started in
   a copy of the context the registry was opened in, never in an asker's task. So it sees the
   registry's context variables (``supervisors.shutting_down()`` is the registry's), never an
@@ -96,6 +99,15 @@ class _Envelope(Generic[M, R]):
         self.reply = reply
 
 
+class _Linger:
+    """A key task waiting one scheduling round for another key's mailbox to take over."""
+
+    __slots__ = ("work",)
+
+    def __init__(self) -> None:
+        self.work: tuple[str, Mailbox[Any]] | None = None
+
+
 _Item = _Envelope[Any, Any] | _Hold
 _Box = Mailbox[_Item]
 
@@ -134,6 +146,8 @@ class KeyedActors(Generic[M, R]):
         self._restarts_total = 0
         self._closed = False
         self._handling: dict[str, _Box] = {}
+        #: Key tasks lingering one scheduling round after their mailbox ran dry.
+        self._lingering: list[_Linger] = []
         self._all_idle = trio.lowlevel.ParkingLot()
         #: Key tasks start in a copy of this: the context the registry was opened in.
         self._context = contextvars.copy_context()
@@ -177,14 +191,34 @@ class KeyedActors(Generic[M, R]):
         self._check_open()
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
+        envelope: _Envelope[M, R] = _Envelope(message, None)
         entry = self._keys.get(key)
-        if entry is not None and entry.__class__ is not float:
+        if entry is None or entry.__class__ is float:
+            self._enqueue_new(key, envelope)
+        else:
             assert isinstance(entry, Mailbox)
-            if len(entry) >= entry.size:
-                check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
-        _, waited = await self._enqueue(key, _Envelope(message, None))
-        if not waited:  # put in at once: still a schedule point
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not entry.put_nowait(envelope):
+                if len(entry.items) >= entry.size:
+                    check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
+                await entry.put(envelope)  # waited in line for room: a schedule point
+                return
+        await trio.lowlevel.cancel_shielded_checkpoint()  # put in at once: still one
+
+    def tell_nowait(self, key: str, message: M) -> bool:
+        """`tell` without a scheduling point: queue ``message`` if its mailbox has room now
+        (and no sender waits before it) and return True; else queue nothing and return False.
+
+        For a caller that is about to wait anyway (on the answer it will get some other way),
+        so the tell's own checkpoint would only cost a task switch.
+        """
+        self._check_open()
+        check_key(key)
+        entry = self._keys.get(key)
+        if entry is None or entry.__class__ is float:
+            self._enqueue_new(key, _Envelope(message, None))
+            return True
+        assert isinstance(entry, Mailbox)
+        return entry.put_nowait(_Envelope(message, None))
 
     def take_pending(self, key: str, accept: Callable[[M], bool] | None = None) -> list[M]:
         """From inside ``key``'s handler: remove and return the told messages waiting now.
@@ -214,19 +248,28 @@ class KeyedActors(Generic[M, R]):
         """Put ``item`` in ``key``'s mailbox; return the mailbox and whether we waited for room."""
         entry = self._keys.get(key)
         if entry is None or entry.__class__ is float:
-            box: _Box = Mailbox(self._mailbox_size)
-            self._keys[key] = box
-            self._busy += 1
-            box.items.append(item)
-            self._spawn(key, box)
-            return box, False
+            return self._enqueue_new(key, item), False
         assert isinstance(entry, Mailbox)
         return entry, await entry.put(item)
+
+    def _enqueue_new(self, key: str, item: _Item) -> _Box:
+        """An idle (or unknown) key gets a mailbox holding ``item``, and its task."""
+        box: _Box = Mailbox(self._mailbox_size)
+        self._keys[key] = box
+        self._busy += 1
+        box.items.append(item)
+        self._spawn(key, box)
+        return box
 
     # ---------------------------------------------------------------- turns
 
     def _spawn(self, key: str, box: _Box) -> None:
-        """Start the key's task, in the registry's context (never the sender's)."""
+        """Start the key's task, in the registry's context (never the sender's): a key task
+        lingering after its own mailbox ran dry takes it over, else a new task starts."""
+        lingering = self._lingering
+        if lingering:
+            lingering.pop().work = (key, box)
+            return
         try:
             self._context.run(self._nursery.start_soon, self._run_key, key, box)
         except RuntimeError:  # the registry is gone (cancelled) while the key was busy
@@ -261,7 +304,26 @@ class KeyedActors(Generic[M, R]):
             await self._all_idle.park()
 
     async def _run_key(self, key: str, box: _Box) -> None:
-        """The key's task: handle its mailbox in order, one message at a time, then end."""
+        """The key's task: handle its mailbox in order, one message at a time; then linger one
+        scheduling round, taking over a key that needs a task meanwhile, else end."""
+        task = trio.lowlevel.current_task()
+        while True:
+            await self._turn(key, box)
+            # A fresh copy of the registry's context, as a new task would start in: nothing a
+            # handler set carries over to another key's turn. Set before the checkpoint, so
+            # the next turn runs in it.
+            task.context = self._context.copy()
+            linger = _Linger()
+            self._lingering.append(linger)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            work = linger.work
+            if work is None:
+                self._lingering.remove(linger)
+                return
+            key, box = work
+
+    async def _turn(self, key: str, box: _Box) -> None:
+        """Handle ``key``'s mailbox in order, one message at a time, until it is empty."""
         items = box.items
         handled = 0
         item: _Item | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any, TypeVar
 
 import attrs
@@ -29,6 +29,7 @@ import outcome
 import trio
 
 from ._checks import check_async_fn, check_idle_timeout
+from ._cluster import ClusterLeases
 from ._errors import ComponentClosed
 from ._idle import reap_forever, reap_stale
 from ._keys import check_key
@@ -82,8 +83,15 @@ class Lanes:
     Made by `open_lanes`. An idle lane is a float in a dict until it is reaped.
     """
 
-    def __init__(self, idle_timeout: float, opener: _Task, outside: frozenset[object]) -> None:
+    def __init__(
+        self,
+        idle_timeout: float,
+        opener: _Task,
+        outside: frozenset[object],
+        cluster: ClusterLeases | None = None,
+    ) -> None:
         self._idle_timeout = idle_timeout
+        self._cluster = cluster  # holds each key across the fleet too (open_lanes(cluster=))
         self._keys: dict[str, float | _Lane] = {}
         self._busy = 0
         self._queued = 0
@@ -127,6 +135,8 @@ class Lanes:
         try:
             if idle:
                 await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point either way
+            if self._cluster is not None:
+                return await self._cluster.run((key,), self._job, task, (lane,), async_fn, args)
             if self._inside(task):
                 return await async_fn(*args)
             return await self._run_scoped((lane,), async_fn, args)
@@ -162,6 +172,9 @@ class Lanes:
                 self._jobs_total += 1
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._cluster is not None:
+                lanes = [lane for _, lane in held]
+                return await self._cluster.run(wanted, self._job, task, lanes, async_fn, args)
             if self._inside(task):
                 return await async_fn(*args)
             return await self._run_scoped([lane for _, lane in held], async_fn, args)
@@ -244,6 +257,19 @@ class Lanes:
                 return nursery not in self._outside
         return True
 
+    async def _job(
+        self,
+        task: _Task,
+        lanes: Iterable[_Lane],
+        async_fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+    ) -> T:
+        """The job itself, once every turn is held (the cluster's path; the local one inlines
+        it)."""
+        if self._inside(task):
+            return await async_fn(*args)
+        return await self._run_scoped(lanes, async_fn, args)
+
     async def _run_scoped(
         self, lanes: Iterable[_Lane], async_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
     ) -> T:
@@ -304,16 +330,37 @@ class Lanes:
 
 
 @asynccontextmanager
-async def open_lanes(idle_timeout: float = 600.0) -> AsyncIterator[Lanes]:
+async def open_lanes(
+    idle_timeout: float = 600.0,
+    *,
+    cluster: str | None = None,
+    lease: float = 10.0,
+    prefix: str = "trio-lanes",
+) -> AsyncIterator[Lanes]:
     """Open a lane manager. Leaving the block lets running and queued jobs finish.
 
     Cancelling the block (or an exception leaving it) stops at once: running jobs are
     cancelled, waiting callers get `ComponentClosed`, and nothing runs on after the block.
     ``idle_timeout``: seconds a lane may stay idle before the background reaper forgets it.
+
+    ``cluster="redis://host:6379/0"`` holds each key across every process sharing that Redis
+    too (FIFO per key across the fleet), under a lease of ``lease`` seconds renewed while the
+    job runs; inside the job `actors.current_fence` gives the lease's fencing token. Keys in
+    Redis start with ``prefix``. See `actors._cluster`.
     """
     idle_timeout = check_idle_timeout(idle_timeout)
-    opener = trio.lowlevel.current_task()
-    lanes = Lanes(idle_timeout, opener, frozenset(opener.child_nurseries))
+    leases = None if cluster is None else ClusterLeases(cluster, lease=lease, prefix=prefix)
+    async with nullcontext() if leases is None else leases.connected():
+        opener = trio.lowlevel.current_task()
+        lanes = Lanes(idle_timeout, opener, frozenset(opener.child_nurseries), leases)
+        async with _serving(lanes, idle_timeout, leases) as served:
+            yield served
+
+
+@asynccontextmanager
+async def _serving(
+    lanes: Lanes, idle_timeout: float, leases: ClusterLeases | None
+) -> AsyncIterator[Lanes]:
     try:
         async with open_component_nursery() as nursery:
             reaper = trio.CancelScope()
@@ -322,7 +369,15 @@ async def open_lanes(idle_timeout: float = 600.0) -> AsyncIterator[Lanes]:
                 with reaper:
                     await reap_forever(idle_timeout, lanes.reap_idle)
 
+            renewer = trio.CancelScope()
+
+            async def renew(leases: ClusterLeases) -> None:
+                with renewer:  # until every job has ended: the leases are theirs
+                    await leases.renew_forever()
+
             nursery.start_soon(reap)
+            if leases is not None:
+                nursery.start_soon(renew, leases)
             try:
                 yield lanes
                 await lanes._drain()
@@ -331,5 +386,6 @@ async def open_lanes(idle_timeout: float = 600.0) -> AsyncIterator[Lanes]:
                 raise
             finally:
                 reaper.cancel()
+                renewer.cancel()
     finally:
         lanes._closed = True

@@ -24,6 +24,11 @@ R = TypeVar("R")
 
 _PENDING, _ANSWERED, _DELIVERED, _ABANDONED = range(4)
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+_FAILED = trio.lowlevel.Abort.FAILED
+
+
+def _refuse(_: object) -> trio.lowlevel.Abort:
+    return _FAILED
 
 
 class Reply(Generic[R]):
@@ -101,4 +106,20 @@ class Reply(Generic[R]):
         if turn is not None:
             waiting[task] = turn
         value: R = await trio.lowlevel.wait_task_rescheduled(abort)
+        return value
+
+    async def wait_shielded(self) -> R:
+        """`wait` that cancellation cannot interrupt, as inside ``CancelScope(shield=True)``
+        (without one): a cancel arriving meanwhile is raised at the caller's next checkpoint.
+
+        Always a schedule point, never a cancellation point.
+        """
+        result = self._outcome
+        if result is not None:
+            self._outcome = None
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._state = _DELIVERED
+            return result.unwrap()
+        self._task = trio.lowlevel.current_task()
+        value: R = await trio.lowlevel.wait_task_rescheduled(_refuse)
         return value

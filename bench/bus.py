@@ -250,7 +250,7 @@ def _chain_step_cost(runs: int, n: int, workers: int, tmp: str, length: int) -> 
         sql_times.append(sql_chain_steps(chains, length, tmp))
         gc.collect()
         bus_times.append(
-            trio.run(partial(bus_chains, chains * length, workers, "sqlite", tmp, length))
+            trio.run(partial(bus_chains, chains * length, workers, "sqlite", tmp, length, 64))
         )
     steps = chains * length
     bus_us = statistics.median(bus_times) / steps * 1e6

@@ -47,6 +47,7 @@ from ._errors import BusClosed as BusClosed
 from ._errors import BusError as BusError
 from ._errors import DuplicateJob as DuplicateJob
 from ._errors import InsideBus as InsideBus
+from ._errors import LeaseLost as LeaseLost
 from ._errors import NotFound as NotFound
 from ._errors import Release as Release
 from ._errors import StoreError as StoreError
@@ -135,6 +136,7 @@ __all__ = [
     "JobOptions",
     "JobOutcome",
     "JobRecord",
+    "LeaseLost",
     "Lock",
     "Locker",
     "MemoryBroker",

@@ -207,6 +207,8 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         emitter = parts.emitter
         local = self._local.get(batch_id)
         state, finished = update.state, update.finished_now
+        if not (update.progressed or finished or state.cancelled or update.first_failure):
+            return state  # nothing to act on: no cancel, no event, no callback
         first_error: BaseException | None = None
         if update.first_failure is not None:
             first_error = next(

@@ -97,13 +97,6 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             await parts.ack(done.delivery)
             return
         emitter = parts.emitter
-        common: dict[str, Any] = {
-            "dispatch_id": job.dispatch_id,
-            "chain_id": chain_id,
-            "job_id": job.job_id,
-            "job_type": job.job_type,
-            "queue": job.queue,
-        }
         if step.next_node is not None:
             node = step.next_node
             # Next queued before this one is acknowledged: a crash in between re-runs a
@@ -114,7 +107,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             )
             await parts.ack(done.delivery)
             if emitter.active:
-                emitter.emit(EventKind.CHAIN_ADVANCED, **common)
+                emitter.emit(EventKind.CHAIN_ADVANCED, **_fields(chain_id, job))
             return
         local = self._local.pop(chain_id, None)
         if emitter.active:
@@ -122,7 +115,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
                 EventKind.CHAIN_FAILED if step.failed else EventKind.CHAIN_COMPLETED,
                 duration=None if local is None else trio.current_time() - local.started_at,
                 error=error,
-                **common,
+                **_fields(chain_id, job),
             )
         # The callbacks are claimed (and Job callbacks queued) before the last step is
         # acknowledged: a crash in between redelivers the step, which queues them again.
@@ -194,3 +187,14 @@ def record_of(node: ChainNode) -> JobRecord:
         retry=options.retry,
         backoff=options.backoff,
     )
+
+
+def _fields(chain_id: str, job: QueuedJob) -> dict[str, Any]:
+    """The fields of a chain event about ``job``'s step (built only when someone listens)."""
+    return {
+        "dispatch_id": job.dispatch_id,
+        "chain_id": chain_id,
+        "job_id": job.job_id,
+        "job_type": job.job_type,
+        "queue": job.queue,
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .._checks import check_duration
 from .._errors import ActorsError, ComponentClosed
+from .._errors import LeaseLost as _LeaseLost
 
 
 class BusError(ActorsError):
@@ -72,3 +73,9 @@ class StoreError(BusError):
 class InsideBus(BusError, RuntimeError):
     """A call that waits for the whole bus was made from the bus's own work (a handler, a
     callback): ``wait_idle()`` there would wait for itself. Call it from outside the bus."""
+
+
+class LeaseLost(BusError, _LeaseLost):
+    """A broker refused a lane job's ack or retry: its lease lapsed and another worker has
+    the job now (its `Delivery.fence` is stale). The worker lets the job go; the outcome it
+    computed must not take effect. ``except actors.LeaseLost`` catches it too."""

@@ -30,6 +30,8 @@ class MemoryQueue:
         self._running = 0
         self._workers = trio.lowlevel.ParkingLot()
         self._timer = trio.lowlevel.ParkingLot()
+        #: Lanes with a job out, and the jobs waiting behind it: (due time, job).
+        self._lanes: dict[str, deque[tuple[float, QueuedJob]]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryQueue {self.name!r} ready={len(self._ready)} delayed={len(self._delayed)}>"
@@ -48,6 +50,40 @@ class MemoryQueue:
 
     def put_now(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
         """`put` without yielding (the bus's own fast path to this queue)."""
+        for job in jobs:
+            if job.lane is not None:
+                jobs = self._lane_heads(jobs, delay)
+                break
+        self._place(jobs, delay)
+
+    def _lane_heads(self, jobs: Sequence[QueuedJob], delay: float) -> list[QueuedJob]:
+        """The jobs that go out now: plain ones, and lane jobs whose lane has none out."""
+        at = trio.current_time() + delay
+        lanes = self._lanes
+        out = []
+        for job in jobs:
+            lane = job.lane
+            if lane is None:
+                out.append(job)
+            elif lane in lanes:
+                lanes[lane].append((at, job))
+            else:
+                lanes[lane] = deque()
+                out.append(job)
+        return out
+
+    def _lane_done(self, lane: str) -> None:
+        """The lane's job out is settled: send the next one behind it, or free the lane."""
+        waiting = self._lanes[lane]
+        if not waiting:
+            del self._lanes[lane]
+            return
+        at, job = waiting.popleft()
+        self._place((job,), at - trio.current_time())
+
+    def _place(self, jobs: Sequence[QueuedJob], delay: float) -> None:
+        if not jobs:
+            return
         if delay <= 0:
             self._ready.extend(jobs)
             if self._workers:
@@ -85,15 +121,22 @@ class MemoryQueue:
 
     def ack_now(self, delivery: Delivery) -> None:
         self._running -= 1
+        if delivery.job.lane is not None:
+            self._lane_done(delivery.job.lane)
 
     async def ack(self, delivery: Delivery) -> None:
         """Nothing to remove: a delivered job left the queue when it was taken."""
-        self._running -= 1
+        self.ack_now(delivery)
         await trio.lowlevel.checkpoint()
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
+        """The next attempt, due in ``delay``; a lane job's keeps its lane's turn."""
         self._running -= 1
-        await self.put((job,), delay=delay)
+        if job.lane is None:
+            await self.put((job,), delay=delay)
+            return
+        self._place((job,), delay)  # not `put`: the lane is this job's already
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Back to the front of the queue, in their order, due now."""
@@ -106,6 +149,8 @@ class MemoryQueue:
     async def discard(self, batch_id: str) -> list[QueuedJob]:
         """Remove and return every waiting job of ``batch_id``."""
         await trio.lowlevel.checkpoint()
+        if self._lanes:
+            return self._discard_with_lanes(batch_id)
         removed = [job for job in self._ready if job.batch_id == batch_id]
         if removed:
             kept = [job for job in self._ready if job.batch_id != batch_id]
@@ -118,6 +163,24 @@ class MemoryQueue:
             removed.extend(entry[2] for entry in sorted(late))
             self._timer.unpark_all()
         return removed
+
+    def _discard_with_lanes(self, batch_id: str) -> list[QueuedJob]:
+        removed: list[QueuedJob] = []
+        for waiting in self._lanes.values():
+            removed += [job for _, job in waiting if job.batch_id == batch_id]
+            kept = [(at, job) for at, job in waiting if job.batch_id != batch_id]
+            waiting.clear()
+            waiting.extend(kept)
+        heads = [job for job in self._ready if job.batch_id == batch_id]
+        heads += [entry[2] for entry in sorted(self._delayed) if entry[2].batch_id == batch_id]
+        self._ready = deque(job for job in self._ready if job.batch_id != batch_id)
+        self._delayed[:] = [entry for entry in self._delayed if entry[2].batch_id != batch_id]
+        heapq.heapify(self._delayed)
+        self._timer.unpark_all()
+        for job in heads:
+            if job.lane is not None:
+                self._lane_done(job.lane)
+        return heads + removed
 
     async def stats(self) -> QueueStats:
         await trio.lowlevel.checkpoint()

@@ -208,6 +208,8 @@ class JobOptions:
     """Seconds between a failed attempt and its retry."""
     unique_for: float | None = None
     """Seconds during which a second dispatch of the same type and payload is refused."""
+    lane: str | None = None
+    """The lane key: jobs of one lane run one at a time, in dispatch order, on every worker."""
 
 
 @attrs.frozen
@@ -248,6 +250,12 @@ class Job:
         if times < 0:
             raise ValueError(f"retry must be >= 0, got {times!r}")
         return self._with(retry=times)
+
+    def lane(self, key: str) -> Job:
+        """Run one at a time and in dispatch order with the other jobs of lane ``key``, across
+        every worker and process; other lanes run in parallel. A delayed or retrying lane
+        job holds back the jobs behind it."""
+        return self._with(lane=check_text(key, "lane key"))
 
     def backoff(self, seconds: float) -> Job:
         """Wait ``seconds`` (>= 0) between a failed attempt and its retry."""
@@ -318,6 +326,8 @@ class QueuedJob:
     """For a `Job` callback: ``"batch:<id>"`` or ``"chain:<id>"``, whose state it reads."""
     error: str | None = None
     """For a ``catch`` `Job` callback: the failure, as ``"ExceptionType: message"``."""
+    lane: str | None = None
+    """The lane key: jobs of one lane run one at a time, in the order they were put."""
 
 
 class _AttemptFlags:
@@ -351,6 +361,9 @@ class JobContext:
     """For a ``catch`` `Job` callback: the failure, as ``"ExceptionType: message"``."""
     delivery: int = 1
     """1 unless a durable broker redelivered this attempt (its worker died)."""
+    fence: int = 0
+    """For a lane job: its delivery's fencing token (grows with each lease of the lane), to
+    hand to what the handler writes so a holder whose lease lapsed is refused; else 0."""
     _flags: _AttemptFlags = attrs.field(factory=_AttemptFlags, eq=False, repr=False)
 
     def bind(self, cls: type[T]) -> T:

@@ -7,19 +7,24 @@ Nothing here decides anything; it is the plumbing the roles (`_admission`, `_wor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 
 import trio
 from trio_util import AsyncBool  # type: ignore[import-untyped]
 
+from .._errors import LeaseLost
 from ._broker import BrokerQueue, Delivery
 from ._memory_broker import MemoryQueue
 from ._model import QueuedJob
 from ._observe import Emitter
 from ._recording import Recorder
 from ._store import MemoryStore, Store
+
+log = logging.getLogger("actors.bus")
 
 #: True in the bus's own tasks (workers, coordinators, callbacks): their dispatches never
 #: wait for room (a full bus would wait on itself) and `wait_idle` refuses to run there.
@@ -73,7 +78,9 @@ class Parts:
         self.jobs += n
 
     def done(self, n: int) -> None:
-        self.jobs -= n
+        # Never below zero: on a durable broker this bus also finishes (or discards, in
+        # cancel_batch) jobs that other processes dispatched, which it never counted in.
+        self.jobs = max(0, self.jobs - n)
         if not self.jobs and not self.admitting:
             self.idle.value = True
         if self._room and self.jobs <= self.max_pending // 2:
@@ -114,7 +121,8 @@ class Parts:
         if type(queue) is MemoryQueue:
             queue.ack_now(delivery)
         else:
-            await queue.ack(delivery)
+            with lease_lost_ok(delivery):
+                await queue.ack(delivery)
 
     async def put(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
         """Queue jobs of one queue, counted as outstanding until their outcome is recorded."""
@@ -137,3 +145,12 @@ class Parts:
             groups.setdefault((job.queue, delay), []).append(job)
         for (_, delay), group in groups.items():
             await self.put(group, delay)
+
+
+@contextmanager
+def lease_lost_ok(delivery: Delivery) -> Iterator[None]:
+    """A lane job's lease lapsed and another worker has the job now: this one lets it go."""
+    try:
+        yield
+    except LeaseLost as exc:
+        log.warning("bus lane job %s: %s", delivery.job.job_id, exc)

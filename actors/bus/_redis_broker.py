@@ -36,10 +36,8 @@ then survive a restart; ``appendfsync everysec`` may lose the last second on pow
 connection drops between two, the error says the put failed, although its first chunks were
 accepted (a retried put then queues those twice; at least once, never lost).
 
-Lanes (issue 11) plug in as a partition lease per lane partition, ``(owner, epoch)`` in a
-hash taken and renewed by a script with the heartbeat; a lane job's `Delivery.fence` is the
-epoch, and the ack and retry scripts take the lease key and the fence and refuse (return 0)
-when the epoch moved on, so a worker whose lease lapsed cannot settle the job.
+Lane jobs (``QueuedJob.lane``): a waiting list per lane and one token per lane in the
+stream, fenced by the lane's epoch; see `_redis_lanes`.
 """
 
 from __future__ import annotations
@@ -54,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import _redis_lanes as lanes
 from . import _redis_scripts as scripts
 from ._broker import Delivery, QueueStats, decode_job
 from ._leased import (
@@ -65,6 +64,7 @@ from ._leased import (
     log,
 )
 from ._model import QueuedJob, check_seconds
+from ._redis_util import fields, leaves
 
 if TYPE_CHECKING:
     import coredis
@@ -96,19 +96,6 @@ def _coredis() -> ModuleType:
         TimeoutError,
     )
     return coredis
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
-def _fields(raw: Any) -> dict[str, str]:
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    items = list(raw)
-    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items), 2)}
 
 
 class RedisBroker:
@@ -185,11 +172,11 @@ class RedisBroker:
                 await client.ping()
         except BaseException as exc:
             await stack.aclose()
-            leaves = _leaves(exc)
+            causes = leaves(exc)
             if isinstance(exc, trio.TooSlowError) or all(
-                isinstance(leaf, _CONNECTION_ERRORS) for leaf in leaves
+                isinstance(leaf, _CONNECTION_ERRORS) for leaf in causes
             ):
-                raise self.unreachable(leaves[0]) from exc
+                raise self.unreachable(causes[0]) from exc
             raise
         self.consumer = secrets.token_hex(8)
         self._client, self._stack = client, stack
@@ -206,6 +193,10 @@ class RedisBroker:
                 "stats": scripts.STATS,
                 "discard": scripts.DISCARD,
                 "reap": scripts.REAP,
+                "put_lanes": lanes.PUT_LANES,
+                "start_lanes": lanes.START_LANES,
+                "ack_lane": lanes.ACK_LANE,
+                "retry_lane": lanes.RETRY_LANE,
             }.items()
         }
 
@@ -252,6 +243,8 @@ class RedisBrokerQueue(LeasedQueue):
         tag = f"{broker.prefix}:{{{name}}}"
         self.stream = f"{tag}:stream"
         self.delayed = f"{tag}:delayed"
+        self.epochs = f"{tag}:lanes"
+        self.lane_prefix = f"{tag}:lane:"
         self._group_ready = False
         self._cursor = "0-0"
         self._last_reclaim = -math.inf
@@ -350,13 +343,17 @@ class RedisBrokerQueue(LeasedQueue):
         delay = check_seconds(delay, "delay")
         bodies = encode_jobs(jobs, self._broker.max_payload, f"Redis at {self._broker.url}")
         await self._ensure_group()
-        entries = [(job.batch_id or "", body) for job, body in zip(jobs, bodies, strict=True)]
-        if not entries:
+        pairs = list(zip(jobs, bodies, strict=True))
+        entries = [(job.batch_id or "", body) for job, body in pairs if job.lane is None]
+        laned = [(job, body) for job, body in pairs if job.lane is not None]
+        if not pairs:
             await trio.lowlevel.checkpoint()
-        elif delay == 0:
+        elif entries and delay == 0:
             await self._puts.submit(entries)
-        else:
+        elif entries:
             await self._put_entries(entries, delay)
+        for start in range(0, len(laned), _PUT_CHUNK):
+            await lanes.put(self, laned[start : start + _PUT_CHUNK], math.ceil(delay * 1000))
 
     async def _put_many(self, groups: list[list[tuple[str, str]]]) -> None:
         await self._put_entries([entry for group in groups for entry in group], 0.0)
@@ -368,17 +365,10 @@ class RedisBrokerQueue(LeasedQueue):
                 args += [secrets.token_hex(8), batch_id, body]
             await self._script("put", [self.stream, self.delayed], args)
 
-    def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
-        out = []
-        for identifier, raw, count in entries:
-            fields = _fields(raw)
-            out.append(
-                Delivery(
-                    job=decode_job(fields["j"]),
-                    delivery=int(fields.get("d", 0)) + count,
-                    receipt=identifier,
-                )
-            )
+    async def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
+        out, stray = await lanes.deliveries(self, [(i, fields(raw), n) for i, raw, n in entries])
+        if stray:  # a token of a lane without jobs (it cannot be made, but never keep one)
+            await self._ack_many(stray)
         return out
 
     async def _claim(self, n: int) -> tuple[list[Delivery], float]:
@@ -408,7 +398,8 @@ class RedisBrokerQueue(LeasedQueue):
         if not found:
             return [], 0.0
         entries = found.get(self.stream, ())
-        return self._deliveries([(str(e.identifier), e.field_values, 1) for e in entries]), 0.0
+        found_entries = [(str(e.identifier), e.field_values, 1) for e in entries]
+        return await self._deliveries(found_entries), 0.0
 
     async def reclaim(self, n: int) -> list[Delivery]:
         """Take over up to ``n`` entries whose lease lapsed (idle > visibility timeout)."""
@@ -420,7 +411,7 @@ class RedisBrokerQueue(LeasedQueue):
         )
         self._cursor = out[0]
         rest = out[1:]
-        return self._deliveries(
+        return await self._deliveries(
             [(rest[i], rest[i + 1], int(rest[i + 2])) for i in range(0, len(rest), 3)]
         )
 
@@ -439,12 +430,28 @@ class RedisBrokerQueue(LeasedQueue):
                 backoff = min(backoff * 2, 1.0)
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._acks.submit(delivery.receipt)
+        """Remove the job for good; for a lane job only while its fence is still the lane's
+        epoch (else `LeaseLost`), which sends the lane's next job at once."""
+        lane = delivery.job.lane
+        if lane is None:
+            await self._acks.submit(delivery.receipt)
+        else:
+            try:
+                await lanes.settle(self, "ack_lane", delivery, [])
+            finally:
+                self._settled([delivery])
         self._settled([delivery])
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         delay = check_seconds(delay, "delay")
         (body,) = encode_jobs([job], self._broker.max_payload, f"Redis at {self._broker.url}")
+        if job.lane is not None:
+            try:
+                args = [math.ceil(delay * 1000), job.batch_id or "", body]
+                await lanes.settle(self, "retry_lane", delivery, args)
+            finally:
+                self._settled([delivery])
+            return
         await self._script(
             "retry",
             [self.stream, self.delayed],

@@ -38,7 +38,11 @@ local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonu
 for _, m in ipairs(ready) do
   local a = string.find(m, '\\n', 1, true)
   local b = string.find(m, '\\n', a + 1, true)
-  redis.call('XADD', KEYS[1], '*', 'j', string.sub(m, b + 1), 'b', string.sub(m, a + 1, b - 1))
+  if a == 2 and string.sub(m, 1, 1) == '~' then  -- a lane's token (_redis_lanes.py)
+    redis.call('XADD', KEYS[1], '*', 'l', string.sub(m, b + 1))
+  else
+    redis.call('XADD', KEYS[1], '*', 'j', string.sub(m, b + 1), 'b', string.sub(m, a + 1, b - 1))
+  end
   redis.call('ZREM', KEYS[2], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -101,8 +105,12 @@ for i = 3, #ARGV, 2 do
       local f = e[1][2]
       local fields = {}
       for k = 1, #f, 2 do fields[f[k]] = f[k + 1] end
-      redis.call('XADD', KEYS[1], '*', 'j', fields['j'], 'b', fields['b'] or '',
-                 'd', ARGV[i + 1])
+      if fields['l'] then  -- a lane's token: back for anyone, the lane starts anew
+        redis.call('XADD', KEYS[1], '*', 'l', fields['l'], 'd', ARGV[i + 1])
+      else
+        redis.call('XADD', KEYS[1], '*', 'j', fields['j'], 'b', fields['b'] or '',
+                   'd', ARGV[i + 1])
+      end
       n = n + 1
     end
   end

@@ -126,10 +126,14 @@ class SQLiteStore(SQLOperations):
                 raise self._wrap(exc) from exc
             return result
         reply: Reply[T] = Reply()
-        with trio.CancelScope(shield=True):
-            await writer.tell(_WRITER, (fn, args, reply))
-            answer = await reply.wait()
-        return answer
+        op = (fn, args, reply)
+        # Sent without the tell's own checkpoint when the writer's mailbox has room: the wait
+        # for the answer is this call's schedule point (and, like a shielded one, not a
+        # cancellation point).
+        if not writer.tell_nowait(_WRITER, op):
+            with trio.CancelScope(shield=True):
+                await writer.tell(_WRITER, op)
+        return await reply.wait_shielded()
 
     async def _write_group(self, key: str, first: _Op) -> None:
         """The writer actor: this operation and every one waiting, in one transaction."""

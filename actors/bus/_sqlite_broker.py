@@ -28,11 +28,8 @@ and calls that arrive while one runs share the next transaction. A local ``put``
 waiting local ``get`` at once; jobs put by other processes are seen within
 ``poll_interval`` (or at their due time, whichever comes first).
 
-Lanes (issue 11) plug in beside the lease: a ``lane_leases(queue, partition, owner, epoch,
-lease_until)`` table taken and renewed in the claim and heartbeat transactions; a lane job's
-`Delivery.fence` carries the epoch, and ack/retry of a lane job check ``epoch = fence AND
-owner = me`` in their own transaction before they change anything, so a worker whose lease
-lapsed cannot settle the job.
+Lane jobs (``QueuedJob.lane``): only a lane's head is claimed, under a fenced lease; see
+`_sqlite_lanes`.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from . import _sqlite_lanes as lanes
 from ._broker import Delivery, QueueStats, decode_job
 from ._group_commit import GroupCommit
 from ._leased import (
@@ -78,6 +76,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX broker_jobs_owner ON broker_jobs (owner) WHERE owner IS NOT NULL",
         "CREATE INDEX broker_jobs_batch ON broker_jobs (batch_id) WHERE batch_id IS NOT NULL",
     ),
+    lanes.MIGRATION,
 )
 
 
@@ -126,29 +125,44 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
 # ------------------------------------------------------------------------- in the thread
 
 
-def _insert(
-    conn: sqlite3.Connection, queue: str, rows: list[tuple[str | None, str]], visible_at: float
-) -> None:
+#: A row as put: (batch id, body, lane, the lane place to keep or None for the lane's end).
+Row = tuple[str | None, str, str | None, int | None]
+
+
+def _insert(conn: sqlite3.Connection, queue: str, rows: list[Row], visible_at: float) -> None:
     with _transaction(conn):
-        conn.executemany(
-            "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) VALUES (?, ?, ?, ?)",
-            [(queue, batch_id, body, visible_at) for batch_id, body in rows],
-        )
+        if all(lane is None for _, _, lane, _ in rows):
+            conn.executemany(
+                "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) VALUES (?, ?, ?, ?)",
+                [(queue, batch_id, body, visible_at) for batch_id, body, _, _ in rows],
+            )
+            return
+        for batch_id, body, lane, seq in rows:  # in order: ids say the order of the queue
+            lanes.insert(conn, queue, batch_id, body, visible_at, lane, seq)
 
 
 def _claim(
     conn: sqlite3.Connection, queue: str, owner: str, n: int, now: float, lease: float
-) -> tuple[list[tuple[int, str, int]], float | None]:
+) -> tuple[list[tuple[int, str, int, int]], float | None]:
     # In the group's transaction: nobody claims the same rows between the two statements.
-    rows = conn.execute(
-        "SELECT id, body, deliveries + 1 FROM broker_jobs WHERE queue = ? AND visible_at <= ? "
+    # A lane job is due only at the head of its lane (the lowest seq still there): while the
+    # head is leased, delayed or retrying, the jobs behind it wait.
+    found = conn.execute(
+        "SELECT id, body, deliveries + 1, lane FROM broker_jobs AS j "
+        f"WHERE queue = ? AND visible_at <= ? AND {lanes.IS_HEAD} "
         "ORDER BY visible_at, id LIMIT ?",
         (queue, now, n),
     ).fetchall()
+    rows: list[tuple[int, str, int, int]] = []
+    for row_id, body, count, lane in found:
+        fence = 0
+        if lane is not None:  # a new lease of the lane: its epoch moves on
+            fence = lanes.start(conn, queue, lane)
+        rows.append((row_id, body, count, fence))
     conn.executemany(
-        "UPDATE broker_jobs SET owner = ?, visible_at = ?, deliveries = deliveries + 1 "
-        "WHERE id = ?",
-        [(owner, now + lease, row[0]) for row in rows],
+        "UPDATE broker_jobs SET owner = ?, visible_at = ?, deliveries = deliveries + 1, "
+        "fence = ? WHERE id = ?",
+        [(owner, now + lease, row[3], row[0]) for row in rows],
     )
     next_due = None
     if not rows:
@@ -176,14 +190,20 @@ def _retry(
     conn: sqlite3.Connection,
     row_id: int,
     queue: str,
-    batch_id: str | None,
-    body: str,
+    row: Row,
     visible_at: float,
+    fence: int,
 ) -> bool:
     with _transaction(conn):
-        if conn.execute("DELETE FROM broker_jobs WHERE id = ?", (row_id,)).rowcount != 1:
+        lane = row[2]
+        if lane is not None:
+            seq = lanes.settle(conn, queue, lane, row_id, fence)
+            if seq is None:
+                return False
+            row = (row[0], row[1], lane, seq)  # the next attempt keeps the lane's place
+        elif conn.execute("DELETE FROM broker_jobs WHERE id = ?", (row_id,)).rowcount != 1:
             return False  # settled already (by another worker after a lapsed lease)
-        _insert(conn, queue, [(batch_id, body)], visible_at)
+        _insert(conn, queue, [row], visible_at)
     return True
 
 
@@ -360,7 +380,9 @@ class SQLiteBrokerQueue(LeasedQueue):
         if not bodies:
             await trio.lowlevel.checkpoint()
             return
-        rows = [(job.batch_id, body) for job, body in zip(jobs, bodies, strict=True)]
+        rows: list[Row] = [
+            (job.batch_id, body, job.lane, None) for job, body in zip(jobs, bodies, strict=True)
+        ]
         await self._broker.run(_insert, self.name, rows, self._broker.now() + delay)
         self._local_put()
 
@@ -371,8 +393,8 @@ class SQLiteBrokerQueue(LeasedQueue):
             _claim, self.name, broker.owner, n, now, broker.visibility_timeout
         )
         deliveries = [
-            Delivery(job=decode_job(body), delivery=count, receipt=str(row_id))
-            for row_id, body, count in rows
+            Delivery(job=decode_job(body), delivery=count, receipt=str(row_id), fence=fence)
+            for row_id, body, count, fence in rows
         ]
         wait = broker.poll_interval
         if next_due is not None:
@@ -383,17 +405,38 @@ class SQLiteBrokerQueue(LeasedQueue):
         await self._broker.run(_delete, ids)
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._acks.submit(int(delivery.receipt))
+        """Remove the job for good; for a lane job only while this delivery's lease is the
+        lane's (else `LeaseLost`), and the lane's next job is due at once."""
+        lane = delivery.job.lane
+        if lane is None:
+            await self._acks.submit(int(delivery.receipt))
+        else:
+            try:
+                await self._broker.run(
+                    lanes.ack, self.name, lane, int(delivery.receipt), delivery.fence
+                )
+            finally:
+                self._settled([delivery])
+            self._local_put()
+            return
         self._settled([delivery])
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         delay = check_seconds(delay, "delay")
         (body,) = encode_jobs([job], self._broker.max_payload, "the SQLite broker")
         broker = self._broker
-        await broker.run(
-            _retry, int(delivery.receipt), self.name, job.batch_id, body, broker.now() + delay
-        )
-        self._settled([delivery])
+        row: Row = (job.batch_id, body, job.lane, None)
+        try:
+            await broker.run(
+                _retry,
+                int(delivery.receipt),
+                self.name,
+                row,
+                broker.now() + delay,
+                delivery.fence,
+            )
+        finally:
+            self._settled([delivery])
         if delay == 0:
             self._local_put()
 

@@ -27,7 +27,7 @@ from ._handlers import Handler
 from ._memory_broker import MemoryQueue
 from ._middleware import CallNext, Middleware
 from ._model import BatchState, ChainState, JobContext, QueuedJob, decode_payload, describe
-from ._parts import INSIDE, Parts
+from ._parts import INSIDE, Parts, lease_lost_ok
 from ._rules import FailedJob, Outcome
 
 log = logging.getLogger("actors.bus")
@@ -142,6 +142,7 @@ class Worker:
             state,
             job.error,
             delivery.delivery,
+            delivery.fence,
         )
         ctx._flags.timeout = job.timeout
         emitter = self._parts.emitter
@@ -166,7 +167,8 @@ class Worker:
                         log.warning("bus: could not give %r back (%s)", delivery, exc)
             raise
         except Release as release:
-            await queue.retry(delivery, job, delay=release.delay)
+            with lease_lost_ok(delivery):
+                await queue.retry(delivery, job, delay=release.delay)
             return False
         except Exception as exc:
             error = exc
@@ -191,7 +193,8 @@ class Worker:
             if batch_id is not None and await self._cancelled(batch_id):
                 return await self._finish(queue, delivery, "cancelled", None)
             retry = attrs.evolve(job, attempt=job.attempt + 1)
-            await queue.retry(delivery, retry, delay=job.backoff)
+            with lease_lost_ok(delivery):
+                await queue.retry(delivery, retry, delay=job.backoff)
             return False
         log.error(
             "bus job %s %s failed for good (attempt %d): %s",

@@ -64,3 +64,37 @@ async def test_a_cancelled_waiter_abandons_the_reply_and_the_answer_is_dropped(
     assert reply.abandoned
     reply.succeed(3)  # nobody waits: dropped, no error
     assert reply.abandoned
+
+
+async def test_wait_shielded_is_not_interrupted_by_a_cancel(autojump_clock: Any) -> None:
+    """Like a wait inside ``CancelScope(shield=True)``: the answer is returned, and the cancel
+    is raised at the waiter's next checkpoint."""
+    reply: Reply[int] = Reply()
+    seen: list[object] = []
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+
+            async def cancel_then_answer() -> None:
+                await trio.sleep(1)
+                scope.cancel()
+                await trio.sleep(1)
+                reply.succeed(7)
+
+            nursery.start_soon(cancel_then_answer)
+            seen.append(await reply.wait_shielded())
+            seen.append(trio.current_time())
+            await trio.lowlevel.checkpoint()
+            seen.append("not reached")  # pragma: no cover
+    assert scope.cancelled_caught
+    assert seen == [7, 2.0]
+    assert not reply.abandoned
+
+
+async def test_wait_shielded_on_an_answer_given_before_is_not_a_cancel_point() -> None:
+    reply: Reply[int] = Reply()
+    reply.fail(KeyError("k"))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(KeyError):
+            await reply.wait_shielded()  # cancelled already: still answered, not Cancelled
+    assert not scope.cancelled_caught

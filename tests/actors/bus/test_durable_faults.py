@@ -1,8 +1,9 @@
 """The whole bus on durable brokers, in real worker processes killed at random moments.
 
 Three worker processes (``tests.actors.bus.bus_worker``) run a bus with ``workers=True`` on
-an SQLite store and an SQLite or Redis broker; this process dispatches plain jobs, chains and
-batches with `Job` callbacks through a ``workers=False`` bus on the same store and broker.
+an SQLite or PostgreSQL store and an SQLite or Redis broker; this process dispatches plain
+jobs, chains and batches with `Job` callbacks through a ``workers=False`` bus on the same
+store and broker.
 Nothing accepted may be lost: every job runs, every chain and batch completes, every `Job`
 callback runs. The tests print how many runs were repeats (``pytest -s``).
 """
@@ -14,14 +15,14 @@ import secrets
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
 from actors.bus import Bus, Job, open_bus
-from tests.services import RedisServer, redis_url
+from tests.services import postgres_dsn, redis_url
 
 from .bus_worker import HANDLERS
 
@@ -145,61 +146,27 @@ def report(name: str, fleet: Fleet, expected: int, killed: int) -> None:
     )
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, with its append-only file on."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "redis", "redis+postgres"])
+def services(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(store URL, broker URL): SQLite for both (one file), a Redis broker with an SQLite
+    store, or a Redis broker with a PostgreSQL store."""
+    sqlite = f"sqlite:///{tmp_path}/jobs.db"
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db?{LEASE}"  # the store's own file
-    return f"{redis_url()}?{LEASE}&prefix=faults-{secrets.token_hex(4)}"
+        return sqlite, f"{sqlite}?{LEASE}"  # the store's own file
+    broker = f"{redis_url()}?{LEASE}&prefix=faults-{secrets.token_hex(4)}"
+    return (postgres_dsn() if request.param == "redis+postgres" else sqlite), broker
 
 
-async def test_sigkilled_bus_workers_lose_nothing(broker_url: str, tmp_path: Path) -> None:
+async def test_sigkilled_bus_workers_lose_nothing(
+    services: tuple[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     slow = ("--concurrency", "4", "--run-min", "0.03", "--run-max", "0.1")
-    fleet = Fleet(f"sqlite:///{tmp_path}/jobs.db", broker_url, tmp_path, *slow)
+    fleet = Fleet(*services, tmp_path, *slow)
     try:
         lost, killed = await run_with_kills(fleet, kills=4)
-        report(broker_url.split(":")[0], fleet, 200 + 20 * 4 + 20 * 7, killed)
+        report(request.node.callspec.id, fleet, 200 + 20 * 4 + 20 * 7, killed)
         assert killed >= 1
         assert lost == set()
-    finally:
-        await fleet.stop()
-
-
-async def test_a_redis_restart_under_bus_workers_loses_nothing(
-    own_redis: RedisServer, tmp_path: Path
-) -> None:
-    broker = f"{own_redis.url}?visibility_timeout=2&poll_interval=0.05"
-    fleet = Fleet(f"sqlite:///{tmp_path}/jobs.db", broker, tmp_path)
-    try:
-        async with open_bus(
-            store=fleet.store, broker=fleet.broker, handlers=HANDLERS, workers=False
-        ) as bus:
-            expected, chains, batches = await dispatch_work(bus)
-            await fleet.start()
-            await fleet.start()
-            await until(lambda: len(fleet.runs()) >= 30, 30.0)
-            own_redis.stop()
-            await trio.sleep(0.3)
-            own_redis.start()
-            await until(lambda: expected <= set(fleet.runs()), FINISH_WITHIN)
-            for chain_id in chains:
-                assert (await bus.find_chain(chain_id)).completed
-            for batch_id in batches:
-                assert (await bus.find_batch(batch_id)).completed
-        report("redis restart", fleet, len(expected), 0)
-        assert [p.returncode for p in fleet.processes] == [None, None]  # they rode it out
     finally:
         await fleet.stop()
 

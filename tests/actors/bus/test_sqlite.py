@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +258,10 @@ async def test_group_commit_isolates_each_call(tmp_path: Path) -> None:
     assert state.total == 1
 
 
-async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Path) -> None:
+async def _store_with_a_gated_call(
+    tmp_path: Path,
+) -> tuple[SQLiteStore, threading.Event, Callable[[sqlite3.Connection], str]]:
+    """An open store, and an operation that holds the store's thread until ``gate`` is set."""
     store = SQLiteStore(tmp_path / "bus.db")
     await store.open()
     gate = threading.Event()
@@ -266,6 +270,11 @@ async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Pat
         gate.wait(10)
         return "slow"
 
+    return store, gate, slow
+
+
+async def test_a_call_cancelled_before_its_group_starts_never_runs(tmp_path: Path) -> None:
+    store, gate, slow = await _store_with_a_gated_call(tmp_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store._run, slow)  # leads a group, held in its thread by `gate`
         await trio.testing.wait_all_tasks_blocked()
@@ -345,3 +354,40 @@ async def test_cancel_batch_through_the_file_stops_another_bus(
     assert ran == []
     assert state.completed
     assert state.cancelled
+
+
+@pytest.mark.parametrize("path", ["fast", "slow"])
+async def test_a_sent_call_completes_and_returns_though_cancelled_on_either_path(
+    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN rule 6: an operation sent to the writer without a checkpoint (its mailbox had
+    room) and one sent by the shielded tell (forced here) behave alike: cancelled while its
+    group runs, it completes, returns its result, and the cancel lands at the next checkpoint."""
+    store, gate, slow = await _store_with_a_gated_call(tmp_path)
+    seen: list[object] = []
+    async with trio.open_nursery() as served:
+        await served.start(store.serve)
+        if path == "slow":
+            assert store._writer is not None
+            monkeypatch.setattr(store._writer, "tell_nowait", lambda key, op: False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._run, slow)  # holds the writer's thread until `gate`
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+
+                async def cancel_then_release() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+                    await trio.sleep(0.01)  # the cancel has had its chance to interrupt
+                    gate.set()
+
+                nursery.start_soon(cancel_then_release)
+                seen.append(await store.claim_callback("batch:x", "then", T0))
+                seen.append("returned")
+                await trio.lowlevel.checkpoint()
+                seen.append("not reached")  # pragma: no cover
+        served.cancel_scope.cancel()
+    assert scope.cancelled_caught
+    assert seen == [True, "returned"]
+    assert not await store.claim_callback("batch:x", "then", T0)  # the claim was recorded
+    await store.close()

@@ -22,7 +22,7 @@ from actors.bus import (
 from actors.bus._redis_broker import RedisBroker
 from actors.bus._sqlite_broker import SQLiteBroker
 from actors.bus._urls import ServiceURL, broker_from_url, parse_url, store_from_url
-from tests.services import free_port, redis_url
+from tests.services import free_port, postgres_dsn, redis_url
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,8 @@ async def test_open_bus_names_an_unreachable_redis() -> None:
     gc.collect()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_a_bus_on_redis_opens_and_closes_cleanly() -> None:
     # Its close exits the connection pool's scope entered at open: never under a shield of
     # the bus's (that corrupted Trio's cancel-scope stack on leaving the block).
@@ -150,4 +152,23 @@ async def test_a_bus_on_redis_opens_and_closes_cleanly() -> None:
     async with open_bus(broker=url, handlers=handlers):
         with trio.fail_after(10):
             await second.wait()
+    assert ran == [1, 1]
+    gc.collect()  # coredis's closed streams, collected here rather than in a later test
+
+
+async def test_open_bus_takes_a_postgresql_store_url(tmp_path: Path) -> None:
+    ran: list[int] = []
+
+    async def job(ctx: JobContext) -> None:
+        ran.append(ctx.delivery)
+
+    handlers = Handlers()
+    handlers.register("t", job)
+    store = store_from_url(postgres_dsn())
+    assert type(store).__name__ == "PostgresStore"
+    broker = f"sqlite:///{tmp_path}/jobs.db?poll_interval=0.01"
+    async with open_bus(store=postgres_dsn(), broker=broker, handlers=handlers) as bus:
+        batch_id = await bus.batch(Job("t"), Job("t")).dispatch()
+        await bus.wait_idle()
+        assert (await bus.find_batch(batch_id)).completed
     assert ran == [1, 1]

@@ -1,0 +1,173 @@
+"""The Lua scripts of `RedisBroker`'s lanes: a waiting list per lane, one token in flight.
+
+Per lane of a queue (keys in the queue's hash slot): a list ``{tag}:lane:<key>`` of the
+lane's jobs in put order (each ``due_ms \\n batch \\n body``), and one field in the hash
+``{tag}:lanes``: the lane's epoch, the fencing token of its latest delivery. A lane with jobs
+has exactly one *token* on the way: a stream entry ``l=<key>`` (or, while its head job waits
+for its time, a member ``~\\n\\n<key>`` of the delayed set). Tokens are ordinary entries: the
+consumer group leases them, the heartbeat renews them, ``XAUTOCLAIM`` takes over lapsed ones
+and `release` gives them back, exactly like plain jobs. A worker that reads a token
+*starts* the lane (``HINCRBY`` of its epoch: the fence) and runs the list's head; its ack
+pops the head and sends the next token, but only while the lane's epoch is still its fence.
+So a lane runs one job at a time, in order, across every consumer, and a holder whose lease
+lapsed (its token went to another consumer, which moved the epoch on) cannot settle the job.
+
+The list keys are built inside the scripts from a prefix (same hash tag as the stream): fine
+on one Redis server, not declared as ``KEYS`` for a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ._broker import Delivery, decode_job
+from ._errors import LeaseLost
+from ._model import QueuedJob
+from ._redis_scripts import DUE
+
+GROUP = "workers"
+
+
+class LaneQueue(Protocol):
+    """What these helpers need of a `RedisBrokerQueue`."""
+
+    name: str
+    stream: str
+    delayed: str
+    epochs: str
+    lane_prefix: str
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
+
+
+async def put(queue: LaneQueue, jobs: Sequence[tuple[QueuedJob, str]], delay_ms: int) -> None:
+    """Append lane jobs (with their encoded bodies) to their lanes' lists, in order."""
+    args: list[Any] = [delay_ms, queue.lane_prefix]
+    for job, body in jobs:
+        args += [job.lane, job.batch_id or "", body]
+    await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+
+
+async def deliveries(
+    queue: LaneQueue, entries: Sequence[tuple[str, dict[str, str], int]]
+) -> tuple[list[Delivery], list[str]]:
+    """Stream entries as deliveries: a lane's token starts its lane (a new fence) and
+    delivers the lane's head (one script for every token read at once). Also returns the ids
+    of stray tokens (a lane without jobs) for the caller to ack away."""
+    tokens = [fields["l"] for _, fields, _ in entries if "l" in fields]
+    started: list[Any] = []
+    if tokens:
+        started = await queue._script("start_lanes", [queue.epochs], [queue.lane_prefix, *tokens])
+    out, stray = [], []
+    for identifier, fields, count in entries:
+        fence = 0
+        if "l" in fields:
+            fence, head = int(started[0]), str(started[1])
+            started = started[2:]
+            if not fence:
+                stray.append(identifier)
+                continue
+            body = head.split("\n", 2)[2]
+        else:
+            body = fields["j"]
+        delivery = int(fields.get("d", 0)) + count
+        out.append(Delivery(decode_job(body), delivery, identifier, fence))
+    return out, stray
+
+
+async def settle(queue: LaneQueue, script: str, delivery: Delivery, args: list[Any]) -> None:
+    """Ack (``ack_lane``) or retry (``retry_lane``) a lane job; `LeaseLost` if the lane's
+    epoch moved past this delivery's fence."""
+    answer = await queue._script(
+        script,
+        [queue.stream, queue.delayed, queue.epochs],
+        [GROUP, delivery.receipt, queue.lane_prefix, delivery.job.lane, delivery.fence, *args],
+    )
+    if int(answer) < 0:
+        raise LeaseLost(
+            f"the lease on lane {delivery.job.lane!r} of queue {queue.name!r} lapsed and was "
+            f"taken over (this delivery's fence {delivery.fence} is stale): another worker "
+            "has this job now, so this outcome must not be recorded"
+        )
+
+
+#: Send the token for a lane's (new) head: now if it is due, else when it is.
+_SCHEDULE = """
+local function schedule(stream, delayed, list, lane, now)
+  local head = redis.call('LINDEX', list, 0)
+  if not head then return end
+  local at = tonumber(string.sub(head, 1, string.find(head, '\\n', 1, true) - 1))
+  if at > now then
+    redis.call('ZADD', delayed, at, '~\\n\\n' .. lane)
+  else
+    redis.call('XADD', stream, '*', 'l', lane)
+  end
+end
+"""
+
+# KEYS: stream, delayed. ARGV: delay_ms, list prefix, then (lane, batch, body) per job.
+PUT_LANES = (
+    DUE
+    + _SCHEDULE
+    + """
+local now = due(0)
+local at = now + tonumber(ARGV[1])
+for i = 3, #ARGV, 3 do
+  local list = ARGV[2] .. ARGV[i]
+  if redis.call('RPUSH', list, at .. '\\n' .. ARGV[i + 1] .. '\\n' .. ARGV[i + 2]) == 1 then
+    schedule(KEYS[1], KEYS[2], list, ARGV[i], now)
+  end
+end
+return (#ARGV - 2) / 3
+"""
+)
+
+# KEYS: epochs. ARGV: list prefix, lanes... Returns (fence, head) per lane; (0, '') for a lane
+# without jobs (a stray token: the caller acks it away).
+START_LANES = """
+local out = {}
+for i = 2, #ARGV do
+  local head = redis.call('LINDEX', ARGV[1] .. ARGV[i], 0)
+  if head then
+    out[#out + 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1)
+    out[#out + 1] = head
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = ''
+  end
+end
+return out
+"""
+
+# KEYS: stream, delayed, epochs. ARGV: group, id, list prefix, lane, fence.
+# -1: the lane moved on (lease lost); 0: settled already; 1: done, the next token sent.
+ACK_LANE = (
+    DUE
+    + _SCHEDULE
+    + """
+if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local list = ARGV[3] .. ARGV[4]
+redis.call('LPOP', list)
+schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
+return 1
+"""
+)
+
+# KEYS: stream, delayed, epochs. ARGV: group, id, list prefix, lane, fence, delay_ms, batch,
+# body. The next attempt takes the head's place (the lane keeps its order). As ACK_LANE.
+RETRY_LANE = (
+    DUE
+    + _SCHEDULE
+    + """
+if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local list = ARGV[3] .. ARGV[4]
+redis.call('LSET', list, 0, due(ARGV[6]) .. '\\n' .. ARGV[7] .. '\\n' .. ARGV[8])
+schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
+return 1
+"""
+)
