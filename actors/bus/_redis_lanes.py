@@ -106,6 +106,18 @@ local function schedule(stream, delayed, list, lane, now)
 end
 """
 
+#: The start of ACK_LANE and RETRY_LANE: refuse a stale fence, settle the stream entry.
+_SETTLE = (
+    DUE
+    + _SCHEDULE
+    + """
+if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local list = ARGV[3] .. ARGV[4]
+"""
+)
+
 # KEYS: stream, delayed. ARGV: delay_ms, list prefix, then (lane, batch, body) per job.
 PUT_LANES = (
     DUE
@@ -143,13 +155,8 @@ return out
 # KEYS: stream, delayed, epochs. ARGV: group, id, list prefix, lane, fence.
 # -1: the lane moved on (lease lost); 0: settled already; 1: done, the next token sent.
 ACK_LANE = (
-    DUE
-    + _SCHEDULE
+    _SETTLE
     + """
-if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-local list = ARGV[3] .. ARGV[4]
 redis.call('LPOP', list)
 schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
 return 1
@@ -159,13 +166,8 @@ return 1
 # KEYS: stream, delayed, epochs. ARGV: group, id, list prefix, lane, fence, delay_ms, batch,
 # body. The next attempt takes the head's place (the lane keeps its order). As ACK_LANE.
 RETRY_LANE = (
-    DUE
-    + _SCHEDULE
+    _SETTLE
     + """
-if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-local list = ARGV[3] .. ARGV[4]
 redis.call('LSET', list, 0, due(ARGV[6]) .. '\\n' .. ARGV[7] .. '\\n' .. ARGV[8])
 schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
 return 1
