@@ -207,7 +207,7 @@ class RedisBroker:
                 "reap": scripts.REAP,
                 "put_lanes": lanes.PUT_LANES,
                 "start_lanes": lanes.START_LANES,
-                "ack_lane": lanes.ACK_LANE,
+                "ack_lanes": lanes.ACK_LANES,
                 "retry_lane": lanes.RETRY_LANE,
             }.items()
         }
@@ -261,6 +261,7 @@ class RedisBrokerQueue(LeasedQueue):
         self._cursor = "0-0"
         self._last_reclaim = -math.inf
         self._acks: Coalescer[str] = Coalescer(self._ack_many)
+        self._lane_acks = lanes.LaneAcks(self)
 
     def __repr__(self) -> str:
         return f"<RedisBrokerQueue {self.name!r} of {self._broker!r}>"
@@ -438,7 +439,7 @@ class RedisBrokerQueue(LeasedQueue):
             await self._acks.submit(delivery.receipt)
         else:
             try:
-                await lanes.settle(self, "ack_lane", delivery, [])
+                await self._lane_acks.ack(delivery)
             finally:
                 self._settled([delivery])
         self._settled([delivery])
@@ -449,7 +450,7 @@ class RedisBrokerQueue(LeasedQueue):
         if job.lane is not None:
             try:
                 args = [math.ceil(delay * 1000), job.batch_id or "", body]
-                await lanes.settle(self, "retry_lane", delivery, args)
+                await lanes.retry(self, delivery, args)
             finally:
                 self._settled([delivery])
             return
