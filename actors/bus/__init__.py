@@ -81,8 +81,12 @@ from ._model import JobContext as JobContext
 from ._model import JobOptions as JobOptions
 from ._model import JobRecord as JobRecord
 from ._model import QueuedJob as QueuedJob
+from ._postgres import PostgresStore as PostgresStore
 from ._protocol import BusLike as BusLike
 from ._redis_broker import RedisBroker as RedisBroker
+from ._redis_limits import RedisLock as RedisLock
+from ._redis_limits import RedisLocker as RedisLocker
+from ._redis_limits import RedisRateLimiter as RedisRateLimiter
 from ._rules import BatchRecord as BatchRecord
 from ._rules import BatchUpdate as BatchUpdate
 from ._rules import ChainRecord as ChainRecord
@@ -143,12 +147,16 @@ __all__ = [
     "Middleware",
     "NotFound",
     "Observer",
+    "PostgresStore",
     "Queue",
     "QueueStats",
     "QueuedJob",
     "RateLimit",
     "RateLimiter",
     "RedisBroker",
+    "RedisLock",
+    "RedisLocker",
+    "RedisRateLimiter",
     "Release",
     "SQLiteBroker",
     "SQLiteStore",

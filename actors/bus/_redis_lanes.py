@@ -42,12 +42,19 @@ class LaneQueue(Protocol):
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
 
 
-async def put(queue: LaneQueue, jobs: Sequence[tuple[QueuedJob, str]], delay_ms: int) -> None:
-    """Append lane jobs (with their encoded bodies) to their lanes' lists, in order."""
-    args: list[Any] = [delay_ms, queue.lane_prefix]
-    for job, body in jobs:
-        args += [job.lane, job.batch_id or "", body]
-    await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+async def put(
+    queue: LaneQueue, jobs: Sequence[QueuedJob], bodies: Sequence[str], delay_ms: int, chunk: int
+) -> list[tuple[str, str]]:
+    """Append the lane jobs (encoded as ``bodies``) to their lanes' lists, in order, ``chunk``
+    per script call; return the other jobs as (batch, body) entries for the stream."""
+    pairs = list(zip(jobs, bodies, strict=True))
+    laned = [(job, body) for job, body in pairs if job.lane is not None]
+    for start in range(0, len(laned), chunk):
+        args: list[Any] = [delay_ms, queue.lane_prefix]
+        for job, body in laned[start : start + chunk]:
+            args += [job.lane, job.batch_id or "", body]
+        await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+    return [(job.batch_id or "", body) for job, body in pairs if job.lane is None]
 
 
 async def deliveries(
@@ -86,7 +93,7 @@ def check(queue: LaneQueue, delivery: Delivery, answer: int) -> None:
         )
 
 
-async def retry(queue: LaneQueue, delivery: Delivery, args: list[Any]) -> None:
+async def retry(queue: LaneQueue, delivery: Delivery, *args: Any) -> None:
     """Replace a lane job by its next attempt, in its lane's place; `LeaseLost` if the
     lane's epoch moved past this delivery's fence."""
     answer = await queue._script(
@@ -212,3 +219,11 @@ schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
 return 1
 """
 )
+
+#: The lane scripts, by the names `RedisBroker` registers them under.
+SCRIPTS = {
+    "put_lanes": PUT_LANES,
+    "start_lanes": START_LANES,
+    "ack_lanes": ACK_LANES,
+    "retry_lane": RETRY_LANE,
+}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import trio
@@ -25,16 +24,7 @@ from .._keyed import KeyedActors, open_keyed
 from .._reply import Reply
 from . import _sqlite_ops as ops
 from ._errors import StoreError
-from ._model import BatchState, ChainState, JobRecord
-from ._rules import (
-    BatchRecord,
-    BatchUpdate,
-    ChainRecord,
-    ChainStep,
-    FailedJob,
-    JobOutcome,
-    to_micros,
-)
+from ._sql_store import SQLOperations, SQLOps
 from ._sqlite_schema import connect
 
 T = TypeVar("T")
@@ -76,7 +66,7 @@ def deliver_group(
             reply.fail(value)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLOperations):
     """A store in an SQLite file that survives restarts; a reopened bus finds its state.
 
     ``SQLiteStore("bus.db")``; the schema is created (or migrated) when the bus opens it.
@@ -91,6 +81,8 @@ class SQLiteStore:
     clock: while a thread works, the autojump clock sees every task blocked and jumps to the
     next timer, so Trio time races ahead.
     """
+
+    _ops: SQLOps = ops
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -196,65 +188,3 @@ class SQLiteStore:
             return 0 if row is None else int(row[0])
         finally:
             conn.close()
-
-    # --------------------------------------------------------------------- operations
-
-    async def claim_unique(self, key: str, now: datetime, expires_at: datetime) -> bool:
-        return await self._run(ops.claim_unique, key, to_micros(now), to_micros(expires_at))
-
-    async def create_chain(self, record: ChainRecord) -> None:
-        await self._run(ops.create_chain, record)
-
-    async def get_chain(self, chain_id: str) -> ChainState:
-        return await self._run(ops.get_chain, chain_id)
-
-    async def record_chain_step(
-        self, chain_id: str, index: int, failure: str | None, now: datetime
-    ) -> ChainStep | None:
-        return await self._run(ops.record_chain_step, chain_id, index, failure, now)
-
-    async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
-        return await self._run(ops.fail_chain, chain_id, failure, now)
-
-    async def create_batch(self, record: BatchRecord) -> BatchState:
-        return await self._run(ops.create_batch, record)
-
-    async def get_batch(self, batch_id: str) -> BatchState:
-        return await self._run(ops.get_batch, batch_id)
-
-    async def record_batch(
-        self,
-        batch_id: str,
-        outcomes: Sequence[JobOutcome],
-        now: datetime,
-        *,
-        progress: bool = True,
-    ) -> BatchUpdate:
-        return await self._run(ops.record_batch, batch_id, tuple(outcomes), now, progress)
-
-    async def cancel_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
-        return await self._run(ops.cancel_batch, batch_id, now)
-
-    async def job_callbacks(self, owner: str) -> dict[str, JobRecord]:
-        return await self._run(ops.job_callbacks, owner)
-
-    async def batch_cancelled(self, batch_id: str) -> bool:
-        return await self._run(ops.batch_cancelled, batch_id)
-
-    async def abandon_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
-        return await self._run(ops.abandon_batch, batch_id, now)
-
-    async def claim_callback(self, owner: str, name: str, now: datetime) -> bool:
-        return await self._run(ops.claim_callback, owner, name, to_micros(now))
-
-    async def record_failed(self, job: FailedJob) -> None:
-        await self._run(ops.record_failed, job)
-
-    async def failed_jobs(self) -> list[FailedJob]:
-        return await self._run(ops.failed_jobs)
-
-    async def take_failed(self, job_id: str) -> FailedJob:
-        return await self._run(ops.take_failed, job_id)
-
-    async def prune(self, before: datetime) -> int:
-        return await self._run(ops.prune, to_micros(before))

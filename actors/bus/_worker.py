@@ -105,9 +105,14 @@ class Worker:
                 self._parts.done(1)
 
     async def _cancelled(self, batch_id: str) -> bool:
-        return self._batches.is_cancelled(batch_id) or await self._parts.store.batch_cancelled(
-            batch_id
+        if self._batches.is_cancelled(batch_id):
+            return True
+        # A store error (a server restarting) is waited out as an outcome's is: the job must
+        # neither be dropped nor run past a cancel.
+        cancelled = await self._parts.recorder.write(
+            f"the cancel check of batch {batch_id}", self._parts.store.batch_cancelled, batch_id
         )
+        return bool(cancelled)
 
     async def _run(self, queue: BrokerQueue, delivery: Delivery) -> bool:
         """Run one delivery; True if it ended with a scheduling point (a tell)."""
@@ -151,6 +156,16 @@ class Worker:
                     f"no handler is registered for job type {job.job_type!r} on this worker"
                 )
             await self._call(ctx)
+        except trio.Cancelled:
+            # The bus stops (a graceful stop, or its scope cancelled) under a running job:
+            # give it back to the broker for any worker, rather than wait for its lease.
+            if type(queue) is not MemoryQueue:  # the memory broker's jobs go with the bus
+                with trio.CancelScope(shield=True):
+                    try:
+                        await queue.release([delivery])
+                    except Exception as exc:  # e.g. the server is gone: the lease lapses
+                        log.warning("bus: could not give %r back (%s)", delivery, exc)
+            raise
         except Release as release:
             with lease_lost_ok(delivery):
                 await queue.retry(delivery, job, delay=release.delay)
@@ -195,12 +210,16 @@ class Worker:
     async def _state_of(self, owner: str) -> BatchState | ChainState | None:
         kind, _, owner_id = owner.partition(":")
         store = self._parts.store
-        try:
-            if kind == "batch":
-                return await store.get_batch(owner_id)
-            return await store.get_chain(owner_id)
-        except LookupError:
-            return None
+        read = store.get_batch if kind == "batch" else store.get_chain
+
+        async def state() -> BatchState | ChainState | None:
+            try:
+                return await read(owner_id)
+            except LookupError:
+                return None
+
+        # Retried on a store error, like the cancel check: the callback job must not be lost.
+        return await self._parts.recorder.write(f"the state of {owner} for its job", state)
 
     async def _keep_failed(self, job: QueuedJob, error: Exception) -> None:
         parts = self._parts

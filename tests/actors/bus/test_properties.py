@@ -6,6 +6,7 @@ Whatever happens, no callback runs twice, no job's result is lost, and the state
 from __future__ import annotations
 
 import tempfile
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,14 @@ from actors.bus import (
     Job,
     JobContext,
     MemoryStore,
+    PostgresStore,
     SQLiteStore,
     Store,
     open_bus,
 )
+from tests.services import postgres_dsn
+
+from .stores import drop_schema
 
 MODES = st.sampled_from(["ok", "ok", "fail", "flaky"])
 
@@ -228,6 +233,17 @@ def test_random_mixes_on_the_memory_store(plan: list[GroupSpec]) -> None:
 def test_random_mixes_on_sqlite(plan: list[GroupSpec]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(scenario, plan, SQLiteStore(Path(tmp) / "bus.db"), True)
+
+
+@settings(deadline=None, max_examples=6, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=st.lists(groups, min_size=1, max_size=3))
+def test_random_mixes_on_postgres(plan: list[GroupSpec]) -> None:
+    dsn = postgres_dsn()
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        trio.run(scenario, plan, PostgresStore(dsn, schema=schema), True)
+    finally:
+        drop_schema(dsn, schema)
 
 
 class FlakyStore(MemoryStore):

@@ -22,6 +22,7 @@ CONTRACT = [
     "EventKind",
     "Event",
     "MemoryStore",
+    "PostgresStore",
     "SQLiteStore",
     "Store",
     "FakeBus",

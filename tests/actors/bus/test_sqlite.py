@@ -2,14 +2,13 @@
 
 Threads carry the SQLite calls, and the autojump clock would race ahead while a thread works
 (any timer, such as the coordinators' reaper, is due "next"). So these tests run on the real
-clock without waiting on timers, and move wall-clock time with a `ManualClock`.
+clock without waiting on timers, and move wall-clock time by hand (`stores.ManualClock`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,7 @@ from actors.bus import (
     EventKind,
     Job,
     JobContext,
-    JobOutcome,
     JobRecord,
-    MemoryStore,
     NotFound,
     SQLiteStore,
     Store,
@@ -39,21 +36,7 @@ from actors.bus import (
 from actors.bus._sqlite_schema import MIGRATIONS
 
 from .helpers import Recorder
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-class ManualClock:
-    """A wall clock that moves only when told."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from .stores import T0
 
 
 async def _ok(ctx: JobContext) -> None:
@@ -220,41 +203,6 @@ async def test_callbacks_run_once_across_two_buses_on_one_file(tmp_path: Path) -
     assert claims == [(f"batch:{batch_id}:finally",)]
 
 
-async def test_claims_and_outcomes_count_once_under_concurrent_stores(tmp_path: Path) -> None:
-    """Two connections (as two processes would) race on one file from many threads."""
-    path = tmp_path / "bus.db"
-    stores = [SQLiteStore(path), SQLiteStore(path)]
-    for store in stores:
-        await store.open()
-    jobs = tuple(JobRecord(f"j{i}", "work", "null", "default") for i in range(20))
-    await stores[0].create_batch(BatchRecord("b1", "d1", None, "default", True, jobs, T0))
-    claims: list[bool] = []
-    finished: list[bool] = []
-
-    async def claim(store: SQLiteStore) -> None:
-        claims.append(await store.claim_callback("batch:b1", "finally", T0))
-
-    async def report(store: SQLiteStore, job_ids: list[str]) -> None:
-        outcomes = [JobOutcome(job_id, "succeeded") for job_id in job_ids]
-        update = await store.record_batch("b1", outcomes, T0)
-        finished.append(update.finished_now)
-
-    async with trio.open_nursery() as nursery:
-        for i in range(10):
-            nursery.start_soon(claim, stores[i % 2])
-            # Every job is reported twice, by both stores, in overlapping groups.
-            ids = [f"j{k}" for k in range(20) if k % 10 in (i, (i + 1) % 10)]
-            nursery.start_soon(report, stores[i % 2], ids)
-            nursery.start_soon(report, stores[(i + 1) % 2], ids)
-    state = await stores[1].get_batch("b1")
-    for store in stores:
-        await store.close()
-    assert claims.count(True) == 1
-    assert len(claims) == 10
-    assert finished.count(True) == 1
-    assert (state.processed, state.pending, state.completed) == (20, 0, True)
-
-
 async def test_unique_for_holds_across_buses_on_one_file(tmp_path: Path) -> None:
     path = tmp_path / "bus.db"
     async with (
@@ -267,43 +215,6 @@ async def test_unique_for_holds_across_buses_on_one_file(tmp_path: Path) -> None
         with pytest.raises(DuplicateJob):
             await b.dispatch(Job("report", {"day": 1}).unique_for(3600))
         await b.dispatch(Job("report", {"day": 2}).unique_for(3600))
-
-
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_prune_removes_finished_records_before_a_time(kind: str, tmp_path: Path) -> None:
-    store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "bus.db")
-    clock = ManualClock()
-    async with open_bus(store=store, clock=clock) as bus:
-        bus.register("work", _ok)
-
-        unstick = trio.Event()
-
-        @bus.handler("stuck")
-        async def stuck(ctx: JobContext) -> None:
-            await unstick.wait()
-
-        old_batch = await bus.batch(Job("work", 1)).finally_(lambda s: None).dispatch()
-        old_chain = await bus.chain(Job("work", "fail")).dispatch()
-        await bus.dispatch(Job("work", 9).unique_for(60))
-        await bus.wait_idle()
-        running = await bus.batch(Job("stuck")).dispatch()
-        clock.advance(3600)
-        new_done = trio.Event()
-        new_batch = await bus.batch(Job("work", 2)).finally_(lambda s: new_done.set()).dispatch()
-        await new_done.wait()
-        with pytest.raises(TypeError):
-            await bus.prune("yesterday")  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="aware"):
-            await bus.prune(datetime(2030, 1, 1))
-        assert await bus.prune(T0 + timedelta(minutes=30)) == 2
-        for gone in (old_batch, old_chain):
-            with pytest.raises(NotFound):
-                await (bus.find_batch(gone) if gone == old_batch else bus.find_chain(gone))
-        assert not (await bus.find_batch(running)).completed
-        assert (await bus.find_batch(new_batch)).completed
-        # The unique key expired (and was pruned): a repeat is accepted.
-        await bus.dispatch(Job("work", 9).unique_for(60))
-        unstick.set()
 
 
 async def test_group_commit_isolates_each_call(tmp_path: Path) -> None:
