@@ -3,7 +3,7 @@
 A cluster `Lanes` job holds its key under a lease; every new lease of a key gets a larger
 token (an epoch), so a resource that remembers the largest token it accepted can refuse a
 writer whose lease lapsed: ``UPDATE account SET balance = ?, fence = ? WHERE id = ? AND
-fence < ?`` changes nothing for a stale holder.
+fence <= ?`` changes nothing for a stale holder (``<=``: one holder may write twice).
 
 The tokens live in a context variable set around the job in its caller's task (the job is
 that caller's work, DESIGN rule 6): one entry per running job, innermost last, each the

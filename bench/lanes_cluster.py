@@ -27,7 +27,8 @@ import trio
 
 import actors
 from actors.bus import QueuedJob, RedisBroker
-from actors.bus._broker import BrokerQueue
+
+from .brokers import process
 
 
 def make_jobs(n: int, lanes: int | None) -> list[QueuedJob]:
@@ -42,29 +43,6 @@ def make_jobs(n: int, lanes: int | None) -> list[QueuedJob]:
         )
         for i in range(n)
     ]
-
-
-async def process(queue: BrokerQueue, n: int, consumers: int) -> float:
-    left = n
-    done = trio.Event()
-
-    async def consume() -> None:
-        nonlocal left
-        while True:
-            delivery = await queue.get()
-            await queue.ack(delivery)
-            left -= 1
-            if left == 0:
-                done.set()
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(consumers):
-            nursery.start_soon(consume)
-        await done.wait()
-        elapsed = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
-    return elapsed
 
 
 async def run_broker(url: str, jobs: list[QueuedJob], consumers: int) -> float:

@@ -36,8 +36,7 @@ then survive a restart; ``appendfsync everysec`` may lose the last second on pow
 connection drops between two, the error says the put failed, although its first chunks were
 accepted (a retried put then queues those twice; at least once, never lost).
 
-Lane jobs (``QueuedJob.lane``): a waiting list per lane and one token per lane in the
-stream, fenced by the lane's epoch; see `_redis_lanes`.
+Lane jobs: a list per lane, one token per lane in the stream, fenced; see `_redis_lanes`.
 """
 
 from __future__ import annotations
@@ -193,10 +192,7 @@ class RedisBroker:
                 "stats": scripts.STATS,
                 "discard": scripts.DISCARD,
                 "reap": scripts.REAP,
-                "put_lanes": lanes.PUT_LANES,
-                "start_lanes": lanes.START_LANES,
-                "ack_lane": lanes.ACK_LANE,
-                "retry_lane": lanes.RETRY_LANE,
+                **lanes.SCRIPTS,
             }.items()
         }
 
@@ -243,12 +239,12 @@ class RedisBrokerQueue(LeasedQueue):
         tag = f"{broker.prefix}:{{{name}}}"
         self.stream = f"{tag}:stream"
         self.delayed = f"{tag}:delayed"
-        self.epochs = f"{tag}:lanes"
-        self.lane_prefix = f"{tag}:lane:"
+        self.epochs, self.lane_prefix = f"{tag}:lanes", f"{tag}:lane:"  # see _redis_lanes
         self._group_ready = False
         self._cursor = "0-0"
         self._last_reclaim = -math.inf
         self._acks: Coalescer[str] = Coalescer(self._ack_many)
+        self._lane_acks = lanes.LaneAcks(self)
         #: Puts due now from concurrent dispatches, one script call for all of them.
         self._puts: Coalescer[list[tuple[str, str]]] = Coalescer(self._put_many)
 
@@ -343,17 +339,14 @@ class RedisBrokerQueue(LeasedQueue):
         delay = check_seconds(delay, "delay")
         bodies = encode_jobs(jobs, self._broker.max_payload, f"Redis at {self._broker.url}")
         await self._ensure_group()
-        pairs = list(zip(jobs, bodies, strict=True))
-        entries = [(job.batch_id or "", body) for job, body in pairs if job.lane is None]
-        laned = [(job, body) for job, body in pairs if job.lane is not None]
-        if not pairs:
+        # Lane jobs go to their lanes' lists; the others are (batch, body) entries for the stream.
+        entries = await lanes.put(self, jobs, bodies, math.ceil(delay * 1000), _PUT_CHUNK)
+        if not entries:
             await trio.lowlevel.checkpoint()
-        elif entries and delay == 0:
+        elif delay == 0:
             await self._puts.submit(entries)
-        elif entries:
+        else:
             await self._put_entries(entries, delay)
-        for start in range(0, len(laned), _PUT_CHUNK):
-            await lanes.put(self, laned[start : start + _PUT_CHUNK], math.ceil(delay * 1000))
 
     async def _put_many(self, groups: list[list[tuple[str, str]]]) -> None:
         await self._put_entries([entry for group in groups for entry in group], 0.0)
@@ -432,23 +425,20 @@ class RedisBrokerQueue(LeasedQueue):
     async def ack(self, delivery: Delivery) -> None:
         """Remove the job for good; for a lane job only while its fence is still the lane's
         epoch (else `LeaseLost`), which sends the lane's next job at once."""
-        lane = delivery.job.lane
-        if lane is None:
-            await self._acks.submit(delivery.receipt)
-        else:
-            try:
-                await lanes.settle(self, "ack_lane", delivery, [])
-            finally:
-                self._settled([delivery])
-        self._settled([delivery])
+        try:
+            if delivery.job.lane is None:
+                await self._acks.submit(delivery.receipt)
+            else:
+                await self._lane_acks.ack(delivery)
+        finally:
+            self._settled([delivery])
 
     async def retry(self, delivery: Delivery, job: QueuedJob, *, delay: float) -> None:
         delay = check_seconds(delay, "delay")
         (body,) = encode_jobs([job], self._broker.max_payload, f"Redis at {self._broker.url}")
         if job.lane is not None:
             try:
-                args = [math.ceil(delay * 1000), job.batch_id or "", body]
-                await lanes.settle(self, "retry_lane", delivery, args)
+                await lanes.retry(self, delivery, math.ceil(delay * 1000), job.batch_id or "", body)
             finally:
                 self._settled([delivery])
             return

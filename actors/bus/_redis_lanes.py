@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ._broker import Delivery, decode_job
 from ._errors import LeaseLost
+from ._leased import Coalescer
 from ._model import QueuedJob
 from ._redis_scripts import DUE
 
@@ -41,12 +42,19 @@ class LaneQueue(Protocol):
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
 
 
-async def put(queue: LaneQueue, jobs: Sequence[tuple[QueuedJob, str]], delay_ms: int) -> None:
-    """Append lane jobs (with their encoded bodies) to their lanes' lists, in order."""
-    args: list[Any] = [delay_ms, queue.lane_prefix]
-    for job, body in jobs:
-        args += [job.lane, job.batch_id or "", body]
-    await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+async def put(
+    queue: LaneQueue, jobs: Sequence[QueuedJob], bodies: Sequence[str], delay_ms: int, chunk: int
+) -> list[tuple[str, str]]:
+    """Append the lane jobs (encoded as ``bodies``) to their lanes' lists, in order, ``chunk``
+    per script call; return the other jobs as (batch, body) entries for the stream."""
+    pairs = list(zip(jobs, bodies, strict=True))
+    laned = [(job, body) for job, body in pairs if job.lane is not None]
+    for start in range(0, len(laned), chunk):
+        args: list[Any] = [delay_ms, queue.lane_prefix]
+        for job, body in laned[start : start + chunk]:
+            args += [job.lane, job.batch_id or "", body]
+        await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+    return [(job.batch_id or "", body) for job, body in pairs if job.lane is None]
 
 
 async def deliveries(
@@ -76,20 +84,52 @@ async def deliveries(
     return out, stray
 
 
-async def settle(queue: LaneQueue, script: str, delivery: Delivery, args: list[Any]) -> None:
-    """Ack (``ack_lane``) or retry (``retry_lane``) a lane job; `LeaseLost` if the lane's
-    epoch moved past this delivery's fence."""
-    answer = await queue._script(
-        script,
-        [queue.stream, queue.delayed, queue.epochs],
-        [GROUP, delivery.receipt, queue.lane_prefix, delivery.job.lane, delivery.fence, *args],
-    )
-    if int(answer) < 0:
+def check(queue: LaneQueue, delivery: Delivery, answer: int) -> None:
+    if answer < 0:
         raise LeaseLost(
             f"the lease on lane {delivery.job.lane!r} of queue {queue.name!r} lapsed and was "
             f"taken over (this delivery's fence {delivery.fence} is stale): another worker "
             "has this job now, so this outcome must not be recorded"
         )
+
+
+async def retry(queue: LaneQueue, delivery: Delivery, *args: Any) -> None:
+    """Replace a lane job by its next attempt, in its lane's place; `LeaseLost` if the
+    lane's epoch moved past this delivery's fence."""
+    answer = await queue._script(
+        "retry_lane",
+        [queue.stream, queue.delayed, queue.epochs],
+        [GROUP, delivery.receipt, queue.lane_prefix, delivery.job.lane, delivery.fence, *args],
+    )
+    check(queue, delivery, int(answer))
+
+
+class LaneAcks:
+    """Concurrent acks of lane jobs share one script call, each with its own answer."""
+
+    def __init__(self, queue: LaneQueue) -> None:
+        self._queue = queue
+        self._answers: dict[str, int] = {}
+        self._acks: Coalescer[Delivery] = Coalescer(self._flush)
+
+    async def _flush(self, deliveries: list[Delivery]) -> None:
+        queue = self._queue
+        args: list[Any] = [GROUP, queue.lane_prefix]
+        for d in deliveries:
+            args += [d.receipt, d.job.lane, d.fence]
+        answers = await queue._script(
+            "ack_lanes", [queue.stream, queue.delayed, queue.epochs], args
+        )
+        for d, answer in zip(deliveries, answers, strict=True):
+            self._answers[d.receipt] = int(answer)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Settle a lane job; `LeaseLost` if its lane's epoch moved past its fence."""
+        try:
+            await self._acks.submit(delivery)
+        finally:
+            answer = self._answers.pop(delivery.receipt, 0)
+        check(self._queue, delivery, answer)
 
 
 #: Send the token for a lane's (new) head: now if it is due, else when it is.
@@ -140,24 +180,32 @@ end
 return out
 """
 
-# KEYS: stream, delayed, epochs. ARGV: group, id, list prefix, lane, fence.
-# -1: the lane moved on (lease lost); 0: settled already; 1: done, the next token sent.
-ACK_LANE = (
+# KEYS: stream, delayed, epochs. ARGV: group, list prefix, then (id, lane, fence) per ack.
+# Per ack: -1 the lane moved on (lease lost); 0 settled already; 1 done, the next token sent.
+ACK_LANES = (
     DUE
     + _SCHEDULE
     + """
-if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-local list = ARGV[3] .. ARGV[4]
-redis.call('LPOP', list)
-schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
-return 1
+local out, now = {}, due(0)
+for i = 3, #ARGV, 3 do
+  local id, lane = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', KEYS[3], lane) ~= ARGV[i + 2] then
+    out[#out + 1] = -1
+  elseif redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
+    out[#out + 1] = 0
+  else
+    redis.call('XDEL', KEYS[1], id)
+    redis.call('LPOP', ARGV[2] .. lane)
+    schedule(KEYS[1], KEYS[2], ARGV[2] .. lane, lane, now)
+    out[#out + 1] = 1
+  end
+end
+return out
 """
 )
 
 # KEYS: stream, delayed, epochs. ARGV: group, id, list prefix, lane, fence, delay_ms, batch,
-# body. The next attempt takes the head's place (the lane keeps its order). As ACK_LANE.
+# body. The next attempt takes the head's place (the lane keeps its order). As ACK_LANES.
 RETRY_LANE = (
     DUE
     + _SCHEDULE
@@ -171,3 +219,11 @@ schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
 return 1
 """
 )
+
+#: The lane scripts, by the names `RedisBroker` registers them under.
+SCRIPTS = {
+    "put_lanes": PUT_LANES,
+    "start_lanes": START_LANES,
+    "ack_lanes": ACK_LANES,
+    "retry_lane": RETRY_LANE,
+}

@@ -112,9 +112,9 @@ async def pending(broker: Broker, queue: str) -> bool:
     return stats.ready + stats.running > 0
 
 
-async def drained(broker: Broker, queue: str) -> None:
+async def drained(broker: Broker, queue: str, within: float = DRAIN_WITHIN) -> None:
     """Wait (bounded) until the queue holds nothing: every job acknowledged."""
-    with trio.fail_after(DRAIN_WITHIN):
+    with trio.fail_after(within):
         while True:
             stats = await broker.queue(queue).stats()
             if stats.ready == stats.delayed == stats.running == 0:

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import trio
 
-from actors.bus._broker import Broker
 from actors.bus._model import QueuedJob
 
 from .lane_worker import create_store
-from .test_faults import ROOT, Workers, opened, until
+from .test_faults import ROOT, Workers, drained, opened, until
 
 LEASE = 0.5
 
@@ -31,17 +30,7 @@ LEASE = 0.5
 PATIENCE = 120.0
 
 
-async def drained(broker: Broker, queue: str) -> None:
-    """Wait (bounded) until the queue holds nothing: every job acknowledged."""
-    with trio.fail_after(PATIENCE):
-        while True:
-            stats = await broker.queue(queue).stats()
-            if stats.ready == stats.delayed == stats.running == 0:
-                return
-            await trio.sleep(0.05)
-
-
-def lane_jobs(lanes: int, per_lane: int) -> list[QueuedJob]:
+def lane_jobs(lanes: int, per_lane: int, first: int = 0) -> list[QueuedJob]:
     return [
         QueuedJob(
             job_id=f"L{lane}-{seq}",
@@ -51,7 +40,7 @@ def lane_jobs(lanes: int, per_lane: int) -> list[QueuedJob]:
             queue="q",
             lane=f"L{lane}",
         )
-        for lane in range(lanes)
+        for lane in range(first, first + lanes)
         for seq in range(per_lane)
     ]
 
@@ -138,7 +127,7 @@ async def test_lanes_survive_sigkills_in_order(kind: str, place: str, tmp_path: 
                 await victim.wait()
                 kills += 1
                 await workers.start()
-            await drained(broker, workers.queue)
+            await drained(broker, workers.queue, PATIENCE)
         counts = check(workers, lanes, per_lane)
         print(f"\n{kind}: {lanes}x{per_lane} lane jobs, {kills} SIGKILLs: {counts}")
     finally:
@@ -156,21 +145,23 @@ async def test_a_worker_paused_past_its_lease_is_fenced(
             victim = await workers.start("--run-min", "0.3", "--run-max", "0.4")
             for _ in range(2):
                 await workers.start()
-            await broker.queue(workers.queue).put(lane_jobs(lanes, per_lane))
             # A pause may land while the victim holds an SQLite write lock (the broker's file
             # or the store's): then nobody can take its lanes over meanwhile, and its outcome
-            # stands. Pause again until one pause led to a takeover (bounded).
-            for _ in range(5):
+            # stands. Then pause again, on new lanes, until a pause led to a takeover.
+            put = 0
+            while not workers.count("stale"):
+                assert put < 5 * lanes, "no pause of five led to a takeover"
+                await broker.queue(workers.queue).put(lane_jobs(lanes, per_lane, put))
+                put += lanes
                 await until(lambda: workers.in_flight(victim), PATIENCE)
                 os.kill(victim.pid, signal.SIGSTOP)
                 await trio.sleep(LEASE * 4)  # its leases lapse; the others take over
                 os.kill(victim.pid, signal.SIGCONT)
                 await until(lambda: not workers.in_flight(victim), PATIENCE)
-                if workers.count("stale"):
-                    break
-            await drained(broker, workers.queue)
+            await drained(broker, workers.queue, PATIENCE)
             # The victim's late acks, refused (they may come after the queue drained).
             await until(lambda: workers.count("refused") >= workers.count("stale"), PATIENCE)
+        lanes = put
         counts = check(workers, lanes, per_lane)
         print(f"\n{kind}: {lanes}x{per_lane} lane jobs, SIGSTOP past the lease: {counts}")
         assert counts["stale"] >= 1  # the paused worker's late write was refused by the store
