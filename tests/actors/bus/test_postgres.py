@@ -369,3 +369,28 @@ async def test_a_backend_killed_during_commit_rolls_back_and_says_so(
             await store._run(claim_and_die)
         assert isinstance(caught.value.__cause__, psycopg.OperationalError)
         assert await store.claim_callback("batch:b1", "then", T0)  # the first was undone
+
+
+@pytest.mark.parametrize("serve", [True, False])
+async def test_an_operation_that_raises_leaves_nothing_written(
+    pg_schema: tuple[str, str], serve: bool
+) -> None:
+    """A call that wrote and then raised is rolled back, alone or in a group, never
+    committed with the connection going back to the pool."""
+    dsn, schema = pg_schema
+
+    def claim_then_fail(conn: Any, name: str) -> None:
+        ops.claim_callback(conn, "batch:b1", name, 0)
+        raise ValueError("failed after writing")
+
+    store = PostgresStore(dsn, schema=schema)
+    async with opened(store, serve=serve):
+        with pytest.raises(ValueError, match="after writing"):
+            await store._run(claim_then_fail, "alone")
+        async with trio.open_nursery() as nursery:  # a group: the others' writes stay
+            nursery.start_soon(store.claim_callback, "batch:b1", "other", T0)
+            with pytest.raises(ValueError, match="after writing"):
+                await store._run(claim_then_fail, "grouped")
+        assert await store.claim_callback("batch:b1", "alone", T0)
+        assert await store.claim_callback("batch:b1", "grouped", T0)
+        assert not await store.claim_callback("batch:b1", "other", T0)
