@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
-from examples import demo_bank, demo_bus, demo_logging, demo_workers
+from examples import demo_bank, demo_bus, demo_crash, demo_logging, demo_workers
 
 
 async def main(quick: bool = False) -> None:
@@ -35,6 +35,10 @@ async def main(quick: bool = False) -> None:
     console.rule("The Bus: a nightly-report batch and an order chain on embedded SQLite")
     with tempfile.TemporaryDirectory(prefix="trio-lanes-demo-") as tmp:
         await demo_bus.run(console, str(Path(tmp) / "bus.sqlite3"))
+
+    console.rule("The Bus across processes: a worker killed mid-batch, the batch completes")
+    with tempfile.TemporaryDirectory(prefix="trio-lanes-demo-") as tmp:
+        await demo_crash.run(console, str(Path(tmp) / "jobs.sqlite3"))
 
 
 if __name__ == "__main__":

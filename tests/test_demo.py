@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from examples import demo, demo_bank, demo_logging, demo_workers
+from examples import demo, demo_bank, demo_crash, demo_logging, demo_workers
 
 
 async def test_bank_conserves_money_and_survives_the_injected_fault() -> None:
@@ -49,3 +50,10 @@ async def test_nightly_import_adds_up_batches_and_reports_progress(autojump_cloc
     assert report.db_calls < report.batcher_ops  # fewer than one load+save per update
     assert report.ticks  # the scheduler reported while the import ran
     assert report.ticks[-1].endswith("/400 lines")
+
+
+async def test_a_worker_killed_mid_batch_and_the_batch_completes(tmp_path: Path) -> None:
+    report = await demo_crash.run_crash(str(tmp_path / "jobs.sqlite3"), within=60)
+    assert report.processed == report.jobs == 30
+    assert 0 < report.killed_after < report.jobs  # killed mid-batch
+    assert report.finally_ran

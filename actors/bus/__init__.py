@@ -83,6 +83,9 @@ from ._model import QueuedJob as QueuedJob
 from ._postgres import PostgresStore as PostgresStore
 from ._protocol import BusLike as BusLike
 from ._redis_broker import RedisBroker as RedisBroker
+from ._redis_limits import RedisLock as RedisLock
+from ._redis_limits import RedisLocker as RedisLocker
+from ._redis_limits import RedisRateLimiter as RedisRateLimiter
 from ._rules import BatchRecord as BatchRecord
 from ._rules import BatchUpdate as BatchUpdate
 from ._rules import ChainRecord as ChainRecord
@@ -149,6 +152,9 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "RedisBroker",
+    "RedisLock",
+    "RedisLocker",
+    "RedisRateLimiter",
     "Release",
     "SQLiteBroker",
     "SQLiteStore",

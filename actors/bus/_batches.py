@@ -147,11 +147,18 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                         parts.clock(),
                         progress=progress,
                     )
+                if update is None:  # the batch is gone from the store (logged): drop these
+                    for m in messages:
+                        await parts.ack(m.delivery)
+                    return None
+                over = update.state.completed and not update.finished_now
+                if over and any(m.delivery.delivery > 1 for m in messages):
+                    await self._recover(batch_id, update.state)
+                # Acknowledged once what the outcomes set off is done (the next callbacks
+                # claimed, `Job` callbacks queued): a crash before redelivers them.
+                state = await self._settle(batch_id, update, messages)
                 for m in messages:
                     await parts.ack(m.delivery)
-                if update is None:  # the batch is gone from the store (logged): drop these
-                    return None
-                state = await self._settle(batch_id, update, messages)
             finally:
                 parts.done(len(messages))
             if state.completed:
@@ -161,6 +168,30 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
             messages = _take(keyed, batch_id)
             if not messages:
                 return state
+
+    async def _recover(self, batch_id: str, state: BatchState) -> None:
+        """A redelivered outcome of a batch that is over: the process that finished it may
+        have died before it queued the `Job` callbacks, so queue the due ones again."""
+        stored = await self._parts.store.job_callbacks(f"batch:{batch_id}")
+        owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
+        error = BusError(f"{state.failed} job(s) of batch {batch_id} failed")
+        due = {
+            "then": not state.failed and state.processed == state.total,
+            "catch": bool(state.failed),
+            "finally": True,
+        }
+        for name, record in stored.items():
+            if due.get(name):
+                args = (state, error) if name == "catch" else (state,)
+                await run_callback(
+                    self._parts,
+                    owner,
+                    name,
+                    record,
+                    args,
+                    error=error if name == "catch" else None,
+                    recovering=True,
+                )
 
     async def _discard(self, batch_id: str) -> list[QueuedJob]:
         removed: list[QueuedJob] = []

@@ -44,6 +44,7 @@ from ._observe import Emitter
 from ._parts import INSIDE, Parts
 from ._rules import FailedJob
 from ._store import MemoryStore, Store
+from ._urls import broker_from_url, store_from_url
 from ._worker import Worker
 
 log = logging.getLogger("actors.bus")
@@ -266,6 +267,12 @@ class Bus:
         )
         return await self.dispatch(Job(record.job_type, decode_payload(record.payload), options))
 
+    async def in_flight(self, limit: int = 100) -> tuple[list[BatchState], list[ChainState]]:
+        """Up to ``limit`` batches and ``limit`` chains not over yet, from the store (every
+        process's), oldest first."""
+        self._check_open()
+        return await self._parts.store.in_flight(check_positive_int(limit, "limit"))
+
     def stats(self) -> BusStats:
         """A snapshot: outstanding jobs, queues, coordinators, store errors, dropped events."""
         parts = self._parts
@@ -305,8 +312,8 @@ def _check_queues(queues: object) -> dict[str, int]:
 
 @asynccontextmanager
 async def open_bus(
-    store: Store | None = None,
-    broker: Broker | None = None,
+    store: Store | str | None = None,
+    broker: Broker | str | None = None,
     queues: Mapping[str, int] | None = None,
     handlers: Handlers | None = None,
     middleware: Sequence[Middleware] = (),
@@ -319,12 +326,15 @@ async def open_bus(
 ) -> AsyncIterator[Bus]:
     """Open a bus: its workers, coordinators and queues run until the block ends.
 
-    ``store``: a `MemoryStore` (default) or `SQLiteStore`. ``broker``: where jobs wait, a
-    `MemoryBroker` (default). ``queues``: name -> number of workers (default
-    ``{"default": 4}``); jobs that name no queue go to the first. ``handlers``: a `Handlers`
-    declared beforehand (its middleware run outside ``middleware``, its observers with
-    ``observers``). Middleware wraps every attempt, first outermost; observers get every
-    `Event` (sync ones inline, async ones from a buffer: see `actors.bus._observe`).
+    ``store``: a `MemoryStore` (default), `SQLiteStore` or `PostgresStore`, or its URL
+    (``"sqlite:///jobs.db"``, ``"postgresql://user@host/db"``). ``broker``: where jobs wait, a
+    `MemoryBroker` (default), `SQLiteBroker` or `RedisBroker`, or its URL (``"memory://"``,
+    ``"sqlite:///jobs.db?visibility_timeout=5"``, ``"redis://localhost:6379/0"``).
+    ``queues``: name -> number of workers (default ``{"default": 4}``); jobs that name no
+    queue go to the first. ``handlers``: a `Handlers` declared beforehand (its middleware run
+    outside ``middleware``, its observers with ``observers``). Middleware wraps every
+    attempt, first outermost; observers get every `Event` (sync ones inline, async ones from
+    a buffer: see `actors.bus._observe`).
     ``workers=False``: this bus only dispatches (leaving waits only until what it dispatched
     is in the broker). ``clock`` gives the wall-clock times of states and events (default
     `actors.trio_clock`). ``max_pending``: dispatches from outside the bus wait while this
@@ -334,9 +344,13 @@ async def open_bus(
     stops; cancelling the enclosing scope stops everything at once.
     """
     store = MemoryStore() if store is None else store
+    if isinstance(store, str):
+        store = store_from_url(store)
     if not isinstance(store, Store):
         raise TypeError(f"store must implement actors.bus.Store, got {type(store).__name__}")
     broker = MemoryBroker() if broker is None else broker
+    if isinstance(broker, str):
+        broker = broker_from_url(broker)
     if not isinstance(broker, Broker):
         raise TypeError(f"broker must implement actors.bus.Broker, got {type(broker).__name__}")
     counts = _check_queues(queues)
@@ -392,8 +406,10 @@ async def open_bus(
                 await sup.shutdown()
         finally:
             bus._closed = True
-            with trio.CancelScope(shield=True):
-                await broker.close()
+            # Not under a shield of ours: a broker shields what must finish itself, and
+            # RedisBroker's pool (a task group entered in open) must not exit inside a scope
+            # opened after it.
+            await broker.close()
     finally:
         bus._closed = True
         with trio.CancelScope(shield=True):

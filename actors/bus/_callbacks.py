@@ -53,10 +53,15 @@ async def run_callback(
     *,
     error: BaseException | None = None,
     claim: str | None = None,
+    recovering: bool = False,
 ) -> None:
     """Claim callback ``name`` of ``owner`` (as ``claim``, if given) and run or queue it.
 
     ``progress`` callables are not claimed: the store counts each job's progress once.
+    ``recovering``: a redelivered job found its outcome recorded already, so the process
+    that recorded it may have died between this claim and queueing the `Job` callback: a
+    `Job` is queued even if claimed before (it then may run twice: at least once, like every
+    job); a callable still runs at most once.
     """
     claim_name = claim if claim is not None else name
     if isinstance(callback, JobRecord) or name != "progress":
@@ -67,7 +72,7 @@ async def run_callback(
             claim_name,
             parts.clock(),
         )
-        if not claimed:
+        if not claimed and not (recovering and isinstance(callback, JobRecord)):
             return
     if isinstance(callback, JobRecord):
         await _queue_job(parts, owner, callback, error)

@@ -16,9 +16,9 @@ import trio
 
 from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
-from ._errors import NotFound
+from ._errors import BusError, NotFound
 from ._events import EventKind
-from ._model import QueuedJob, describe
+from ._model import ChainNode, JobRecord, QueuedJob, describe, encode_payload
 from ._parts import INSIDE
 
 log = logging.getLogger("actors.bus")
@@ -89,7 +89,11 @@ class Chains(Coordinators[Done, None, ChainLocal]):
                 failure,
                 parts.clock(),
             )
-        if step is None:  # a duplicate (or the chain is gone): nothing moves
+        if step is None:  # a duplicate (or the chain is gone): nothing moves, unless...
+            if done.delivery.delivery > 1:
+                # ...it is a redelivery: the process that recorded it may have died before
+                # it queued the next step or the callbacks. Do those again (at least once).
+                await self._recover(chain_id, done, error)
             await parts.ack(done.delivery)
             return
         emitter = parts.emitter
@@ -112,7 +116,6 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             if emitter.active:
                 emitter.emit(EventKind.CHAIN_ADVANCED, **common)
             return
-        await parts.ack(done.delivery)
         local = self._local.pop(chain_id, None)
         if emitter.active:
             emitter.emit(
@@ -121,6 +124,45 @@ class Chains(Coordinators[Done, None, ChainLocal]):
                 error=error,
                 **common,
             )
+        # The callbacks are claimed (and Job callbacks queued) before the last step is
+        # acknowledged: a crash in between redelivers the step, which queues them again.
+        await self._callbacks(chain_id, job.dispatch_id, local, error, recovering=False)
+        await parts.ack(done.delivery)
+
+    async def _recover(self, chain_id: str, done: Done, error: BaseException | None) -> None:
+        """A redelivered step already recorded: queue the next step again if the chain still
+        waits for it, or the end callbacks again if this step ended the chain."""
+        parts, job = self._parts, done.job
+        try:
+            state = await parts.store.get_chain(chain_id)
+        except NotFound:
+            return
+        index = job.chain_index
+        waits = not (state.completed or state.failed) and state.next_index == index + 1
+        if waits and index + 1 < len(state.nodes):
+            node = record_of(state.nodes[index + 1])
+            await parts.put(
+                (queued(node, job.dispatch_id, chain_id=chain_id, chain_index=index + 1),),
+                node.delay,
+            )
+        elif (state.completed and index == len(state.nodes) - 1) or (
+            state.failed and state.next_index == index and state.failure != "cancelled"
+        ):
+            failure = None if state.failure is None else BusError(state.failure)
+            await self._callbacks(
+                chain_id, job.dispatch_id, None, error or failure, recovering=True
+            )
+
+    async def _callbacks(
+        self,
+        chain_id: str,
+        dispatch_id: str,
+        local: ChainLocal | None,
+        error: BaseException | None,
+        *,
+        recovering: bool,
+    ) -> None:
+        parts = self._parts
         catch = None if local is None else local.catch
         finally_ = None if local is None else local.finally_
         if local is None or local.has_jobs:  # built elsewhere, or with Job callbacks
@@ -129,8 +171,26 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         if catch is None and finally_ is None:
             return
         state = await parts.store.get_chain(chain_id)
-        owner = Owner("chain", chain_id, job.dispatch_id, state.queue)
+        owner = Owner("chain", chain_id, dispatch_id, state.queue)
         if error is not None and catch is not None:
-            await run_callback(parts, owner, "catch", catch, (state, error), error=error)
+            await run_callback(
+                parts, owner, "catch", catch, (state, error), error=error, recovering=recovering
+            )
         if finally_ is not None:
-            await run_callback(parts, owner, "finally", finally_, (state,))
+            await run_callback(parts, owner, "finally", finally_, (state,), recovering=recovering)
+
+
+def record_of(node: ChainNode) -> JobRecord:
+    """A stored chain node (`ChainNode`) as the `JobRecord` it was made from."""
+    job, options = node.job, node.job.options
+    assert options.queue is not None  # a stored node always names its queue
+    return JobRecord(
+        job_id=node.node_id,
+        job_type=job.type,
+        payload=encode_payload(job.type, job.payload),
+        queue=options.queue,
+        delay=options.delay,
+        timeout=options.timeout,
+        retry=options.retry,
+        backoff=options.backoff,
+    )

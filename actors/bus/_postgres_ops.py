@@ -334,3 +334,18 @@ def prune(conn: Conn, before: int) -> int:
     conn.execute("DELETE FROM uniques WHERE expires_at < %s", (before,))
     conn.execute("DELETE FROM failed_jobs WHERE failed_at < %s", (before,))
     return len(owners)
+
+
+def in_flight(conn: Conn, limit: int) -> tuple[list[BatchState], list[ChainState]]:
+    """The batches and chains not over yet, oldest first (at most ``limit`` of each)."""
+    batches = conn.execute(
+        f"SELECT {BATCH_COLUMNS} FROM batches WHERE NOT completed "
+        "ORDER BY created_at, batch_id LIMIT %s",
+        (limit,),
+    ).fetchall()
+    chains = conn.execute(
+        "SELECT chain_id FROM chains WHERE NOT completed AND NOT failed "
+        "ORDER BY created_at, chain_id LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [batch_row(row).state() for row in batches], [get_chain(conn, c) for (c,) in chains]

@@ -256,6 +256,8 @@ class RedisBrokerQueue(LeasedQueue):
         self._cursor = "0-0"
         self._last_reclaim = -math.inf
         self._acks: Coalescer[str] = Coalescer(self._ack_many)
+        #: Puts due now from concurrent dispatches, one script call for all of them.
+        self._puts: Coalescer[list[tuple[str, str]]] = Coalescer(self._put_many)
 
     def __repr__(self) -> str:
         return f"<RedisBrokerQueue {self.name!r} of {self._broker!r}>"
@@ -348,15 +350,23 @@ class RedisBrokerQueue(LeasedQueue):
         delay = check_seconds(delay, "delay")
         bodies = encode_jobs(jobs, self._broker.max_payload, f"Redis at {self._broker.url}")
         await self._ensure_group()
-        for start in range(0, len(bodies), _PUT_CHUNK):
-            args: list[Any] = [math.ceil(delay * 1000)]
-            for job, body in zip(
-                jobs[start : start + _PUT_CHUNK], bodies[start : start + _PUT_CHUNK], strict=True
-            ):
-                args += [secrets.token_hex(8), job.batch_id or "", body]
-            await self._script("put", [self.stream, self.delayed], args)
-        if not bodies:
+        entries = [(job.batch_id or "", body) for job, body in zip(jobs, bodies, strict=True)]
+        if not entries:
             await trio.lowlevel.checkpoint()
+        elif delay == 0:
+            await self._puts.submit(entries)
+        else:
+            await self._put_entries(entries, delay)
+
+    async def _put_many(self, groups: list[list[tuple[str, str]]]) -> None:
+        await self._put_entries([entry for group in groups for entry in group], 0.0)
+
+    async def _put_entries(self, entries: list[tuple[str, str]], delay: float) -> None:
+        for start in range(0, len(entries), _PUT_CHUNK):
+            args: list[Any] = [math.ceil(delay * 1000)]
+            for batch_id, body in entries[start : start + _PUT_CHUNK]:
+                args += [secrets.token_hex(8), batch_id, body]
+            await self._script("put", [self.stream, self.delayed], args)
 
     def _deliveries(self, entries: Sequence[tuple[str, Any, int]]) -> list[Delivery]:
         out = []

@@ -53,6 +53,7 @@ class SQLOps(Protocol):
     def failed_jobs(self, conn: Any, /) -> list[FailedJob]: ...
     def take_failed(self, conn: Any, job_id: str, /) -> FailedJob: ...
     def prune(self, conn: Any, before: int, /) -> int: ...
+    def in_flight(self, conn: Any, limit: int, /) -> tuple[list[BatchState], list[ChainState]]: ...
 
 
 class SQLOperations:
@@ -122,3 +123,6 @@ class SQLOperations:
 
     async def prune(self, before: datetime) -> int:
         return await self._run(self._ops.prune, to_micros(before))
+
+    async def in_flight(self, limit: int) -> tuple[list[BatchState], list[ChainState]]:
+        return await self._run(self._ops.in_flight, limit)

@@ -32,6 +32,7 @@ from ._sqlite_schema import (
     CHAIN_COLUMNS,
     IDS_PER_QUERY,
     JOB_COLUMNS,
+    batch_row,
     job_from_row,
     job_row,
     load_batch,
@@ -344,6 +345,20 @@ def take_failed(conn: sqlite3.Connection, job_id: str) -> FailedJob:
             raise NotFound(f"no failed job {job_id!r} in this store (wrong id, or pruned)")
         conn.execute("DELETE FROM failed_jobs WHERE id = ?", (job_id,))
     return _failed_from_row(tuple(row))
+
+
+def in_flight(conn: sqlite3.Connection, limit: int) -> tuple[list[BatchState], list[ChainState]]:
+    batches = conn.execute(
+        f"SELECT {BATCH_COLUMNS} FROM batches WHERE completed = 0 "
+        "ORDER BY created_at, rowid LIMIT ?",
+        (limit,),
+    )
+    chains = conn.execute(
+        "SELECT chain_id FROM chains WHERE completed = 0 AND failed = 0 "
+        "ORDER BY created_at, rowid LIMIT ?",
+        (limit,),
+    )
+    return [batch_row(row).state() for row in batches], [get_chain(conn, c) for (c,) in chains]
 
 
 def in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[object, ...]) -> T:

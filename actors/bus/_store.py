@@ -134,6 +134,11 @@ class Store(Protocol):
         return how many chains and batches went."""
         ...
 
+    async def in_flight(self, limit: int) -> tuple[list[BatchState], list[ChainState]]:
+        """Up to ``limit`` batches and ``limit`` chains not over yet, oldest first (for
+        operators: ``trio-lanes status``, ``trio-lanes batches``)."""
+        ...
+
 
 # ------------------------------------------------------------------------------ memory
 
@@ -354,6 +359,16 @@ class MemoryStore:
             self._job_callbacks.pop(owner, None)
         self._uniques = {k: t for k, t in self._uniques.items() if t >= before}
         return len(owners)
+
+    async def in_flight(self, limit: int) -> tuple[list[BatchState], list[ChainState]]:
+        await trio.lowlevel.checkpoint()
+        batches = [b.row.state() for b in self._batches.values() if not b.row.completed]
+        chains = [
+            chain_state(c.row, c.nodes)
+            for c in self._chains.values()
+            if not (c.row.completed or c.row.failed)
+        ]
+        return batches[:limit], chains[:limit]
 
     def _batch(self, batch_id: str) -> _MemoryBatch:
         try:

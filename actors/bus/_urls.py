@@ -9,6 +9,7 @@ typo fails when the bus is configured, not when the first job arrives.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -16,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import attrs
 
 from ._broker import Broker
+from ._store import Store
 
 #: What each scheme's options are, by name, and how to read them from the query text.
 BROKER_OPTIONS: Mapping[str, Mapping[str, Callable[[str], Any]]] = {
@@ -110,11 +112,12 @@ def _options(
 
 
 def broker_from_url(url: str) -> Broker:
-    """A durable broker (`SQLiteBroker`, `RedisBroker`) for ``url``, not opened yet.
-
-    ``memory://`` parses, but its broker is the bus's default and made by the bus.
-    """
+    """The broker for ``url`` (`MemoryBroker`, `SQLiteBroker`, `RedisBroker`), not opened."""
     parsed = parse_url(url, what="broker")
+    if parsed.scheme == "memory":
+        from ._memory_broker import MemoryBroker
+
+        return MemoryBroker()
     if parsed.scheme == "sqlite":
         from ._sqlite_broker import SQLiteBroker
 
@@ -123,6 +126,30 @@ def broker_from_url(url: str) -> Broker:
         from ._redis_broker import RedisBroker
 
         return RedisBroker(parsed.target, **parsed.options)
-    raise ValueError(
-        f"broker URL {url!r}: the {parsed.scheme} broker is made by the bus (open_bus(broker=...))"
-    )
+    raise ValueError(f"broker URL {url!r}: no broker is made for {parsed.scheme}://")
+
+
+def store_from_url(url: str) -> Store:
+    """The store for ``url`` (`MemoryStore`, `SQLiteStore`, `PostgresStore`), not opened.
+
+    The classes are imported only when named, so a store that is not installed (or not
+    built) fails here with a clear error, not at import time.
+    """
+    parsed = parse_url(url, what="store")
+    if parsed.scheme == "memory":
+        from ._store import MemoryStore
+
+        return MemoryStore()
+    if parsed.scheme == "sqlite":
+        from ._sqlite import SQLiteStore
+
+        return SQLiteStore(parsed.target, **parsed.options)
+    try:
+        module = importlib.import_module("._postgres", __package__)
+        made: Store = module.PostgresStore(parsed.target, **parsed.options)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"store URL {url!r}: PostgresStore is not available here ({exc}); install the "
+            "postgres extra (pip install 'trio-lanes[postgres]') or use a sqlite:/// store"
+        ) from exc
+    return made

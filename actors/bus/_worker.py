@@ -155,6 +155,16 @@ class Worker:
                     f"no handler is registered for job type {job.job_type!r} on this worker"
                 )
             await self._call(ctx)
+        except trio.Cancelled:
+            # The bus stops (a graceful stop, or its scope cancelled) under a running job:
+            # give it back to the broker for any worker, rather than wait for its lease.
+            if type(queue) is not MemoryQueue:  # the memory broker's jobs go with the bus
+                with trio.CancelScope(shield=True):
+                    try:
+                        await queue.release([delivery])
+                    except Exception as exc:  # e.g. the server is gone: the lease lapses
+                        log.warning("bus: could not give %r back (%s)", delivery, exc)
+            raise
         except Release as release:
             await queue.retry(delivery, job, delay=release.delay)
             return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import trio
 
@@ -37,3 +38,33 @@ async def test_idle_consumers_holding_nothing_are_reaped_and_holders_are_kept() 
     finally:
         for broker in (reaper, holder, gone):
             await broker.close()
+
+
+async def test_concurrent_puts_due_now_go_out_in_fewer_script_calls() -> None:
+    broker = RedisBroker(redis_url(), prefix=f"puts-{secrets.token_hex(4)}")
+    await broker.open()
+    try:
+        queue = broker.queue("q")
+        calls: list[int] = []
+        script = queue._script
+
+        async def counted(name: str, keys: list[str], args: list[Any]) -> Any:
+            if name == "put":
+                calls.append((len(args) - 1) // 3)
+            return await script(name, keys, args)
+
+        queue._script = counted  # type: ignore[method-assign]
+
+        async def put(i: int) -> None:
+            await queue.put([job(f"j{i:02}")])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(put, i)
+        assert sum(calls) == 50
+        assert len(calls) < 50  # coalesced: each returned once its call was done
+        assert (await queue.stats()).ready == 50
+        got = [await get_within(queue) for _ in range(50)]
+        assert sorted(d.job.job_id for d in got) == [f"j{i:02}" for i in range(50)]
+    finally:
+        await broker.close()
