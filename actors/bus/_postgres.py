@@ -92,11 +92,13 @@ def _run_calls(conn: ops.Conn, calls: Sequence[_Call]) -> list[tuple[bool, Any]]
         conn.execute("COMMIT")
         return results
     except Exception as exc:
-        if conn.broken and len(results) == len(calls):
-            raise _CommitLost(exc, results) from exc  # every call ran: COMMIT was sent
-        if conn.broken or len(calls) == 1:
+        if conn.broken:
+            if len(results) == len(calls):
+                raise _CommitLost(exc, results) from exc  # every call ran: COMMIT was sent
             return [(False, exc)] * len(calls)
         conn.execute("ROLLBACK")
+        if len(calls) == 1:
+            return [(False, exc)]
     return [_run_alone(conn, fn, args) for fn, args in calls]
 
 

@@ -40,7 +40,7 @@ BROKER_OPTIONS: Mapping[str, Mapping[str, Callable[[str], Any]]] = {
 STORE_OPTIONS: Mapping[str, Mapping[str, Callable[[str], Any]]] = {
     "memory": {},
     "sqlite": {"busy_timeout": float},
-    "postgresql": {},
+    "postgresql": {"schema": str, "min_size": int, "max_size": int, "connect_timeout": float},
 }
 
 _ALIASES = {"postgres": "postgresql", "rediss": "redis", "unix": "redis"}

@@ -9,8 +9,6 @@ the waits on real time are bounded.
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,7 +21,6 @@ from actors.bus import (
     Job,
     JobContext,
     PostgresStore,
-    SQLiteBroker,
     Store,
     StoreError,
     open_bus,
@@ -128,64 +125,6 @@ async def test_unique_for_holds_across_buses_on_one_database(pg_schema: tuple[st
         with pytest.raises(DuplicateJob):
             await b.dispatch(Job("report", {"day": 1}).unique_for(3600))
         await b.dispatch(Job("report", {"day": 2}).unique_for(3600))
-
-
-async def test_job_callbacks_are_queued_once_across_two_buses(
-    pg_schema: tuple[str, str], tmp_path: Path
-) -> None:
-    """Two worker buses (as two processes would) share the store and a durable broker, so
-    both run the jobs of every batch and both record its outcomes: each batch's `then` and
-    `finally` Jobs are queued, and run, exactly once."""
-    dsn, schema = pg_schema
-    batches, size = 8, 6
-    ran_on: Counter[str] = Counter()
-    callbacks: Counter[str] = Counter()
-    all_done = trio.Event()
-
-    def work_on(name: str) -> Any:
-        async def work(ctx: JobContext) -> None:
-            ran_on[name] += 1
-            await trio.sleep(0.002)  # real time: the other bus gets its share
-
-        return work
-
-    async def callback(ctx: JobContext) -> None:
-        assert ctx.state is not None
-        callbacks[ctx.payload] += 1
-        if sum(callbacks.values()) == 2 * batches:
-            all_done.set()
-
-    path = tmp_path / "broker.db"
-
-    def bus(**options: Any) -> Any:
-        store = PostgresStore(dsn, schema=schema)
-        broker = SQLiteBroker(path, claim_batch=2, poll_interval=0.01)
-        return open_bus(store=store, broker=broker, **options)
-
-    # A dispatcher that runs no jobs, and two workers (as three processes would be).
-    async with bus(workers=False) as a, bus() as b, bus() as c:
-        a.register("work", work_on("a"))
-        a.register("callback", callback)
-        for name, worker in (("b", b), ("c", c)):
-            worker.register("work", work_on(name))
-            worker.register("callback", callback)
-        ids = [
-            await a.batch(*(Job("work", k) for k in range(size)))
-            .then(Job("callback", f"then-{i}"))
-            .finally_(Job("callback", f"finally-{i}"))
-            .dispatch()
-            for i in range(batches)
-        ]
-        with trio.fail_after(30):
-            await all_done.wait()
-        states = [await b.find_batch(batch_id) for batch_id in ids]
-    assert all(state.completed and state.processed == size for state in states)
-    assert sum(ran_on.values()) == batches * size
-    assert ran_on["a"] == 0
-    assert ran_on["b"] > 0
-    assert ran_on["c"] > 0  # both workers ran (and recorded) jobs of the batches
-    expected = [f"{kind}-{i}" for i in range(batches) for kind in ("then", "finally")]
-    assert callbacks == Counter(expected)  # each exactly once
 
 
 async def test_failed_jobs_and_state_survive_a_new_bus(pg_schema: tuple[str, str]) -> None:
@@ -369,3 +308,46 @@ async def test_a_backend_killed_during_commit_rolls_back_and_says_so(
             await store._run(claim_and_die)
         assert isinstance(caught.value.__cause__, psycopg.OperationalError)
         assert await store.claim_callback("batch:b1", "then", T0)  # the first was undone
+
+
+@pytest.mark.parametrize("serve", [True, False])
+async def test_an_operation_that_raises_leaves_nothing_written(
+    pg_schema: tuple[str, str], serve: bool
+) -> None:
+    """A call that wrote and then raised is rolled back, alone or in a group, never
+    committed with the connection going back to the pool."""
+    dsn, schema = pg_schema
+
+    def claim_then_fail(conn: Any, name: str) -> None:
+        ops.claim_callback(conn, "batch:b1", name, 0)
+        raise ValueError("failed after writing")
+
+    store = PostgresStore(dsn, schema=schema)
+    async with opened(store, serve=serve):
+        with pytest.raises(ValueError, match="after writing"):
+            await store._run(claim_then_fail, "alone")
+        async with trio.open_nursery() as nursery:  # a group: the others' writes stay
+            nursery.start_soon(store.claim_callback, "batch:b1", "other", T0)
+            with pytest.raises(ValueError, match="after writing"):
+                await store._run(claim_then_fail, "grouped")
+        assert await store.claim_callback("batch:b1", "alone", T0)
+        assert await store.claim_callback("batch:b1", "grouped", T0)
+        assert not await store.claim_callback("batch:b1", "other", T0)
+
+
+async def test_a_store_url_opens_a_postgres_store(pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    url = f"{dsn}?schema={schema}&max_size=2&connect_timeout=5"
+    async with open_bus(store=url) as bus:
+        bus.register("work", _nothing)
+        batch_id = await bus.batch(Job("work", 1), Job("work", 2)).dispatch()
+        await bus.wait_idle()
+        assert (await bus.find_batch(batch_id)).completed
+    assert "batches" in _tables(dsn, schema)
+    with pytest.raises(ValueError, match="unknown option 'sslmod'"):
+        async with open_bus(store=f"{dsn}?sslmod=require"):
+            pass  # pragma: no cover
+
+
+async def _nothing(ctx: JobContext) -> None:
+    pass
