@@ -8,10 +8,7 @@ How a key lives:
 * **Idle**: the registry's dict maps the key to the Trio time it went idle, a bare float. No
   task, no mailbox, nothing for the garbage collector to walk.
 * **Busy**: the dict maps the key to its `Mailbox`, and the key's task drains it in order, one
-  message at a time, and the key is idle again. The task then lingers one scheduling round:
-  a key that needs a task meanwhile is taken over by it (no new task per turn for a key that
-  is busy now and then, such as a chain's coordinator), else it ends. Each turn starts in a
-  fresh copy of the registry's context, exactly as a new task would.
+  message at a time, then ends, and the key is idle again.
 * A handler is the actor's work (DESIGN rule 6): it always runs in the key's task, started in
   a copy of the context the registry was opened in, never in an asker's task. So it sees the
   registry's context variables (``supervisors.shutting_down()`` is the registry's), never an
@@ -99,15 +96,6 @@ class _Envelope(Generic[M, R]):
         self.reply = reply
 
 
-class _Linger:
-    """A key task waiting one scheduling round for another key's mailbox to take over."""
-
-    __slots__ = ("work",)
-
-    def __init__(self) -> None:
-        self.work: tuple[str, Mailbox[Any]] | None = None
-
-
 _Item = _Envelope[Any, Any] | _Hold
 _Box = Mailbox[_Item]
 
@@ -146,8 +134,6 @@ class KeyedActors(Generic[M, R]):
         self._restarts_total = 0
         self._closed = False
         self._handling: dict[str, _Box] = {}
-        #: Key tasks lingering one scheduling round after their mailbox ran dry.
-        self._lingering: list[_Linger] = []
         self._all_idle = trio.lowlevel.ParkingLot()
         #: Key tasks start in a copy of this: the context the registry was opened in.
         self._context = contextvars.copy_context()
@@ -191,18 +177,14 @@ class KeyedActors(Generic[M, R]):
         self._check_open()
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
-        envelope: _Envelope[M, R] = _Envelope(message, None)
         entry = self._keys.get(key)
-        if entry is None or entry.__class__ is float:
-            self._enqueue_new(key, envelope)
-        else:
+        if entry is not None and entry.__class__ is not float:
             assert isinstance(entry, Mailbox)
-            if not entry.put_nowait(envelope):
-                if len(entry.items) >= entry.size:
-                    check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
-                await entry.put(envelope)  # waited in line for room: a schedule point
-                return
-        await trio.lowlevel.cancel_shielded_checkpoint()  # put in at once: still one
+            if len(entry) >= entry.size:
+                check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
+        _, waited = await self._enqueue(key, _Envelope(message, None))
+        if not waited:  # put in at once: still a schedule point
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def tell_nowait(self, key: str, message: M) -> bool:
         """`tell` without a scheduling point: queue ``message`` if its mailbox has room now
@@ -264,12 +246,7 @@ class KeyedActors(Generic[M, R]):
     # ---------------------------------------------------------------- turns
 
     def _spawn(self, key: str, box: _Box) -> None:
-        """Start the key's task, in the registry's context (never the sender's): a key task
-        lingering after its own mailbox ran dry takes it over, else a new task starts."""
-        lingering = self._lingering
-        if lingering:
-            lingering.pop().work = (key, box)
-            return
+        """Start the key's task, in the registry's context (never the sender's)."""
         try:
             self._context.run(self._nursery.start_soon, self._run_key, key, box)
         except RuntimeError:  # the registry is gone (cancelled) while the key was busy
@@ -304,26 +281,7 @@ class KeyedActors(Generic[M, R]):
             await self._all_idle.park()
 
     async def _run_key(self, key: str, box: _Box) -> None:
-        """The key's task: handle its mailbox in order, one message at a time; then linger one
-        scheduling round, taking over a key that needs a task meanwhile, else end."""
-        task = trio.lowlevel.current_task()
-        while True:
-            await self._turn(key, box)
-            # A fresh copy of the registry's context, as a new task would start in: nothing a
-            # handler set carries over to another key's turn. Set before the checkpoint, so
-            # the next turn runs in it.
-            task.context = self._context.copy()
-            linger = _Linger()
-            self._lingering.append(linger)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            work = linger.work
-            if work is None:
-                self._lingering.remove(linger)
-                return
-            key, box = work
-
-    async def _turn(self, key: str, box: _Box) -> None:
-        """Handle ``key``'s mailbox in order, one message at a time, until it is empty."""
+        """The key's task: handle its mailbox in order, one message at a time, then end."""
         items = box.items
         handled = 0
         item: _Item | None = None
