@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ._sql_store import apply_migrations
+
 #: Schema migrations, applied in order; ``schema_version`` holds how many ran.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -119,13 +121,5 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> int:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"trio_lanes:{schema}",))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         use_schema(conn, schema)
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        version = 0 if row is None else int(row[0])
-        if row is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
-    return len(MIGRATIONS)
+        version = apply_migrations(conn, MIGRATIONS, "%s")
+    return version

@@ -126,3 +126,20 @@ class SQLOperations:
 
     async def in_flight(self, limit: int) -> tuple[list[BatchState], list[ChainState]]:
         return await self._run(self._ops.in_flight, limit)
+
+
+def apply_migrations(conn: Any, migrations: Sequence[Sequence[str]], mark: str) -> int:
+    """Run the ``migrations`` the database lacks and record its version; return that version.
+
+    Call it inside the transaction that guards the schema. ``mark`` is the driver's parameter
+    placeholder (``?`` for sqlite3, ``%s`` for psycopg).
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+    for statements in migrations[0 if row is None else int(row[0]) :]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"UPDATE schema_version SET version = {mark}", (len(migrations),))
+    return len(migrations)

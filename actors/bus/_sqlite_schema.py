@@ -11,6 +11,7 @@ from typing import Any
 from ._errors import NotFound
 from ._model import JobRecord
 from ._rules import BatchRow, ChainRow, from_micros, to_micros
+from ._sql_store import apply_migrations
 
 #: Schema migrations, applied in order on first use; ``schema_version`` holds how many ran.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -138,16 +139,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date (idempotent, safe against a concurrent opener)."""
     with transaction(conn):
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        version = 0 if row is None else int(row[0])
-        if row is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
-    return len(MIGRATIONS)
+        version = apply_migrations(conn, MIGRATIONS, "?")
+    return version
 
 
 def batch_row(row: Sequence[Any]) -> BatchRow:
