@@ -46,6 +46,7 @@ def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
         timeout=node.timeout,
         retry=node.retry,
         backoff=node.backoff,
+        lane=node.lane,
         **ids,
     )
 
@@ -186,6 +187,7 @@ def record_of(node: ChainNode) -> JobRecord:
         timeout=options.timeout,
         retry=options.retry,
         backoff=options.backoff,
+        lane=options.lane,
     )
 
 

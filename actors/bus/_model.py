@@ -287,6 +287,7 @@ class JobRecord:
     timeout: float | None = None
     retry: int = 0
     backoff: float = 0.0
+    lane: str | None = None
 
     def to_job(self) -> Job:
         return Job(
@@ -298,6 +299,7 @@ class JobRecord:
                 timeout=self.timeout,
                 retry=self.retry,
                 backoff=self.backoff,
+                lane=self.lane,
             ),
         )
 

@@ -38,6 +38,7 @@ from ._sqlite_schema import (
     BATCH_COLUMNS,
     CHAIN_COLUMNS,
     JOB_COLUMNS,
+    JOB_FIELDS,
     batch_row,
     chain_row,
     job_from_row,
@@ -46,7 +47,7 @@ from ._sqlite_schema import (
 
 Conn = psycopg.Connection[Any]
 
-_JOB_VALUES = ", ".join(["%s"] * 8)
+_JOB_VALUES = ", ".join(["%s"] * JOB_FIELDS)
 
 
 def claim_unique(conn: Conn, key: str, now: int, expires_at: int) -> bool:

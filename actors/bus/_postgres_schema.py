@@ -103,6 +103,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (owner, name)
         )""",
     ),
+    (  # lane jobs in chains and batches: a stored job keeps its lane key
+        "ALTER TABLE chain_nodes ADD COLUMN lane TEXT",
+        "ALTER TABLE batch_jobs ADD COLUMN lane TEXT",
+    ),
 )
 
 

@@ -32,6 +32,7 @@ from ._sqlite_schema import (
     CHAIN_COLUMNS,
     IDS_PER_QUERY,
     JOB_COLUMNS,
+    JOB_FIELDS,
     batch_row,
     job_from_row,
     job_row,
@@ -42,6 +43,8 @@ from ._sqlite_schema import (
 )
 
 T = TypeVar("T")
+
+_JOB_VALUES = ", ".join(["?"] * JOB_FIELDS)
 
 
 def claim_unique(conn: sqlite3.Connection, key: str, now: int, expires_at: int) -> bool:
@@ -87,8 +90,7 @@ def create_chain(conn: sqlite3.Connection, record: ChainRecord) -> None:
             ),
         )
         conn.executemany(
-            f"INSERT INTO chain_nodes (chain_id, idx, {JOB_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO chain_nodes (chain_id, idx, {JOB_COLUMNS}) VALUES (?, ?, {_JOB_VALUES})",
             [(record.chain_id, i, *job_row(node)) for i, node in enumerate(record.nodes)],
         )
 
@@ -159,7 +161,7 @@ def create_batch(conn: sqlite3.Connection, record: BatchRecord) -> BatchState:
         )
         conn.executemany(
             f"INSERT INTO batch_jobs (batch_id, status, {JOB_COLUMNS}) "
-            "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"VALUES (?, 'pending', {_JOB_VALUES})",
             [(record.batch_id, *job_row(job)) for job in record.jobs],
         )
     return row.state()
