@@ -16,8 +16,9 @@ import trio
 
 from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
-from ._errors import BusError, NotFound
+from ._errors import BusError, LeaseLost, NotFound
 from ._events import EventKind
+from ._fences import fence_of
 from ._model import ChainNode, JobRecord, QueuedJob, describe, encode_payload
 from ._parts import INSIDE
 
@@ -72,24 +73,29 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         parts, job = self._parts, done.job
         error = done.error if done.outcome == "failed" else None
         failure = None if error is None else describe(error)
-        memory = parts.memory
-        if memory is not None:
-            try:
-                step = memory.record_chain_step_now(
-                    chain_id, job.chain_index, failure, parts.clock()
+        memory, fence = parts.memory, fence_of(done.delivery)
+        try:
+            if memory is not None:
+                try:
+                    step = memory.record_chain_step_now(
+                        chain_id, job.chain_index, failure, parts.clock(), fence
+                    )
+                except NotFound as exc:
+                    log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
+                    step = None
+            else:
+                step = await parts.recorder.write(
+                    f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",
+                    parts.store.record_chain_step,
+                    chain_id,
+                    job.chain_index,
+                    failure,
+                    parts.clock(),
+                    fence,
                 )
-            except NotFound as exc:
-                log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
-                step = None
-        else:
-            step = await parts.recorder.write(
-                f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",
-                parts.store.record_chain_step,
-                chain_id,
-                job.chain_index,
-                failure,
-                parts.clock(),
-            )
+        except LeaseLost as exc:  # a newer holder of the lane has the job: let it go
+            log.warning("bus lane job %s: %s", job.job_id, exc)
+            return
         if step is None:  # a duplicate (or the chain is gone): nothing moves, unless...
             if done.delivery.delivery > 1:
                 # ...it is a redelivery: the process that recorded it may have died before

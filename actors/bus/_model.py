@@ -305,6 +305,16 @@ class JobRecord:
 
 
 @attrs.frozen
+class LaneFence:
+    """What a lane job's outcome is recorded with: its delivery's lane and fence, so a store
+    refuses the outcome of a holder whose lease lapsed (see `actors.bus._fences`)."""
+
+    queue: str
+    lane: str
+    fence: int
+
+
+@attrs.frozen
 class QueuedJob:
     """One attempt's worth of a job, as it travels through a `Queue` to a worker.
 

@@ -10,7 +10,9 @@ so a retry is that write's first effect; and outcomes are counted once by job id
 outcome delivered twice (a redelivered job) counts once.
 
 `NotFound` is not retried: the chain or batch is gone (pruned, or never in this store), so
-there is nothing to record into; it is logged at ERROR and the outcome is dropped.
+there is nothing to record into; it is logged at ERROR and the outcome is dropped. Nor is
+`LeaseLost`: the store refused a lane job's holder whose lease lapsed (`actors.bus._fences`),
+and the caller lets the job go.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._errors import NotFound
+from ._errors import LeaseLost, NotFound
 
 log = logging.getLogger("actors.bus")
 
@@ -50,6 +52,8 @@ class Recorder:
         """
         try:
             return await fn(*args, **kwargs)
+        except LeaseLost:  # a lane job's stale holder: refused, not a store failure
+            raise
         except NotFound as exc:
             log.error("bus: cannot record %s: %s; dropped", what, exc)
             return None
@@ -78,6 +82,8 @@ class Recorder:
             pause = min(pause * 2, MAX_PAUSE)
             try:
                 result = await call()
+            except LeaseLost:
+                raise
             except NotFound as gone:
                 log.error("bus: cannot record %s: %s; dropped", what, gone)
                 return None

@@ -11,9 +11,10 @@ from typing import TypeVar
 
 import attrs
 
+from . import _fences as fences
 from ._broker import decode_job, encode_job
 from ._errors import NotFound
-from ._model import BatchState, ChainState, JobRecord
+from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
     BatchUpdate,
@@ -107,10 +108,16 @@ def get_chain(conn: sqlite3.Connection, chain_id: str) -> ChainState:
 
 
 def record_chain_step(
-    conn: sqlite3.Connection, chain_id: str, index: int, failure: str | None, now: datetime
+    conn: sqlite3.Connection,
+    chain_id: str,
+    index: int,
+    failure: str | None,
+    now: datetime,
+    fence: LaneFence | None = None,
 ) -> ChainStep | None:
     with transaction(conn):
         row = load_chain(conn, chain_id)
+        fences.check(conn, fence, "?")
         if not row.step(index, failure, now):
             return None
         conn.execute(
@@ -196,7 +203,7 @@ def record_batch(
             )
         changes = []
         for outcome in outcomes:
-            if outcome.job_id in pending:
+            if outcome.job_id in pending and fences.advance(conn, outcome.fence, "?"):
                 pending.discard(outcome.job_id)
                 updater.apply(outcome)
                 changes.append((outcome.outcome, batch_id, outcome.job_id))
@@ -295,8 +302,9 @@ def fail_chain(conn: sqlite3.Connection, chain_id: str, failure: str, now: datet
     return True
 
 
-def record_failed(conn: sqlite3.Connection, job: FailedJob) -> None:
+def record_failed(conn: sqlite3.Connection, job: FailedJob, fence: LaneFence | None = None) -> None:
     with transaction(conn):
+        fences.check(conn, fence, "?")
         conn.execute("DELETE FROM failed_jobs WHERE id = ?", (job.id,))
         conn.execute(
             "INSERT INTO failed_jobs (id, job_type, payload, queue, error, traceback, attempts, "
