@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -79,7 +80,15 @@ class LaneWorkers(Workers):
         return sum(x.startswith("start") for x in lines) > sum(x.startswith("end") for x in lines)
 
 
-def check(workers: LaneWorkers, lanes: int, per_lane: int) -> dict[str, int]:
+class Recorded(Protocol):
+    """Where the workers' runs are: the effects file and each run's records."""
+
+    store: str
+
+    def records(self) -> list[list[str]]: ...
+
+
+def check(workers: Recorded, lanes: int, per_lane: int) -> dict[str, int]:
     """Assert the lane guarantees on what the workers recorded; return counts to report."""
     with sqlite3.connect(workers.store) as conn:
         effects = conn.execute("SELECT lane, seq FROM effects ORDER BY id").fetchall()
@@ -153,7 +162,7 @@ async def test_a_worker_paused_past_its_lease_is_fenced(
             # stands. Then pause again, on new lanes, until a pause led to a takeover.
             put = 0
             while not workers.count("stale"):
-                assert put < 5 * lanes, "no pause of five led to a takeover"
+                assert put < 10 * lanes, "no pause of ten led to a takeover"
                 await broker.queue(workers.queue).put(lane_jobs(lanes, per_lane, put))
                 put += lanes
                 await until(lambda: workers.in_flight(victim), PATIENCE)
@@ -168,6 +177,8 @@ async def test_a_worker_paused_past_its_lease_is_fenced(
         counts = check(workers, lanes, per_lane)
         print(f"\n{kind}: {lanes}x{per_lane} lane jobs, SIGSTOP past the lease: {counts}")
         assert counts["stale"] >= 1  # the paused worker's late write was refused by the store
-        assert counts["refused"] == counts["stale"]  # and its late ack by the broker
+        # Its late acks are refused by the broker: every stale one, and also those of jobs it
+        # paused in after its write committed (the successor found that effect: a "dup").
+        assert counts["refused"] >= counts["stale"]
     finally:
         await workers.stop()
