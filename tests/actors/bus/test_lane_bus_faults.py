@@ -24,7 +24,7 @@ from actors.bus import Job, open_bus
 from tests.services import redis_url
 
 from .brokers.lane_worker import create_store
-from .brokers.test_lane_faults import check
+from .brokers.test_lane_faults import check, in_flight, records_in
 from .lane_bus_worker import HANDLERS
 from .test_durable_faults import ROOT, drained, until
 
@@ -53,20 +53,17 @@ class LaneFleet:
         return process
 
     def records(self) -> list[list[str]]:
-        return [
-            line.split()
-            for out in sorted(self.folder.glob("runs-*.txt"))
-            for line in out.read_text().splitlines()
-            if line != "ready"
-        ]
+        return records_in(self.folder)
 
     def applied(self) -> int:
         return sum(r[0] == "end" and r[6] == "applied" for r in self.records())
 
     def in_flight(self, process: trio.Process) -> bool:
-        index = self.processes.index(process)
-        lines = (self.folder / f"runs-{index}.txt").read_text().splitlines()
-        return sum(x.startswith("start") for x in lines) > sum(x.startswith("end") for x in lines)
+        return in_flight(self.folder / f"runs-{self.processes.index(process)}.txt")
+
+    def count(self, what: str) -> int:
+        """Records of ``what``: ``refused``, or an ``end`` result such as ``stale``."""
+        return sum(r[0] == what or (r[0] == "end" and r[6] == what) for r in self.records())
 
     def alive(self) -> list[trio.Process]:
         return [p for p in self.processes if p.returncode is None]
@@ -89,7 +86,7 @@ def services(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     return store, f"{redis_url()}?{lease}&prefix=lanebus-{secrets.token_hex(4)}"
 
 
-async def dispatch_lanes(fleet: LaneFleet, lanes: int, per_lane: int) -> None:
+async def dispatch_lanes(fleet: LaneFleet, lanes: range, per_lane: int) -> None:
     """Each lane's jobs in order (seq 0, 1, ...), the lanes side by side."""
     async with (
         open_bus(
@@ -102,7 +99,7 @@ async def dispatch_lanes(fleet: LaneFleet, lanes: int, per_lane: int) -> None:
             for seq in range(per_lane):
                 await bus.dispatch(Job("lane", {"lane": lane, "seq": seq}).lane(lane))
 
-        for n in range(lanes):
+        for n in lanes:
             nursery.start_soon(one_lane, f"L{n}")
 
 
@@ -116,7 +113,7 @@ async def test_bus_lanes_survive_sigkills_and_a_pause_in_order(
             await fleet.start()
         rng = random.Random()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(dispatch_lanes, fleet, lanes, per_lane)
+            nursery.start_soon(dispatch_lanes, fleet, range(lanes), per_lane)
             kills = 0
             while kills < 3:
                 await trio.sleep(rng.uniform(0.3, 0.8))
@@ -125,20 +122,37 @@ async def test_bus_lanes_survive_sigkills_and_a_pause_in_order(
                 await victim.wait()
                 kills += 1
                 await fleet.start()
-            # One worker paused past its lease while it runs jobs: its lanes are taken over.
-            paused = rng.choice(fleet.alive())
-            await until(
-                lambda: fleet.in_flight(paused) or fleet.applied() == lanes * per_lane, PATIENCE
-            )
-            os.kill(paused.pid, signal.SIGSTOP)
-            await trio.sleep(LEASE * 4)
-            os.kill(paused.pid, signal.SIGCONT)
+        # Then one worker paused past its lease while it runs jobs, on 100 new lanes: its
+        # lanes are taken over and its late writes refused. A pause may land while it holds
+        # an SQLite write lock (then nobody takes over meanwhile, and its outcome stands), or
+        # after those lanes were done: then again, on new lanes, until its writes were stale.
+        paused = rng.choice(fleet.alive())
+        while not fleet.count("stale"):
+            assert lanes < 1200, "no pause of ten led to a takeover"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dispatch_lanes, fleet, range(lanes, lanes + 100), per_lane)
+                total = (lanes + 100) * per_lane
+
+                def running_or_done(total: int = total) -> bool:
+                    return fleet.in_flight(paused) or fleet.applied() == total
+
+                await until(running_or_done, PATIENCE)
+                if fleet.in_flight(paused):
+                    os.kill(paused.pid, signal.SIGSTOP)
+                    await trio.sleep(LEASE * 4)
+                    os.kill(paused.pid, signal.SIGCONT)
+            lanes += 100
+            await until(lambda: not fleet.in_flight(paused), PATIENCE)
         async with open_bus(
             store=fleet.bus_store, broker=fleet.broker, handlers=HANDLERS, workers=False
         ) as bus:
             await drained(bus)
         await until(lambda: fleet.applied() == lanes * per_lane, PATIENCE)
+        # The paused worker's late acks, refused (they may come after the queue drained).
+        await until(lambda: fleet.count("refused") >= fleet.count("stale"), PATIENCE)
         counts = check(fleet, lanes, per_lane)
+        assert counts["stale"] >= 1  # the paused worker's late write was refused (fenced)
+        assert counts["refused"] >= counts["stale"]  # and its late ack, by the broker
         print(
             f"\n{request.node.callspec.id}: {lanes}x{per_lane} lane jobs, {kills} SIGKILLs "
             f"and a SIGSTOP past the lease: {counts}"
