@@ -8,7 +8,10 @@ How a key lives:
 * **Idle**: the registry's dict maps the key to the Trio time it went idle, a bare float. No
   task, no mailbox, nothing for the garbage collector to walk.
 * **Busy**: the dict maps the key to its `Mailbox`, and the key's task drains it in order, one
-  message at a time, then ends, and the key is idle again.
+  message at a time, and the key is idle again. The task then lingers one scheduling round:
+  a key that needs a task meanwhile is taken over by it (no new task per turn for a key that
+  is busy now and then, such as a chain's coordinator), else it ends. Each turn starts in a
+  fresh copy of the registry's context, exactly as a new task would.
 * A handler is the actor's work (DESIGN rule 6): it always runs in the key's task, started in
   a copy of the context the registry was opened in, never in an asker's task. So it sees the
   registry's context variables (``supervisors.shutting_down()`` is the registry's), never an
@@ -96,6 +99,15 @@ class _Envelope(Generic[M, R]):
         self.reply = reply
 
 
+class _Linger:
+    """A key task waiting one scheduling round for another key's mailbox to take over."""
+
+    __slots__ = ("work",)
+
+    def __init__(self) -> None:
+        self.work: tuple[str, Mailbox[Any]] | None = None
+
+
 _Item = _Envelope[Any, Any] | _Hold
 _Box = Mailbox[_Item]
 
@@ -134,6 +146,8 @@ class KeyedActors(Generic[M, R]):
         self._restarts_total = 0
         self._closed = False
         self._handling: dict[str, _Box] = {}
+        #: Key tasks lingering one scheduling round after their mailbox ran dry.
+        self._lingering: list[_Linger] = []
         self._all_idle = trio.lowlevel.ParkingLot()
         #: Key tasks start in a copy of this: the context the registry was opened in.
         self._context = contextvars.copy_context()
@@ -246,7 +260,12 @@ class KeyedActors(Generic[M, R]):
     # ---------------------------------------------------------------- turns
 
     def _spawn(self, key: str, box: _Box) -> None:
-        """Start the key's task, in the registry's context (never the sender's)."""
+        """Start the key's task, in the registry's context (never the sender's): a key task
+        lingering after its own mailbox ran dry takes it over, else a new task starts."""
+        lingering = self._lingering
+        if lingering:
+            lingering.pop().work = (key, box)
+            return
         try:
             self._context.run(self._nursery.start_soon, self._run_key, key, box)
         except RuntimeError:  # the registry is gone (cancelled) while the key was busy
@@ -281,7 +300,26 @@ class KeyedActors(Generic[M, R]):
             await self._all_idle.park()
 
     async def _run_key(self, key: str, box: _Box) -> None:
-        """The key's task: handle its mailbox in order, one message at a time, then end."""
+        """The key's task: handle its mailbox in order, one message at a time; then linger one
+        scheduling round, taking over a key that needs a task meanwhile, else end."""
+        task = trio.lowlevel.current_task()
+        while True:
+            await self._turn(key, box)
+            # A fresh copy of the registry's context, as a new task would start in: nothing a
+            # handler set carries over to another key's turn. Set before the checkpoint, so
+            # the next turn runs in it.
+            task.context = self._context.copy()
+            linger = _Linger()
+            self._lingering.append(linger)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            work = linger.work
+            if work is None:
+                self._lingering.remove(linger)
+                return
+            key, box = work
+
+    async def _turn(self, key: str, box: _Box) -> None:
+        """Handle ``key``'s mailbox in order, one message at a time, until it is empty."""
         items = box.items
         handled = 0
         item: _Item | None = None

@@ -293,3 +293,49 @@ async def test_tell_nowait_queues_without_a_schedule_point_while_there_is_room(
     assert seen == [(0, "registry", False), (1, "registry", False), (3, "registry", False)]
     with pytest.raises(ComponentClosed):
         keyed.tell_nowait("k", 5)
+
+
+async def test_a_lingering_key_task_serves_another_key_as_a_new_task_would(
+    autojump_clock: Any,
+) -> None:
+    """DESIGN rule 6: a key task lingers one scheduling round after its mailbox runs dry and
+    takes over a key that needs a task meanwhile; that turn cannot be told from one in a new
+    task: the registry's context (nothing the last handler set), the same deadline, and the
+    handler's exception reported the same way. Which path a turn takes depends on Trio's
+    order within a round, so trials repeat until both were seen."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="default")
+    var.set("opened")
+    first_done = trio.Event()
+    tasks: dict[str, trio.lowlevel.Task] = {}
+    seen: list[tuple[bool, str, float]] = []
+    errors: list[tuple[str, str]] = []
+
+    async def handler(key: str, message: str) -> None:
+        task = current_task()
+        if message == "first":
+            tasks[key] = task
+            var.set("set by the first turn")  # never reset: must not reach another turn
+            first_done.set()
+            return
+        reused = task is tasks[key.replace("b", "a")]
+        seen.append((reused, var.get(), trio.current_effective_deadline()))
+        var.set("set by the second turn")
+        raise ValueError(key)
+
+    def on_error(key: str, message: str, exc: BaseException) -> None:
+        errors.append((key, repr(exc)))
+
+    async with open_keyed(handler, on_error=on_error) as keyed:
+        var.set("caller")
+        for i in range(40):
+            first_done = trio.Event()
+            await keyed.tell(f"a{i}", "first")
+            await first_done.wait()
+            await keyed.tell(f"b{i}", "second")
+            await trio.sleep(1)
+            if len({reused for reused, _, _ in seen}) == 2 and i >= 3:
+                break
+    assert {reused for reused, _, _ in seen} == {True, False}  # both paths were taken
+    assert {(value, deadline) for _, value, deadline in seen} == {("opened", math.inf)}
+    assert errors == [(f"b{i}", f"ValueError('b{i}')") for i in range(len(seen))]
+    assert keyed._lingering == []  # a task that found nothing to take over ended
