@@ -191,14 +191,18 @@ class KeyedActors(Generic[M, R]):
         self._check_open()
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
+        envelope: _Envelope[M, R] = _Envelope(message, None)
         entry = self._keys.get(key)
-        if entry is not None and entry.__class__ is not float:
+        if entry is None or entry.__class__ is float:
+            self._enqueue_new(key, envelope)
+        else:
             assert isinstance(entry, Mailbox)
-            if len(entry) >= entry.size:
-                check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
-        _, waited = await self._enqueue(key, _Envelope(message, None))
-        if not waited:  # put in at once: still a schedule point
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not entry.put_nowait(envelope):
+                if len(entry.items) >= entry.size:
+                    check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
+                await entry.put(envelope)  # waited in line for room: a schedule point
+                return
+        await trio.lowlevel.cancel_shielded_checkpoint()  # put in at once: still one
 
     def tell_nowait(self, key: str, message: M) -> bool:
         """`tell` without a scheduling point: queue ``message`` if its mailbox has room now
