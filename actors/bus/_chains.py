@@ -127,7 +127,9 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         waits for it, or the end callbacks again if this step ended the chain."""
         parts, job = self._parts, done.job
         try:
-            state = await parts.store.get_chain(chain_id)
+            state = await parts.recorder.read(
+                f"the state of chain {chain_id}", parts.store.get_chain, chain_id
+            )
         except NotFound:
             return
         index = job.chain_index
@@ -159,11 +161,17 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         catch = None if local is None else local.catch
         finally_ = None if local is None else local.finally_
         if local is None or local.has_jobs:  # built elsewhere, or with Job callbacks
-            jobs = await parts.store.job_callbacks(f"chain:{chain_id}")
+            jobs = await parts.recorder.read(
+                f"the Job callbacks of chain {chain_id}",
+                parts.store.job_callbacks,
+                f"chain:{chain_id}",
+            )
             catch, finally_ = catch or jobs.get("catch"), finally_ or jobs.get("finally")
         if catch is None and finally_ is None:
             return
-        state = await parts.store.get_chain(chain_id)
+        state = await parts.recorder.read(
+            f"the state of chain {chain_id}", parts.store.get_chain, chain_id
+        )
         owner = Owner("chain", chain_id, dispatch_id, state.queue)
         if error is not None and catch is not None:
             await run_callback(
