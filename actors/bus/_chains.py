@@ -18,8 +18,10 @@ from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
 from ._errors import BusError, NotFound
 from ._events import EventKind
+from ._memory_broker import MemoryQueue
 from ._model import ChainNode, JobRecord, QueuedJob, describe, encode_payload
 from ._parts import INSIDE
+from ._rules import ChainStep
 
 log = logging.getLogger("actors.bus")
 
@@ -56,8 +58,60 @@ class Chains(Coordinators[Done, None, ChainLocal]):
     kind = "chain"
 
     async def tell(self, done: Done) -> None:
-        assert done.job.chain_id is not None
-        await self._keyed.tell(done.job.chain_id, done)
+        """Hand a step's outcome to its chain's coordinator.
+
+        Fast path (DESIGN rule 6): on a plain `MemoryStore` and the memory broker, with no
+        observer and the coordinator idle, a step that queues the next one (or ends a chain
+        without callbacks) is recorded, queued and acknowledged right here. No user code runs
+        in it and nothing in it yields, so no one can tell it from the coordinator doing it
+        (its turn would run the same lines, with nothing in between); anything else (a step
+        with callbacks to run, a failure, a duplicate) still goes to the coordinator, with
+        the step it recorded.
+        """
+        chain_id = done.job.chain_id
+        assert chain_id is not None
+        parts = self._parts
+        if (
+            parts.memory is None
+            or done.outcome != "succeeded"
+            or parts.emitter.active
+            or type(parts.queues[done.job.queue]) is not MemoryQueue
+            or not self._keyed.is_idle(chain_id)
+        ):
+            await self._keyed.tell(chain_id, done)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        step = self._record_now(chain_id, done.job, None)
+        node = None if step is None else step.next_node
+        job = done.job
+        if step is None or not (
+            self._ends_quietly(chain_id, step) if node is None else parts.puts_now(node.queue)
+        ):
+            done.recorded, done.step = True, step
+            await self._keyed.tell(chain_id, done)
+            return
+        if node is not None:
+            parts.put_now(
+                (queued(node, job.dispatch_id, chain_id=chain_id, chain_index=step.next_index),),
+                node.delay,
+            )
+        queue = parts.queues[job.queue]
+        assert isinstance(queue, MemoryQueue)
+        queue.ack_now(done.delivery)
+        parts.done(1)
+        self.handled_inline += 1
+        await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as a tell is
+
+    def _ends_quietly(self, chain_id: str, step: ChainStep) -> bool:
+        """The chain completed with this step and has no callbacks (it was built here, so
+        its `ChainLocal` says so): nothing is left to do but forget it."""
+        local = self._local.get(chain_id)
+        if not step.completed or local is None or local.has_jobs:
+            return False
+        if local.catch is not None or local.finally_ is not None:
+            return False
+        del self._local[chain_id]
+        return True
 
     async def _handle(self, chain_id: str, done: Done) -> None:
         inside = INSIDE.set(True)
@@ -67,19 +121,27 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             INSIDE.reset(inside)
             self._parts.done(1)
 
+    def _record_now(self, chain_id: str, job: QueuedJob, failure: str | None) -> ChainStep | None:
+        """Record the step in the plain `MemoryStore` (no yield); None: a duplicate, or gone."""
+        memory = self._parts.memory
+        assert memory is not None
+        try:
+            return memory.record_chain_step_now(
+                chain_id, job.chain_index, failure, self._parts.clock()
+            )
+        except NotFound as exc:
+            log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
+            return None
+
     async def _advance(self, chain_id: str, done: Done) -> None:
         parts, job = self._parts, done.job
         error = done.error if done.outcome == "failed" else None
         failure = None if error is None else describe(error)
-        memory = parts.memory
-        if memory is not None:
-            try:
-                step = memory.record_chain_step_now(
-                    chain_id, job.chain_index, failure, parts.clock()
-                )
-            except NotFound as exc:
-                log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
-                step = None
+        step: ChainStep | None
+        if done.recorded:  # by the worker, on the fast path (see `tell`)
+            step = done.step
+        elif parts.memory is not None:
+            step = self._record_now(chain_id, job, failure)
         else:
             step = await parts.recorder.write(
                 f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",

@@ -9,9 +9,11 @@ from collections import Counter
 from contextvars import ContextVar
 from typing import Any
 
+import pytest
 import trio
 
 from actors.bus import Job, JobContext, MemoryBroker, MemoryQueue, MemoryStore, open_bus
+from actors.bus._parts import INSIDE
 
 from .helpers import Recorder
 
@@ -81,3 +83,73 @@ async def test_the_fast_paths_end_as_the_slow_ones(autojump_clock: Any) -> None:
     slow = await _workload(SlowStore(), SlowBroker())
     assert slow[:-1] == fast[:-1]
     assert slow[-1] - start == fast[-1]  # and take the same (Trio) time
+
+
+async def _chains(store: MemoryStore, broker: MemoryBroker) -> tuple[Any, ...]:
+    """Chains with no observer (so a step may be recorded by its worker): what handlers see,
+    how the chains and their callbacks end, the stats, and when."""
+    seen: list[tuple[Any, str, bool, float]] = []
+    ends: list[Any] = []
+
+    async def work(ctx: JobContext) -> None:
+        seen.append((ctx.payload, request.get(), INSIDE.get(), trio.current_effective_deadline()))
+        await trio.sleep(0.1)
+        if ctx.payload == "bad":
+            raise KeyError("bad")
+
+    def end(kind: str) -> Any:
+        def callback(state: Any, *error: BaseException) -> None:
+            ends.append((kind, state.completed, state.next_index, request.get(), INSIDE.get()))
+
+        return callback
+
+    request.set("outer")
+    async with open_bus(store=store, broker=broker, queues={"default": 2}) as bus:
+        bus.register("w", work)
+        ids = [
+            await bus.chain(Job("w", (c, 0)), Job("w", (c, 1)), Job("w", (c, 2)))
+            .finally_(end(f"chain {c}"))
+            .dispatch()
+            for c in range(3)
+        ]
+        ids.append(
+            await bus.chain(Job("w", "ok"), Job("w", "bad"), Job("w", "never"))
+            .catch(end("catch"))
+            .finally_(end("finally"))
+            .dispatch()
+        )
+        ids.append(await bus.chain(Job("w", "quiet 0"), Job("w", "quiet 1")).dispatch())
+        await bus.wait_idle()
+        states = [await bus.find_chain(chain_id) for chain_id in ids]
+        stats = bus.stats()
+        inline = bus._chains.handled_inline
+    return (
+        sorted(seen, key=str),
+        sorted(ends),
+        [(s.completed, s.failed, s.next_index, s.failure) for s in states],
+        (stats.outstanding, stats.coordinators.messages_total, stats.coordinators.busy),
+        trio.current_time(),
+        inline,
+    )
+
+
+async def test_a_chain_step_recorded_by_its_worker_ends_as_the_coordinators(
+    autojump_clock: Any,
+) -> None:
+    """`Chains.tell`'s fast path (a plain MemoryStore, the memory broker, no observer): the
+    worker records a step that queues the next one. Handlers, callbacks, chain states, stats
+    and timing are the same as when the coordinator records every step."""
+    fast = await _chains(MemoryStore(), MemoryBroker())
+    start = trio.current_time()
+    slow = await _chains(SlowStore(), SlowBroker())
+    # The steps that queued a next one, or ended a chain without callbacks, took the fast
+    # path; none did on the subclasses.
+    assert fast[-1] == 9
+    assert slow[-1] == 0
+    assert slow[:-2] == fast[:-2]
+    assert slow[-2] - start == pytest.approx(fast[-2], abs=1e-9)
+    assert {value for _, value, _, _ in fast[0]} == {"outer"}
+    assert fast[2] == [(True, False, 3, None)] * 3 + [
+        (False, True, 1, "KeyError: 'bad'"),
+        (True, False, 2, None),
+    ]
