@@ -62,7 +62,7 @@ log = logging.getLogger("actors.keyed")
 _CHECKPOINT_EVERY = 16
 
 #: At most this many key tasks wait, their turn over, for a key that needs a task.
-_SPARE_TASKS = 32
+_SPARE_TASKS = 256
 
 
 @attrs.frozen
