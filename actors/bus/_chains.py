@@ -9,6 +9,7 @@ knows about a chain (its callbacks, when it started) is the coordinator's alone.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import attrs
@@ -22,6 +23,7 @@ from ._memory_broker import MemoryQueue
 from ._model import ChainNode, JobRecord, QueuedJob, describe, encode_payload
 from ._parts import INSIDE
 from ._rules import ChainStep
+from ._sqlite import SQLiteStore
 
 log = logging.getLogger("actors.bus")
 
@@ -60,35 +62,66 @@ class Chains(Coordinators[Done, None, ChainLocal]):
     async def tell(self, done: Done) -> None:
         """Hand a step's outcome to its chain's coordinator.
 
-        Fast path (DESIGN rule 6): on a plain `MemoryStore` and the memory broker, with no
-        observer and the coordinator idle, a step that queues the next one (or ends a chain
-        without callbacks) is recorded, queued and acknowledged right here. No user code runs
-        in it and nothing in it yields, so no one can tell it from the coordinator doing it
-        (its turn would run the same lines, with nothing in between); anything else (a step
-        with callbacks to run, a failure, a duplicate) still goes to the coordinator, with
-        the step it recorded.
+        Fast path (DESIGN rule 6): on the memory broker, with no observer and the coordinator
+        idle, a succeeded step is recorded right here on a plain `MemoryStore`, or handed to
+        a served `SQLiteStore`'s writer, whose task settles it once its group commits (with
+        no caller waiting in between). A step that queues the next one (or ends a chain
+        without callbacks) is then queued and acknowledged there and then. No user code runs
+        in it and nothing in it yields, so no one can tell it from the coordinator doing it;
+        anything else (a step with callbacks to run, a duplicate, a failed write to retry)
+        goes on to the coordinator, with what was recorded.
         """
         chain_id = done.job.chain_id
         assert chain_id is not None
         parts = self._parts
+        store = parts.store
         if (
-            parts.memory is None
-            or done.outcome != "succeeded"
+            done.outcome != "succeeded"
             or parts.emitter.active
+            or (parts.memory is None and type(store) is not SQLiteStore)
             or type(parts.queues[done.job.queue]) is not MemoryQueue
             or not self._keyed.is_idle(chain_id)
         ):
             await self._keyed.tell(chain_id, done)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        step = self._record_now(chain_id, done.job, None)
-        node = None if step is None else step.next_node
         job = done.job
+        if parts.memory is not None:
+            self._settle(chain_id, done, self._record_now(chain_id, job, None))
+        else:
+            assert isinstance(store, SQLiteStore)
+            then = partial(self._recorded, chain_id, done)
+            if not store.record_chain_step_then(
+                chain_id, job.chain_index, None, parts.clock(), then
+            ):
+                await self._keyed.tell(chain_id, done)
+                return
+        await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as a tell is
+
+    def _recorded(self, chain_id: str, done: Done, ok: bool, value: Any) -> None:
+        """In the SQLite writer's task: the step's write committed (``value`` is the step)
+        or failed (``value`` is the error)."""
+        if ok:
+            self._settle(chain_id, done, value)
+        elif isinstance(value, NotFound):
+            log.error("bus: cannot record %s: %s; dropped", _what(chain_id, done.job), value)
+            self._settle(chain_id, done, None)
+        elif isinstance(value, Exception):  # the coordinator retries it, from this failure
+            done.write_error = value
+            self._hand_on(chain_id, done)
+        else:  # the writer was cancelled: the bus stops, and its memory queues with it
+            self._parts.done(1)
+
+    def _settle(self, chain_id: str, done: Done, step: ChainStep | None) -> None:
+        """After the step was recorded: queue the next one and acknowledge this one, if that
+        is all there is to do; else hand the step on to the coordinator."""
+        parts, job = self._parts, done.job
+        node = None if step is None else step.next_node
         if step is None or not (
             self._ends_quietly(chain_id, step) if node is None else parts.puts_now(node.queue)
         ):
             done.recorded, done.step = True, step
-            await self._keyed.tell(chain_id, done)
+            self._hand_on(chain_id, done)
             return
         if node is not None:
             parts.put_now(
@@ -100,7 +133,11 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         queue.ack_now(done.delivery)
         parts.done(1)
         self.handled_inline += 1
-        await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as a tell is
+
+    def _hand_on(self, chain_id: str, done: Done) -> None:
+        # The key was idle and a chain has one step out at a time: its mailbox has room.
+        if not self._keyed.tell_nowait(chain_id, done):
+            raise RuntimeError(f"the coordinator of chain {chain_id} has no room for {done!r}")
 
     def _ends_quietly(self, chain_id: str, step: ChainStep) -> bool:
         """The chain completed with this step and has no callbacks (it was built here, so
@@ -143,8 +180,9 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         elif parts.memory is not None:
             step = self._record_now(chain_id, job, failure)
         else:
-            step = await parts.recorder.write(
-                f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}",
+            step = await parts.recorder.write_after(
+                done.write_error,  # None, unless the fast path's write failed: retried here
+                _what(chain_id, job),
                 parts.store.record_chain_step,
                 chain_id,
                 job.chain_index,
@@ -257,6 +295,10 @@ def record_of(node: ChainNode) -> JobRecord:
         retry=options.retry,
         backoff=options.backoff,
     )
+
+
+def _what(chain_id: str, job: QueuedJob) -> str:
+    return f"step {job.chain_index} (job {job.job_id}) of chain {chain_id}"
 
 
 def _fields(chain_id: str, job: QueuedJob) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class Done:
     recorded: bool = False
     """A chain step the worker has recorded already (`Chains.tell`'s fast path), as ``step``."""
     step: ChainStep | None = None
+    write_error: Exception | None = None
+    """The step's first write failed with this (`Chains.tell`'s fast path): retry it."""
 
     @property
     def job(self) -> QueuedJob:

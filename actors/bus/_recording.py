@@ -53,8 +53,20 @@ class Recorder:
 
         ``what`` names the write in logs ("the outcome of job 1a-2 of batch 1a-1").
         """
+        return await self.write_after(None, what, fn, *args, **kwargs)
+
+    async def write_after(
+        self,
+        error: Exception | None,
+        what: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T | None:
+        """`write`, for a write whose first try (made elsewhere) failed with ``error``: it is
+        logged, counted and retried from there, as if `write` had made it. None: `write`."""
         try:
-            return await self._until_done(f"recording {what}", fn, args, kwargs)
+            return await self._until_done(f"recording {what}", fn, args, kwargs, error)
         except NotFound as exc:
             log.error("bus: cannot record %s: %s; dropped", what, exc)
             return None
@@ -74,14 +86,19 @@ class Recorder:
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        failed: Exception | None = None,
     ) -> T:
-        """``await fn(*args, **kwargs)``, retried on every error but `NotFound` (raised)."""
-        try:
-            return await fn(*args, **kwargs)
-        except NotFound:
-            raise
-        except Exception as exc:
-            error = exc
+        """``await fn(*args, **kwargs)``, retried on every error but `NotFound` (raised);
+        ``failed``: the first try was made already, and failed with this."""
+        if failed is not None:
+            error = failed
+        else:
+            try:
+                return await fn(*args, **kwargs)
+            except NotFound:
+                raise
+            except Exception as exc:
+                error = exc
         self.waiting += 1
         try:
             pause, tries = FIRST_PAUSE, 0
