@@ -61,9 +61,11 @@ class LaneFleet:
     def in_flight(self, process: trio.Process) -> bool:
         return in_flight(self.folder / f"runs-{self.processes.index(process)}.txt")
 
-    def count(self, what: str) -> int:
-        """Records of ``what``: ``refused``, or an ``end`` result such as ``stale``."""
-        return sum(r[0] == what or (r[0] == "end" and r[6] == what) for r in self.records())
+    def count(self, what: str, process: trio.Process) -> int:
+        """``process``'s records of ``what``: ``refused``, or an ``end`` result (``stale``)."""
+        out = self.folder / f"runs-{self.processes.index(process)}.txt"
+        records = [line.split() for line in out.read_text().splitlines() if line != "ready"]
+        return sum(r[0] == what or (r[0] == "end" and r[6] == what) for r in records)
 
     def alive(self) -> list[trio.Process]:
         return [p for p in self.processes if p.returncode is None]
@@ -123,11 +125,14 @@ async def test_bus_lanes_survive_sigkills_and_a_pause_in_order(
                 kills += 1
                 await fleet.start()
         # Then one worker paused past its lease while it runs jobs, on 100 new lanes: its
-        # lanes are taken over and its late writes refused. A pause may land while it holds
-        # an SQLite write lock (then nobody takes over meanwhile, and its outcome stands), or
-        # after those lanes were done: then again, on new lanes, until its writes were stale.
-        paused = rng.choice(fleet.alive())
-        while not fleet.count("stale"):
+        # lanes are taken over and its late writes refused. If those lanes were done before
+        # it was seen running one, again on new lanes. On Redis, again until its writes were
+        # stale. On SQLite a pause mostly lands while the bus worker holds a write lock of one
+        # of its files (then nobody takes over meanwhile, and its outcomes stand), so one
+        # pause in a job is enough there (the broker-level test pauses until a takeover).
+        must_fence = request.node.callspec.id == "redis"
+        paused, pauses = rng.choice(fleet.alive()), 0
+        while not pauses or (must_fence and not fleet.count("stale", paused)):
             assert lanes < 1200, "no pause of ten led to a takeover"
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(dispatch_lanes, fleet, range(lanes, lanes + 100), per_lane)
@@ -141,6 +146,7 @@ async def test_bus_lanes_survive_sigkills_and_a_pause_in_order(
                     os.kill(paused.pid, signal.SIGSTOP)
                     await trio.sleep(LEASE * 4)
                     os.kill(paused.pid, signal.SIGCONT)
+                    pauses += 1
             lanes += 100
             await until(lambda: not fleet.in_flight(paused), PATIENCE)
         async with open_bus(
@@ -149,10 +155,12 @@ async def test_bus_lanes_survive_sigkills_and_a_pause_in_order(
             await drained(bus)
         await until(lambda: fleet.applied() == lanes * per_lane, PATIENCE)
         # The paused worker's late acks, refused (they may come after the queue drained).
-        await until(lambda: fleet.count("refused") >= fleet.count("stale"), PATIENCE)
+        # (Only its own: a worker that lagged past its lease under load may have written
+        # stale and then been killed before its ack.)
+        stale = fleet.count("stale", paused)
+        await until(lambda: fleet.count("refused", paused) >= stale, PATIENCE)
         counts = check(fleet, lanes, per_lane)
-        assert counts["stale"] >= 1  # the paused worker's late write was refused (fenced)
-        assert counts["refused"] >= counts["stale"]  # and its late ack, by the broker
+        assert stale >= must_fence  # the paused worker's late write was refused (fenced)
         print(
             f"\n{request.node.callspec.id}: {lanes}x{per_lane} lane jobs, {kills} SIGKILLs "
             f"and a SIGSTOP past the lease: {counts}"
