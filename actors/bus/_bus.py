@@ -28,6 +28,7 @@ from ._builders import BatchBuilder, ChainBuilder, check_jobs
 from ._chains import Chains
 from ._errors import BusClosed, InsideBus, NotFound
 from ._handlers import H, Handler, Handlers, Observer, add_handler, handler_decorator
+from ._limits import bind_middleware
 from ._memory_broker import MemoryBroker
 from ._middleware import Middleware
 from ._model import (
@@ -381,7 +382,7 @@ async def open_bus(
         batches=batches,
         workers=workers,
     )
-    worker = Worker(parts, table, declared.middleware, chains, batches)
+    worker = Worker(parts, table, bind_middleware(declared.middleware, broker), chains, batches)
     await store.open()
     try:
         await broker.open()
