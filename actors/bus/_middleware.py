@@ -92,20 +92,23 @@ class RateLimiter(Protocol):
         ...
 
 
+def check_bucket(limit: object, period: object, burst: object) -> tuple[int, float, int]:
+    """A token bucket's ``limit``, ``period`` and ``burst`` (default ``limit``), checked."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    seconds = check_seconds(period, "period", allow_zero=False)
+    burst = limit if burst is None else burst
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ValueError(f"burst must be an int >= 1, got {burst!r}")
+    return limit, seconds, burst
+
+
 class MemoryRateLimiter:
     """A token bucket per key on Trio's clock: ``limit`` runs per ``period`` seconds,
     up to ``burst`` (default ``limit``) at once after a quiet spell."""
 
     def __init__(self, limit: int, period: float = 1.0, *, burst: int | None = None) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-        self.period = check_seconds(period, "period", allow_zero=False)
-        if burst is None:
-            burst = limit
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ValueError(f"burst must be an int >= 1, got {burst!r}")
-        self.limit = limit
-        self.burst = burst
+        self.limit, self.period, self.burst = check_bucket(limit, period, burst)
         self._rate = limit / self.period  # tokens per second
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import trio
 
 from ._group_commit import GroupCommit
+from ._middleware import check_bucket
 from ._model import check_seconds
 from ._sqlite_broker import SQLiteBroker, connect_wal
 from ._sqlite_schema import transaction
@@ -152,13 +153,7 @@ class SQLiteRateLimiter:
         burst: int | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-        self.period = check_seconds(period, "period", allow_zero=False)
-        burst = limit if burst is None else burst
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ValueError(f"burst must be an int >= 1, got {burst!r}")
-        self.limit, self.burst = limit, burst
+        self.limit, self.period, self.burst = check_bucket(limit, period, burst)
         self._conn = _Connection(target, clock)
 
     def __repr__(self) -> str:

@@ -10,7 +10,6 @@ how many runs were repeats (``pytest -s``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,6 @@ from tests.services import RedisServer
 
 from .bus_worker import HANDLERS
 from .test_durable_faults import FINISH_WITHIN, Fleet, dispatch_work, drained, report, until
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, with its append-only file on."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_a_redis_restart_under_bus_workers_loses_nothing(
