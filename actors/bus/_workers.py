@@ -257,20 +257,25 @@ async def serve_registration(
         last_seen=time.time(),
     )
     registered = _LIVE[broker] = _Registered(registry, info.id)
-    task_status.started()
     try:
+        await _beat(broker, registered, info, ttl)  # listed once the bus is open
+        task_status.started()
         while _LIVE.get(broker) is registered:
-            async with registered.lock:
-                if _LIVE.get(broker) is not registered:
-                    break
-                try:
-                    await registry.beat(info, ttl)
-                except Exception as exc:  # the next beat may reach it; status misses us
-                    log.warning("could not register worker %s in %r (%s)", info.id, broker, exc)
             await trio.sleep(ttl / 3)
+            await _beat(broker, registered, info, ttl)
         await trio.sleep_forever()
     finally:
         await unregister(broker)
+
+
+async def _beat(broker: Broker, registered: _Registered, info: WorkerInfo, ttl: float) -> None:
+    async with registered.lock:
+        if _LIVE.get(broker) is not registered:
+            return  # unregistered meanwhile
+        try:
+            await registered.registry.beat(info, ttl)
+        except Exception as exc:  # the next beat may reach it; status misses us meanwhile
+            log.warning("could not register worker %s in %r (%s)", info.id, broker, exc)
 
 
 async def unregister(broker: Broker) -> None:
