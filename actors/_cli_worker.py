@@ -38,6 +38,9 @@ class StoppingQueue:
     async def put(self, jobs: Sequence[QueuedJob], *, delay: float = 0.0) -> None:
         await self._inner.put(jobs, delay=delay)
 
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        await self._inner.put_many(jobs)
+
     async def get(self) -> Delivery:
         while True:
             if self._broker.stopping:

@@ -36,7 +36,7 @@ class QueueStats:
     """Jobs delivered to a worker and not acknowledged yet (leased)."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # built per delivery: a dict class is built faster
 class Delivery:
     """One job handed to one worker under a lease, until `BrokerQueue.ack` or `retry`."""
 
@@ -66,6 +66,14 @@ class BrokerQueue(Protocol):
 
         Never waits for room (the bus bounds what it accepts). Raises ``ValueError`` for a job
         the broker cannot hold (too large), before accepting any of ``jobs``.
+        """
+        ...
+
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """`put` for jobs each with its own delay (``(job, delay)``), in order per delay;
+        durable once it returns. A broker may take them in one round trip; `put_grouped` is
+        the plain way (one `put` per delay). Raises ``ValueError`` for a job the broker
+        cannot hold before accepting any of ``jobs``.
         """
         ...
 
@@ -117,6 +125,25 @@ class Broker(Protocol):
     def queue(self, name: str) -> BrokerQueue:
         """The queue called ``name`` (made on first use; the same object after)."""
         ...
+
+
+def by_queue_and_delay(
+    jobs: Sequence[tuple[QueuedJob, float]],
+) -> dict[tuple[str, float], list[QueuedJob]]:
+    """``(job, delay)`` pairs grouped by queue and delay, in order within each group."""
+    groups: dict[tuple[str, float], list[QueuedJob]] = {}
+    for job, delay in jobs:
+        groups.setdefault((job.queue, delay), []).append(job)
+    return groups
+
+
+async def put_grouped(queue: BrokerQueue, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+    """`BrokerQueue.put_many` as one `put` per delay (the default of the seam)."""
+    groups = by_queue_and_delay(jobs)
+    if not groups:
+        await trio.lowlevel.checkpoint()
+    for (_, delay), group in groups.items():
+        await queue.put(group, delay=delay)
 
 
 def encode_job(job: QueuedJob) -> str:

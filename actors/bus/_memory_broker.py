@@ -15,7 +15,7 @@ from itertools import count
 
 import trio
 
-from ._broker import Delivery, QueueStats
+from ._broker import Delivery, QueueStats, put_grouped
 from ._model import QueuedJob
 
 
@@ -100,6 +100,10 @@ class MemoryQueue:
         """Accept ``jobs`` now (never waits for room), then yield."""
         self.put_now(jobs, delay)
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """One `put` per delay (`put_grouped`)."""
+        await put_grouped(self, jobs)
 
     async def get(self) -> Delivery:
         """Wait for a ready job; FIFO among ready jobs."""

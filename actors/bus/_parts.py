@@ -14,10 +14,9 @@ from contextvars import ContextVar
 from datetime import datetime
 
 import trio
-from trio_util import AsyncBool  # type: ignore[import-untyped]
 
 from .._errors import LeaseLost
-from ._broker import BrokerQueue, Delivery
+from ._broker import BrokerQueue, Delivery, by_queue_and_delay
 from ._memory_broker import MemoryQueue
 from ._model import QueuedJob
 from ._observe import Emitter
@@ -60,8 +59,9 @@ class Parts:
         """Accepted jobs without a recorded final outcome (queued, running, retrying)."""
         self.admitting = 0
         """Dispatches under way (checked open, not returned yet)."""
-        self.idle = AsyncBool(True)
-        """No job outstanding and no dispatch under way (set on the edges only)."""
+        # Woken when the bus goes idle. Not a trio-util AsyncBool: setting one on every edge
+        # (a job in, the job out) cost a microsecond per job; this costs only when awaited.
+        self._idle = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         # The memory broker's queues take jobs without yielding (the events of a dispatch
         # then come before its job's, as with any broker whose put returns before a worker
@@ -72,29 +72,34 @@ class Parts:
 
     # ---------------------------------------------------------------- counting
 
+    @property
+    def idle(self) -> bool:
+        """No job outstanding and no dispatch under way."""
+        return not self.jobs and not self.admitting
+
+    async def wait_idle(self) -> None:
+        while self.jobs or self.admitting:  # woken when idle, it may have moved on again
+            await self._idle.park()
+
     def add(self, n: int) -> None:
-        if not self.jobs and not self.admitting and n:
-            self.idle.value = False
         self.jobs += n
 
     def done(self, n: int) -> None:
         # Never below zero: on a durable broker this bus also finishes (or discards, in
         # cancel_batch) jobs that other processes dispatched, which it never counted in.
         self.jobs = max(0, self.jobs - n)
-        if not self.jobs and not self.admitting:
-            self.idle.value = True
+        if self._idle and not self.jobs and not self.admitting:
+            self._idle.unpark_all()
         if self._room and self.jobs <= self.max_pending // 2:
             self._room.unpark_all()
 
     def admit(self) -> None:
-        if not self.jobs and not self.admitting:
-            self.idle.value = False
         self.admitting += 1
 
     def admitted(self) -> None:
         self.admitting -= 1
-        if not self.jobs and not self.admitting:
-            self.idle.value = True
+        if self._idle and not self.jobs and not self.admitting:
+            self._idle.unpark_all()
 
     async def wait_room(self, n: int) -> None:
         """Outside the bus's own tasks, wait while ``n`` more jobs would pass ``max_pending``."""
@@ -138,13 +143,29 @@ class Parts:
             self.done(counted)
             raise
 
+    def put_many_now(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """`put_many` when every queue `puts_now`: no yield, so no cancellation either."""
+        self.add(len(jobs) if self.counts_jobs else 0)
+        for (queue, delay), group in by_queue_and_delay(jobs).items():
+            self._now[queue](group, delay)
+
     async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
-        """Queue jobs with one `BrokerQueue.put` per queue and delay, in order."""
-        groups: dict[tuple[str, float], list[QueuedJob]] = {}
-        for job, delay in jobs:
-            groups.setdefault((job.queue, delay), []).append(job)
-        for (_, delay), group in groups.items():
-            await self.put(group, delay)
+        """Queue jobs, each with its delay: one `BrokerQueue.put_many` per queue, in order."""
+        by_queue: dict[str, list[tuple[QueuedJob, float]]] = {}
+        for item in jobs:
+            by_queue.setdefault(item[0].queue, []).append(item)
+        for name, items in by_queue.items():
+            counted = len(items) if self.counts_jobs else 0
+            self.add(counted)
+            try:
+                if name in self._now:
+                    for (_, delay), group in by_queue_and_delay(items).items():
+                        self._now[name](group, delay)
+                else:
+                    await self.queues[name].put_many(items)
+            except BaseException:
+                self.done(counted)
+                raise
 
 
 @contextmanager
