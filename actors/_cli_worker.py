@@ -50,7 +50,7 @@ class StoppingQueue:
                 self.held[delivery.receipt] = delivery
                 return delivery
             with trio.CancelScope(shield=True):
-                await self._inner.release([delivery])
+                await self._inner.release([delivery], started=False)
 
     async def ack(self, delivery: Delivery) -> None:
         await self._inner.ack(delivery)
@@ -60,8 +60,8 @@ class StoppingQueue:
         await self._inner.retry(delivery, job, delay=delay)
         self.held.pop(delivery.receipt, None)
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        await self._inner.release(deliveries)
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
+        await self._inner.release(deliveries, started=started)
         for delivery in deliveries:
             self.held.pop(delivery.receipt, None)
 

@@ -404,7 +404,7 @@ class Admission:
                 now,
             )
             for queue in parts.queues.values():  # what an earlier group put is taken back
-                parts.done(len(await queue.discard(owner_id)))
+                parts.finished(await queue.discard(owner_id))
 
     async def _claim_unique(self, job_type: str, payload: str, ttl: float) -> None:
         digest = sha1(payload.encode(), usedforsecurity=False).hexdigest()

@@ -93,8 +93,12 @@ class BrokerQueue(Protocol):
         atomically. A delayed job is never redelivered early, whatever its delay."""
         ...
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Give jobs back unfinished (a graceful stop): due now, for any worker, at once."""
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
+        """Give jobs back unfinished (a graceful stop): due now, for any worker, at once.
+
+        ``started=False``: the jobs never began (stopped before their handler ran), so their
+        next delivery counts as this one again (``Delivery.delivery`` does not grow).
+        """
         ...
 
     async def discard(self, batch_id: str) -> list[QueuedJob]:

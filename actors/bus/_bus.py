@@ -413,7 +413,12 @@ async def open_bus(
                     for i in range(counts[name] if workers else 0):
                         await sup.start_child(f"worker {name} {i}", worker.serve, queue, shutdown=0)
                 yield bus
-                await bus.wait_idle()
+                if workers and broker.durable:
+                    # What waits in a durable broker is safe there (any worker of any process
+                    # runs it); the jobs in this bus's hands are seen to their outcome.
+                    await parts.wait_settled()
+                else:
+                    await bus.wait_idle()
                 # Closed with no checkpoint since wait_idle() saw the bus idle: a dispatch
                 # from outside now gets BusClosed instead of queueing a job no one would run.
                 bus._closed = True

@@ -65,7 +65,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             await self._advance(chain_id, done)
         finally:
             INSIDE.reset(inside)
-            self._parts.done(1)
+            self._parts.finished((done.job,), in_hand=True)
 
     async def _advance(self, chain_id: str, done: Done) -> None:
         parts, job = self._parts, done.job

@@ -142,8 +142,9 @@ class MemoryQueue:
         self._place((job,), delay)  # not `put`: the lane is this job's already
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Back to the front of the queue, in their order, due now."""
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
+        """Back to the front of the queue, in their order, due now (every memory delivery
+        counts 1: nothing is redelivered, so ``started`` changes nothing)."""
         self._running -= len(deliveries)
         self._ready.extendleft(reversed([d.job for d in deliveries]))
         if self._workers:

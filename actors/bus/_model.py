@@ -12,7 +12,6 @@ import math
 import secrets
 import types
 import typing
-from collections.abc import Callable
 from datetime import datetime
 from itertools import count
 from typing import Any, TypeVar
@@ -441,11 +440,26 @@ class ChainState:
 # ------------------------------------------------------------------------------ ids
 
 
-def id_source() -> Callable[[], str]:
-    """Ids unique across processes sharing a store: a random prefix and a counter."""
-    prefix = secrets.token_hex(6)
-    counter = count(1)
-    return lambda: f"{prefix}-{next(counter):x}"
+class IdSource:
+    """Ids unique across processes sharing a store: a random prefix (one per bus) and a
+    counter, so a bus can tell the ids it made (`made`) from other processes' ones."""
+
+    __slots__ = ("_next", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = f"{secrets.token_hex(6)}-"
+        self._next = count(1).__next__
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{self._next():x}"
+
+    def made(self, an_id: str) -> bool:
+        return an_id.startswith(self.prefix)
+
+
+def id_source() -> IdSource:
+    """A new `IdSource`."""
+    return IdSource()
 
 
 def describe(error: BaseException) -> str:

@@ -470,9 +470,9 @@ class RedisBrokerQueue(LeasedQueue):
             args += [d.receipt, d.delivery - uncount]
         await self._script("release", [self.stream], args)
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
         if deliveries:
-            await self.give_back(deliveries, uncount=0)
+            await self.give_back(deliveries, uncount=0 if started else 1)
         else:
             await trio.lowlevel.checkpoint()
         self._settled(deliveries)

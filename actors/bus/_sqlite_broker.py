@@ -462,11 +462,11 @@ class SQLiteBrokerQueue(LeasedQueue):
         if delay == 0:
             self._local_put()
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
         broker = self._broker
         ids = [int(d.receipt) for d in deliveries]
         if ids:
-            await broker.run(_release, ids, broker.owner, broker.now(), 0)
+            await broker.run(_release, ids, broker.owner, broker.now(), 0 if started else 1)
             self._local_put()
         else:
             await trio.lowlevel.checkpoint()

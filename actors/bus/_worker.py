@@ -97,12 +97,18 @@ class Worker:
             delivery = memory.get_now() if yielded and memory is not None else None
             if delivery is None:
                 delivery = await queue.get()
+            parts = self._parts
+            parts.in_hand += 1
+            yielded = False
             try:
                 yielded = await self._run(queue, delivery)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
-                self._parts.done(1)
+                parts.finished((delivery.job,))
+            finally:
+                if not yielded:  # else its coordinator lets it go, once it is recorded
+                    parts.let_go(1)
 
     async def _cancelled(self, batch_id: str) -> bool:
         if self._batches.is_cancelled(batch_id):
@@ -126,9 +132,10 @@ class Worker:
                 if job.callback_of is not None:
                     state = await self._state_of(job.callback_of)
             except trio.Cancelled:
-                # Stopped before the job started: give it back to the broker, for anyone.
+                # Stopped before the job started: give it back to the broker, for anyone, as
+                # not delivered (its next delivery counts as this one).
                 with trio.CancelScope(shield=True):
-                    await queue.release([delivery])
+                    await queue.release([delivery], started=False)
                 raise
         ctx = JobContext(
             decode_payload(job.payload),
@@ -253,5 +260,5 @@ class Worker:
             await self._chains.tell(Done(delivery, outcome, error))
             return True
         await self._parts.ack(delivery)
-        self._parts.done(1)
+        self._parts.finished((job,))
         return False

@@ -353,3 +353,17 @@ async def test_put_many_refuses_all_of_them_for_one_job_too_large(open_queue: Op
             await queue.put_many([(job("a"), 0.0), (job("b", size=2000), 0.5)])
         stats = await queue.stats()
         assert (stats.ready, stats.delayed) == (0, 0)
+
+
+async def test_a_job_released_before_it_started_keeps_its_delivery_count(
+    open_queue: OpenQueue,
+) -> None:
+    async with open_queue() as queue:
+        await queue.put([job("never"), job("began")])
+        never, began = await get_within(queue), await get_within(queue)
+        await queue.release([never], started=False)
+        await queue.release([began])
+        again = [await get_within(queue), await get_within(queue)]
+        assert {d.job.job_id: d.delivery for d in again} == {"never": 1, "began": 2}
+        for delivery in again:
+            await queue.ack(delivery)
