@@ -158,7 +158,7 @@ class Admission:
     ) -> DispatchResult | str:
         """Admit one job (``builder`` None), a chain or a batch; return its ids."""
         if builder is None:
-            return await self._admit_job(jobs[0])
+            return await self.admit_job(jobs[0])
         return await self._admit_group(jobs, builder)
 
     async def _admit_group(self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder) -> str:
@@ -235,7 +235,7 @@ class Admission:
             lane=options.lane,
         )
 
-    async def _admit_job(self, job: Job) -> DispatchResult:
+    async def admit_job(self, job: Job) -> DispatchResult:
         """`admit` for one plain job: no store record, one `QueuedJob` built, and on the
         memory broker no yield (so no shield) between acceptance and return."""
         await trio.lowlevel.checkpoint_if_cancelled()

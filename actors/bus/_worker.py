@@ -153,9 +153,10 @@ class Worker:
         )
         ctx._flags.timeout = job.timeout
         emitter = self._parts.emitter
+        started = 0.0  # read only for the events' durations
         if emitter.active:
             emitter.job(EventKind.JOB_STARTED, job)
-        started = trio.current_time()
+            started = trio.current_time()
         known = job.job_type in self._handlers
         try:
             if not known:
