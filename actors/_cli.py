@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode
 import attrs
 import trio
 
-from ._cli_output import Table, write_json, write_tables
+from ._cli_output import Table, workers_table, write_json, write_tables
 from ._cli_worker import StoppingBroker
 from .bus import (
     Broker,
@@ -45,6 +45,7 @@ from .bus import (
     open_bus,
 )
 from .bus._urls import broker_from_url, parse_url, store_from_url
+from .bus._workers import registry_for, unregister
 
 log = logging.getLogger("actors.cli")
 
@@ -240,6 +241,7 @@ async def run_worker(
                 async for signum in signals:
                     await _stop(signals, broker, bus, grace, signum)
                     break
+                await unregister(broker)  # while the connection works: the scope cancels it
                 # Leaving by cancellation: the bus's own exit would wait for jobs that other
                 # processes dispatched; what is unsettled goes back to the broker on close.
                 scope.cancel()
@@ -288,20 +290,22 @@ def _failed(record: Any) -> dict[str, Any]:
 
 
 async def read_status(services: Services, queues: Sequence[str], limit: int) -> dict[str, Any]:
+    broker = services.open_broker()
     async with open_bus(
         store=services.open_store(),
-        broker=services.open_broker(),
+        broker=broker,
         queues=dict.fromkeys(queues, 1),
         workers=False,
     ) as bus:
         stats = await bus.queue_stats()
         batches, chains = await bus.in_flight(limit)
         failed = await bus.failed_jobs()
+        registry = registry_for(broker)
+        # None: the broker keeps no registry (memory: nothing runs across processes).
+        workers = None if registry is None else [w.to_json() for w in await registry.workers()]
     return {
         "queues": {name: attrs.asdict(s) for name, s in stats.items()},
-        # No broker here keeps a registry of worker processes: the running counts say how
-        # many jobs are leased to some worker.
-        "workers": None,
+        "workers": workers,
         "batches_in_flight": [_batch(b) for b in batches],
         "chains_in_flight": [_chain(c) for c in chains],
         "failed": len(failed),
@@ -367,13 +371,13 @@ def _status_tables(status: dict[str, Any]) -> list[Table]:
         "in flight",
         ("what", "count"),
         (
-            ("workers", "not tracked by the broker (see running)"),
+            ("workers", "-" if status["workers"] is None else str(len(status["workers"]))),
             ("batches", str(len(status["batches_in_flight"]))),
             ("chains", str(len(status["chains_in_flight"]))),
             ("failed jobs", str(status["failed"])),
         ),
     )
-    return [queues, summary]
+    return [queues, *workers_table(status["workers"]), summary]
 
 
 def _batches_table(batches: list[dict[str, Any]]) -> Table:

@@ -7,7 +7,9 @@ text, so the commands work on a bare install.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import attrs
@@ -22,6 +24,26 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
     empty: str = "none"
     """What to show instead of a table without rows."""
+
+
+def workers_table(workers: list[dict[str, Any]] | None) -> list[Table]:
+    """The worker processes registered in the broker (none for a broker without a registry)."""
+    if workers is None:
+        return []
+    now = time.time()
+    rows = tuple(
+        (
+            w["id"],
+            w["host"],
+            str(w["pid"]),
+            ",".join(f"{name}={n}" for name, n in w["queues"].items()),
+            datetime.fromtimestamp(w["started_at"], UTC).isoformat(timespec="seconds"),
+            f"{max(0.0, now - w['last_seen']):.1f}s ago",
+        )
+        for w in workers
+    )
+    columns = ("worker", "host", "pid", "queues", "started", "last heartbeat")
+    return [Table("workers", columns, rows, empty="no worker registered")]
 
 
 def write_json(data: Any, out: TextIO) -> None:

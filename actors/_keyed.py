@@ -8,7 +8,11 @@ How a key lives:
 * **Idle**: the registry's dict maps the key to the Trio time it went idle, a bare float. No
   task, no mailbox, nothing for the garbage collector to walk.
 * **Busy**: the dict maps the key to its `Mailbox`, and the key's task drains it in order, one
-  message at a time, then ends, and the key is idle again.
+  message at a time, and the key is idle again. The task then waits as a *spare* (at most
+  `_SPARE_TASKS` of them): the next key that needs a task takes a spare over instead of
+  starting one (no new task per turn for a key that is busy now and then, such as a chain's
+  coordinator, one message per step). Each turn starts in a fresh copy of the registry's
+  context, exactly as a new task would; spares end when the registry closes.
 * A handler is the actor's work (DESIGN rule 6): it always runs in the key's task, started in
   a copy of the context the registry was opened in, never in an asker's task. So it sees the
   registry's context variables (``supervisors.shutting_down()`` is the registry's), never an
@@ -36,6 +40,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import attrs
+import outcome
 import trio
 
 from ._checks import check_async_fn, check_idle_timeout, check_name, check_positive_int
@@ -55,6 +60,9 @@ log = logging.getLogger("actors.keyed")
 #: A key task yields to the scheduler after this many messages handled back to back, so a
 #: mailbox of handlers that never await cannot starve other tasks.
 _CHECKPOINT_EVERY = 16
+
+#: At most this many key tasks wait, their turn over, for a key that needs a task.
+_SPARE_TASKS = 256
 
 
 @attrs.frozen
@@ -134,6 +142,10 @@ class KeyedActors(Generic[M, R]):
         self._restarts_total = 0
         self._closed = False
         self._handling: dict[str, _Box] = {}
+        #: Key tasks whose turn is over, waiting for a key that needs a task (see `_spare`).
+        self._spares: list[trio.lowlevel.Task] = []
+        #: Set when the registry closes: a turn that ends then ends its task.
+        self._retiring = False
         self._all_idle = trio.lowlevel.ParkingLot()
         #: Key tasks start in a copy of this: the context the registry was opened in.
         self._context = contextvars.copy_context()
@@ -177,14 +189,18 @@ class KeyedActors(Generic[M, R]):
         self._check_open()
         check_key(key)
         await trio.lowlevel.checkpoint_if_cancelled()
+        envelope: _Envelope[M, R] = _Envelope(message, None)
         entry = self._keys.get(key)
-        if entry is not None and entry.__class__ is not float:
+        if entry is None or entry.__class__ is float:
+            self._enqueue_new(key, envelope)
+        else:
             assert isinstance(entry, Mailbox)
-            if len(entry) >= entry.size:
-                check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
-        _, waited = await self._enqueue(key, _Envelope(message, None))
-        if not waited:  # put in at once: still a schedule point
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not entry.put_nowait(envelope):
+                if len(entry.items) >= entry.size:
+                    check_wait(trio.lowlevel.current_task(), entry, self._kind, key)
+                await entry.put(envelope)  # waited in line for room: a schedule point
+                return
+        await trio.lowlevel.cancel_shielded_checkpoint()  # put in at once: still one
 
     def tell_nowait(self, key: str, message: M) -> bool:
         """`tell` without a scheduling point: queue ``message`` if its mailbox has room now
@@ -201,6 +217,11 @@ class KeyedActors(Generic[M, R]):
             return True
         assert isinstance(entry, Mailbox)
         return entry.put_nowait(_Envelope(message, None))
+
+    def is_idle(self, key: str) -> bool:
+        """True if ``key`` has no message queued or running and no hold on it now."""
+        entry = self._keys.get(key)
+        return entry is None or entry.__class__ is float
 
     def take_pending(self, key: str, accept: Callable[[M], bool] | None = None) -> list[M]:
         """From inside ``key``'s handler: remove and return the told messages waiting now.
@@ -246,7 +267,12 @@ class KeyedActors(Generic[M, R]):
     # ---------------------------------------------------------------- turns
 
     def _spawn(self, key: str, box: _Box) -> None:
-        """Start the key's task, in the registry's context (never the sender's)."""
+        """Start the key's task, in the registry's context (never the sender's): a spare key
+        task takes it over, else a new task starts."""
+        spares = self._spares
+        if spares:
+            trio.lowlevel.reschedule(spares.pop(), outcome.Value((key, box)))
+            return
         try:
             self._context.run(self._nursery.start_soon, self._run_key, key, box)
         except RuntimeError:  # the registry is gone (cancelled) while the key was busy
@@ -281,7 +307,44 @@ class KeyedActors(Generic[M, R]):
             await self._all_idle.park()
 
     async def _run_key(self, key: str, box: _Box) -> None:
-        """The key's task: handle its mailbox in order, one message at a time, then end."""
+        """The key's task: handle its mailbox in order, one message at a time; then wait as a
+        spare for another key that needs a task, or end."""
+        task = trio.lowlevel.current_task()
+        while await self._turn(key, box):
+            work = await self._spare(task)
+            if work is None:
+                return
+            key, box = work
+
+    async def _spare(self, task: trio.lowlevel.Task) -> tuple[str, _Box] | None:
+        """Wait, turn over, for a key that needs a task (`_spawn` hands it over); None: end
+        now (enough spares, or the registry closes)."""
+        spares = self._spares
+        if self._retiring or len(spares) >= _SPARE_TASKS:
+            return None
+        # A fresh copy of the registry's context, as a new task would start in: nothing a
+        # handler set carries over to another key's turn. Set before the wait, so the next
+        # turn runs in it.
+        task.context = self._context.copy()
+        spares.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            spares.remove(task)  # cancelled: only the registry's shutdown does that
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        work: tuple[str, _Box] | None = await trio.lowlevel.wait_task_rescheduled(abort)
+        return work
+
+    def _retire(self) -> None:
+        """The registry closes: spares end, and so will every task whose turn ends."""
+        self._retiring = True
+        spares, self._spares = self._spares, []
+        for task in spares:
+            trio.lowlevel.reschedule(task, outcome.Value(None))
+
+    async def _turn(self, key: str, box: _Box) -> bool:
+        """Handle ``key``'s mailbox in order, one message at a time, until it is empty; False
+        if our machinery failed (a fresh task then took over the rest)."""
         items = box.items
         handled = 0
         item: _Item | None = None
@@ -336,7 +399,7 @@ class KeyedActors(Generic[M, R]):
             self._fail_one(item, ActorCrashed(f"the actor for key {key!r} crashed: {exc!r}"), exc)
             self._handling.pop(key, None)
             self._release(key, box)
-            return
+            return False
         except BaseException as exc:
             # A handler raised KeyboardInterrupt, SystemExit...: not ours to swallow or restart.
             # It propagates out of the registry's block, which is where it is reported.
@@ -350,6 +413,7 @@ class KeyedActors(Generic[M, R]):
             raise
         self._handling.pop(key, None)
         self._go_idle(key, box)
+        return True
 
     def _shutdown_error(self) -> BaseException:
         if self.crashed_by is not None:
@@ -532,6 +596,7 @@ async def open_keyed(
                 raise
             # Graceful: running and queued messages finish (and may send more); then we close.
             await keyed._wait_all_idle()
+            keyed._retire()
             reaper.cancel()
     finally:
         if keyed is not None:

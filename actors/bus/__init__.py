@@ -95,6 +95,9 @@ from ._rules import FailedJob as FailedJob
 from ._rules import JobOutcome as JobOutcome
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._sqlite_broker import SQLiteBroker as SQLiteBroker
+from ._sqlite_limits import SQLiteLock as SQLiteLock
+from ._sqlite_limits import SQLiteLocker as SQLiteLocker
+from ._sqlite_limits import SQLiteRateLimiter as SQLiteRateLimiter
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
 
@@ -159,6 +162,9 @@ __all__ = [
     "RedisRateLimiter",
     "Release",
     "SQLiteBroker",
+    "SQLiteLock",
+    "SQLiteLocker",
+    "SQLiteRateLimiter",
     "SQLiteStore",
     "SkipWhen",
     "Store",

@@ -172,7 +172,11 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
     async def _recover(self, batch_id: str, state: BatchState) -> None:
         """A redelivered outcome of a batch that is over: the process that finished it may
         have died before it queued the `Job` callbacks, so queue the due ones again."""
-        stored = await self._parts.store.job_callbacks(f"batch:{batch_id}")
+        stored = await self._parts.recorder.read(
+            f"the Job callbacks of batch {batch_id}",
+            self._parts.store.job_callbacks,
+            f"batch:{batch_id}",
+        )
         owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
         error = BusError(f"{state.failed} job(s) of batch {batch_id} failed")
         due = {
@@ -281,7 +285,11 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         if (local is None or local.has_jobs) and (
             update.progressed or first_error is not None or finished
         ):
-            stored = await self._parts.store.job_callbacks(f"batch:{batch_id}")
+            stored = await self._parts.recorder.read(
+                f"the Job callbacks of batch {batch_id}",
+                self._parts.store.job_callbacks,
+                f"batch:{batch_id}",
+            )
             for name, record in stored.items():
                 found.setdefault(name, record)
         return found

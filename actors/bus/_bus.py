@@ -28,6 +28,7 @@ from ._builders import BatchBuilder, ChainBuilder, check_jobs
 from ._chains import Chains
 from ._errors import BusClosed, InsideBus, NotFound
 from ._handlers import H, Handler, Handlers, Observer, add_handler, handler_decorator
+from ._limits import bind_middleware
 from ._memory_broker import MemoryBroker
 from ._middleware import Middleware
 from ._model import (
@@ -46,6 +47,7 @@ from ._rules import FailedJob
 from ._store import MemoryStore, Store
 from ._urls import broker_from_url, store_from_url
 from ._worker import Worker
+from ._workers import serve_registration
 
 log = logging.getLogger("actors.bus")
 
@@ -400,7 +402,7 @@ async def open_bus(
         batches=batches,
         workers=workers,
     )
-    worker = Worker(parts, table, declared.middleware, chains, batches)
+    worker = Worker(parts, table, bind_middleware(declared.middleware, broker), chains, batches)
     await store.open()
     try:
         await broker.open()
@@ -416,6 +418,10 @@ async def open_bus(
                     await sup.start_child(f"queue {name}", queue.serve, shutdown=0)
                     for i in range(counts[name] if workers else 0):
                         await sup.start_child(f"worker {name} {i}", worker.serve, queue, shutdown=0)
+                if workers:  # listed by `trio-lanes status` (a durable broker's registry)
+                    await sup.start_child(
+                        "registration", serve_registration, broker, counts, shutdown=0
+                    )
                 yield bus
                 if workers and broker.durable:
                     # What waits in a durable broker is safe there (any worker of any process

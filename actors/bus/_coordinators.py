@@ -13,7 +13,7 @@ from .._keyed import KeyedActors, KeyedStats, open_keyed
 from ._broker import Delivery
 from ._model import QueuedJob
 from ._parts import Parts
-from ._rules import Outcome
+from ._rules import ChainStep, Outcome
 
 log = logging.getLogger("actors.bus")
 
@@ -29,6 +29,11 @@ class Done:
     delivery: Delivery
     outcome: Outcome
     error: BaseException | None
+    recorded: bool = False
+    """A chain step the worker has recorded already (`Chains.tell`'s fast path), as ``step``."""
+    step: ChainStep | None = None
+    write_error: Exception | None = None
+    """The step's first write failed with this (`Chains.tell`'s fast path): retry it."""
 
     @property
     def job(self) -> QueuedJob:
@@ -71,8 +76,14 @@ class Coordinators(Generic[M, R, L]):
     def forget(self, owner_id: str) -> None:
         self._local.pop(owner_id, None)
 
+    #: Messages handled without the registry (`Chains.tell`'s fast path), counted as handled.
+    handled_inline = 0
+
     def stats(self) -> KeyedStats:
-        return self._keyed.stats()
+        stats = self._keyed.stats()
+        if not self.handled_inline:
+            return stats
+        return attrs.evolve(stats, messages_total=stats.messages_total + self.handled_inline)
 
     def _failed(self, key: str, message: M, exc: BaseException) -> None:
         log.error("bus %s coordinator %r failed handling %r", self.kind, key, message, exc_info=exc)

@@ -11,6 +11,10 @@ outcome delivered twice (a redelivered job) counts once.
 
 `NotFound` is not retried: the chain or batch is gone (pruned, or never in this store), so
 there is nothing to record into; it is logged at ERROR and the outcome is dropped.
+
+The store reads that finishing an outcome needs (a coordinator's `Store.get_chain` and
+`Store.job_callbacks`) are retried the same way (`Recorder.read`), logged and counted alike;
+for them `NotFound` goes back to the caller, which knows what a gone record means.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ MAX_PAUSE = 5.0
 
 
 class Recorder:
-    """Runs store writes until they commit, and counts the ones that had to wait."""
+    """Runs store writes until they commit (and coordinators' store reads until they
+    answer), and counts the ones that had to wait."""
 
     def __init__(self, store: object) -> None:
         self._store = store
         self.waiting = 0
-        """Writes that failed at least once and have not committed yet."""
+        """Writes (and reads) that failed at least once and have not succeeded yet."""
         self.errors = 0
         """Failed tries so far."""
 
@@ -48,41 +53,76 @@ class Recorder:
 
         ``what`` names the write in logs ("the outcome of job 1a-2 of batch 1a-1").
         """
+        return await self.write_after(None, what, fn, *args, **kwargs)
+
+    async def write_after(
+        self,
+        error: Exception | None,
+        what: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T | None:
+        """`write`, for a write whose first try (made elsewhere) failed with ``error``: it is
+        logged, counted and retried from there, as if `write` had made it. None: `write`."""
         try:
-            return await fn(*args, **kwargs)
+            return await self._until_done(f"recording {what}", fn, args, kwargs, error)
         except NotFound as exc:
             log.error("bus: cannot record %s: %s; dropped", what, exc)
             return None
-        except Exception as exc:
-            first = exc
+
+    async def read(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(*args)`` until it answers, retried as `write` is: a coordinator that
+        cannot read its chain's or batch's state or `Job` callbacks must wait, not drop the
+        outcome it is finishing. `NotFound` is the caller's to handle (the record is gone).
+
+        ``what`` names the read in logs ("the state of chain 1a-1").
+        """
+        return await self._until_done(f"reading {what}", fn, args, {})
+
+    async def _until_done(
+        self,
+        doing: str,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        failed: Exception | None = None,
+    ) -> T:
+        """``await fn(*args, **kwargs)``, retried on every error but `NotFound` (raised);
+        ``failed``: the first try was made already, and failed with this."""
+        if failed is not None:
+            error = failed
+        else:
+            try:
+                return await fn(*args, **kwargs)
+            except NotFound:
+                raise
+            except Exception as exc:
+                error = exc
         self.waiting += 1
         try:
-            return await self._retry(what, lambda: fn(*args, **kwargs), first)
+            pause, tries = FIRST_PAUSE, 0
+            while True:
+                self.errors += 1
+                tries += 1
+                log.warning(
+                    "bus: %s in %r failed (%s: %s); retrying in %gs",
+                    doing,
+                    self._store,
+                    type(error).__name__,
+                    error,
+                    pause,
+                )
+                await trio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
+                try:
+                    result = await fn(*args, **kwargs)
+                except NotFound:
+                    raise
+                except Exception as again:
+                    error = again
+                    continue
+                log.warning("bus: %s succeeded after %d failed tries", doing, tries)
+                return result
         finally:
             self.waiting -= 1
-
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]], exc: Exception) -> T | None:
-        pause, tries = FIRST_PAUSE, 0
-        while True:
-            self.errors += 1
-            tries += 1
-            log.warning(
-                "bus: recording %s in %r failed (%s: %s); retrying in %gs",
-                what,
-                self._store,
-                type(exc).__name__,
-                exc,
-                pause,
-            )
-            await trio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE)
-            try:
-                result = await call()
-            except NotFound as gone:
-                log.error("bus: cannot record %s: %s; dropped", what, gone)
-                return None
-            except Exception as again:
-                exc = again
-                continue
-            log.warning("bus: recorded %s after %d failed tries", what, tries)
-            return result

@@ -29,12 +29,14 @@ leave it half-done, and no step takes a lock that a dead process could leave beh
   entries past the group's last delivered id (handed to nobody) and those prefetched here;
   it reads the backlog, so it costs in proportion to the jobs waiting.
 
-A lost connection (Redis restarted) is retried with backoff in `serve`, ``get`` and ``ack``.
-Durability is the server's: run it with ``appendonly yes`` (the stream, the group and its PEL
-then survive a restart; ``appendfsync everysec`` may lose the last second on power loss,
-``always`` loses nothing). A ``put`` of more than 1,000 jobs is several script calls: if the
-connection drops between two, the error says the put failed, although its first chunks were
-accepted (a retried put then queues those twice; at least once, never lost).
+A lost connection (Redis restarted, or still loading its data) is retried with backoff on
+every call (put, claim, ack, retry, release, heartbeat, promote, stats), each retry logged,
+for up to ``reconnect_timeout`` seconds (then a `ConnectionError` naming the server), so a
+restart shows as a pause, not an error. Every call is safe to repeat: a script whose reply was
+lost but that ran does nothing the second time (ack, retry, release), or, for a put, queues
+its jobs twice (at least once, never lost). Durability is the server's: run it with
+``appendonly yes`` (the stream, the group and its PEL then survive a restart;
+``appendfsync everysec`` may lose the last second on power loss, ``always`` loses nothing).
 
 Lane jobs: a list per lane, one token per lane in the stream, fenced; see `_redis_lanes`.
 """
@@ -44,15 +46,15 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from . import _redis_lanes as lanes
 from . import _redis_scripts as scripts
+from . import _redis_util as util
 from ._broker import Delivery, QueueStats, decode_job, put_grouped
 from ._leased import (
     DEFAULT_MAX_PAYLOAD,
@@ -63,10 +65,13 @@ from ._leased import (
     log,
 )
 from ._model import QueuedJob, check_seconds
-from ._redis_util import fields, leaves
+from ._redis_util import coredis_module as _coredis
+from ._redis_util import fields, is_connection_error, leaves, reconnecting
 
 if TYPE_CHECKING:
     import coredis
+
+T = TypeVar("T")
 
 GROUP = "workers"
 
@@ -77,26 +82,6 @@ _REAP_AFTER_LEASES = 10
 _PUT_CHUNK = 1000
 
 
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
-
-
-def _coredis() -> ModuleType:
-    """coredis, imported on first use: it is the optional ``redis`` extra."""
-    global _CONNECTION_ERRORS
-    try:
-        import coredis
-        import coredis.exceptions
-    except ImportError:
-        raise ImportError("RedisBroker needs coredis: pip install 'trio-lanes[redis]'") from None
-    _CONNECTION_ERRORS = (
-        coredis.exceptions.ConnectionError,
-        ConnectionError,
-        OSError,
-        TimeoutError,
-    )
-    return coredis
-
-
 class RedisBroker:
     """Durable queues on one Redis server (Streams + consumer groups), for many hosts.
 
@@ -105,6 +90,7 @@ class RedisBroker:
     worker takes it over. ``claim_batch``: most entries read at once. ``poll_interval``: the
     longest a read blocks, and how often due delayed jobs are moved to their stream.
     ``max_payload``: the largest encoded job accepted (bytes). ``prefix``: of every key.
+    ``reconnect_timeout``: how long a call retries while the server is unreachable.
     """
 
     durable = True
@@ -119,6 +105,7 @@ class RedisBroker:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         prefix: str = "trio-lanes",
         connect_timeout: float = 5.0,
+        reconnect_timeout: float = 60.0,
     ) -> None:
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(
@@ -133,6 +120,7 @@ class RedisBroker:
         self.prefix = prefix
         self.consumer = ""
         self._connect_timeout = connect_timeout
+        self.reconnect_timeout = check_seconds(reconnect_timeout, "reconnect_timeout")
         _coredis()
         self._client: coredis.Redis[str] | None = None
         self._stack: AsyncExitStack | None = None
@@ -149,10 +137,11 @@ class RedisBroker:
         return self._client
 
     def unreachable(self, exc: BaseException) -> ConnectionError:
-        return ConnectionError(
-            f"cannot reach Redis at {self.url} ({type(exc).__name__}: {exc}); is redis-server "
-            "running there? Start one (e.g. `redis-server --port 6379`) or pass the right URL"
-        )
+        return util.unreachable(self.url, exc)
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``await fn()``, retried while the server is unreachable (see the module doc)."""
+        return await reconnecting(what, self.url, self.reconnect_timeout, fn)
 
     async def open(self) -> None:
         """Connect and check the server answers; a clear `ConnectionError` if it does not."""
@@ -171,11 +160,8 @@ class RedisBroker:
                 await client.ping()
         except BaseException as exc:
             await stack.aclose()
-            causes = leaves(exc)
-            if isinstance(exc, trio.TooSlowError) or all(
-                isinstance(leaf, _CONNECTION_ERRORS) for leaf in causes
-            ):
-                raise self.unreachable(causes[0]) from exc
+            if isinstance(exc, trio.TooSlowError) or is_connection_error(exc):
+                raise self.unreachable(leaves(exc)[0]) from exc
             raise
         self.consumer = secrets.token_hex(8)
         self._client, self._stack = client, stack
@@ -211,8 +197,9 @@ class RedisBroker:
                 if not buffered:
                     continue
                 try:
-                    await queue.give_back(buffered, uncount=1)
-                except _CONNECTION_ERRORS as exc:
+                    with trio.fail_after(self._connect_timeout):  # not the whole reconnect wait
+                        await queue.give_back(buffered, uncount=1)
+                except (ConnectionError, trio.TooSlowError) as exc:
                     log.warning(
                         "Redis broker %s: could not give back %d jobs on close (%s); they "
                         "return when their lease lapses",
@@ -252,14 +239,20 @@ class RedisBrokerQueue(LeasedQueue):
         return f"<RedisBrokerQueue {self.name!r} of {self._broker!r}>"
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._broker.scripts[name](keys=keys, args=args)
+        broker = self._broker
+        return await broker.call(name, lambda: broker.scripts[name](keys=keys, args=args))
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        # made already by another process (or before a restart): fine
-        with contextlib.suppress(_coredis().exceptions.StreamDuplicateConsumerGroupError):
-            await self._broker.client.xgroup_create(self.stream, GROUP, "0", mkstream=True)
+        client = self._broker.client
+
+        async def create() -> None:
+            # made already by another process (or before a restart): fine
+            with contextlib.suppress(_coredis().exceptions.StreamDuplicateConsumerGroupError):
+                await client.xgroup_create(self.stream, GROUP, "0", mkstream=True)
+
+        await self._broker.call("create group", create)
         self._group_ready = True
 
     def _group_lost(self, exc: BaseException) -> bool:
@@ -299,7 +292,7 @@ class RedisBrokerQueue(LeasedQueue):
                     await self.reap()
                     next_reap = trio.current_time() + reap_after
                 backoff = 0.05
-            except _CONNECTION_ERRORS as exc:
+            except util.CONNECTION_ERRORS as exc:  # unreachable past reconnect_timeout
                 log.warning("Redis broker %s: %s; reconnecting in %.2fs", broker.url, exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -389,10 +382,10 @@ class RedisBrokerQueue(LeasedQueue):
                 count=n,
                 block=max(1, int(broker.poll_interval * 1000)),
             )
-        except _CONNECTION_ERRORS as exc:
-            log.warning("Redis broker %s: %s; reconnecting", broker.url, exc)
-            return [], broker.poll_interval
-        except _coredis().exceptions.RedisError as exc:
+        except Exception as exc:
+            if is_connection_error(exc):  # claim again after a poll interval
+                log.warning("Redis broker %s: claim failed (%s); retrying", broker.url, exc)
+                return [], broker.poll_interval
             if not self._group_lost(exc):
                 raise
             return [], 0.0
@@ -417,18 +410,7 @@ class RedisBrokerQueue(LeasedQueue):
         )
 
     async def _ack_many(self, ids: list[str]) -> None:
-        backoff = 0.05
-        deadline = trio.current_time() + self._broker.visibility_timeout
-        while True:
-            try:
-                await self._script("ack", [self.stream], [GROUP, *ids])
-                return
-            except _CONNECTION_ERRORS as exc:
-                if trio.current_time() + backoff > deadline:
-                    raise self._broker.unreachable(exc) from exc
-                log.warning("Redis broker %s: ack failed (%s); retrying", self._broker.url, exc)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+        await self._script("ack", [self.stream], [GROUP, *ids])
 
     async def ack(self, delivery: Delivery) -> None:
         """Remove the job for good; for a lane job only while its fence is still the lane's

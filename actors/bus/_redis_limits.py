@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._middleware import check_bucket
 from ._model import check_seconds
 from ._redis_broker import RedisBroker
 
@@ -89,13 +90,7 @@ class RedisRateLimiter:
     def __init__(
         self, broker: RedisBroker, limit: int, period: float = 1.0, *, burst: int | None = None
     ) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-        self.period = check_seconds(period, "period", allow_zero=False)
-        burst = limit if burst is None else burst
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ValueError(f"burst must be an int >= 1, got {burst!r}")
-        self.limit, self.burst = limit, burst
+        self.limit, self.period, self.burst = check_bucket(limit, period, burst)
         self._scripts = _Scripts(broker, {"acquire": _ACQUIRE_TOKEN})
 
     def __repr__(self) -> str:

@@ -6,17 +6,21 @@ one thread call at a time per store. Operations that arrive while one runs are
 every operation waiting in its mailbox (`KeyedActors.take_pending`) and runs them in one
 ``BEGIN IMMEDIATE`` transaction, each inside its own savepoint, so one failing operation
 rolls back only itself; each caller waits on its own `actors._reply.Reply`. Many
-coordinators thus share one thread hop and one commit. Several processes (or stores) may
+coordinators thus share one thread hop and one commit. A chain step may also be sent with no
+caller waiting (`SQLiteStore.record_chain_step_then`): the writer's task settles it when its
+group commits. Several processes (or stores) may
 share the file: SQLite serialises writers, and the unique constraints make job outcomes and
 callback claims count once. Errors arrive as `StoreError` naming the file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -29,7 +33,38 @@ from ._sqlite_schema import connect
 
 T = TypeVar("T")
 
-_Op = tuple[Callable[..., Any], tuple[Any, ...], Reply[Any]]
+log = logging.getLogger("actors.bus")
+
+
+class _Answer(Protocol):
+    """Where an operation's result goes: a waiting caller's `Reply`, or a `_Then`."""
+
+    def succeed(self, value: Any) -> None: ...
+    def fail(self, exc: BaseException) -> None: ...
+
+
+class _Then:
+    """An answer that calls ``then(ok, value)`` in the writer's task (see `send_now`)."""
+
+    __slots__ = ("then",)
+
+    def __init__(self, then: Callable[[bool, Any], None]) -> None:
+        self.then = then
+
+    def succeed(self, value: Any) -> None:
+        self._call(True, value)
+
+    def fail(self, exc: BaseException) -> None:
+        self._call(False, exc)
+
+    def _call(self, ok: bool, value: Any) -> None:
+        try:
+            self.then(ok, value)
+        except Exception as exc:  # a bug in the continuation: the group's others still answer
+            log.error("SQLite store: a continuation failed (%r)", self.then, exc_info=exc)
+
+
+_Op = tuple[Callable[..., Any], tuple[Any, ...], _Answer]
 _WRITER = "writer"
 
 
@@ -134,6 +169,26 @@ class SQLiteStore(SQLOperations):
             with trio.CancelScope(shield=True):
                 await writer.tell(_WRITER, op)
         return await reply.wait_shielded()
+
+    def record_chain_step_then(
+        self,
+        chain_id: str,
+        index: int,
+        failure: str | None,
+        now: datetime,
+        then: Callable[[bool, Any], None],
+    ) -> bool:
+        """`record_chain_step` without a caller that waits: queued for the writer now (no
+        yield), and ``then(True, step)`` or ``then(False, error)`` runs in the writer's task
+        once its group has committed or failed (the error as `record_chain_step` raises it;
+        any other exception, such as the writer's cancellation, as it is). False: nothing is
+        queued (the store is not served by a bus, or the writer's mailbox is full)."""
+        writer = self._writer
+        if writer is None or self._conn is None:
+            return False
+        return writer.tell_nowait(
+            _WRITER, (ops.record_chain_step, (chain_id, index, failure, now), _Then(then))
+        )
 
     async def _write_group(self, key: str, first: _Op) -> None:
         """The writer actor: this operation and every one waiting, in one transaction."""

@@ -99,6 +99,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    conn = connect_wal(path, busy_timeout)
+    try:
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_wal(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode, for calls from one thread at a time."""
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
@@ -115,7 +126,6 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
                     raise
                 time.sleep(0.01)
         conn.execute("PRAGMA synchronous=NORMAL")
-        _migrate(conn)
     except BaseException:
         conn.close()
         raise

@@ -35,6 +35,7 @@ BROKER_OPTIONS: Mapping[str, Mapping[str, Callable[[str], Any]]] = {
         "poll_interval": float,
         "max_payload": int,
         "prefix": str,
+        "reconnect_timeout": float,
     },
 }
 STORE_OPTIONS: Mapping[str, Mapping[str, Callable[[str], Any]]] = {

@@ -6,19 +6,22 @@ Waits are bounded real-time polls of the handlers' log file (tests/actors/cli_ap
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 import trio
 
+from actors._cli import main
 from actors.bus import Job, open_bus
 
 from ..services import redis_url
@@ -213,3 +216,37 @@ def test_a_second_sigint_stops_at_once(fleet: Fleet) -> None:
     fleet.start("B")
     fleet.wait_for(lambda: fleet.done() == {0, 1}, "both jobs done", timeout=20)
     assert fleet.events("done", "A") == []
+
+
+def test_status_lists_the_running_workers(
+    any_fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = any_fleet
+    a = fleet.start("A", "--queues", "default=3")
+    b = fleet.start("B", "--queues", "default=1")
+
+    def workers() -> list[dict[str, Any]]:
+        code = main(["status", TARGET, "--store", fleet.url, "--broker", fleet.broker, "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        found: list[dict[str, Any]] = json.loads(out)["workers"]
+        return found
+
+    fleet.wait_for(lambda: len(workers()) == 2, "two workers registered")
+    seen = sorted(workers(), key=lambda w: w["pid"])
+    assert [w["pid"] for w in seen] == sorted([a.pid, b.pid])
+    by_pid = {w["pid"]: w for w in seen}
+    assert by_pid[a.pid]["queues"] == {"default": 3}
+    assert by_pid[b.pid]["queues"] == {"default": 1}
+    assert {w["host"] for w in seen} == {socket.gethostname()}
+    assert all(w["started_at"] <= w["last_seen"] + 1 for w in seen)
+    # The table form names them too.
+    code = main(["status", TARGET, "--store", fleet.url, "--broker", fleet.broker])
+    table, _ = capsys.readouterr()
+    assert code == 0
+    assert "workers" in table
+    assert str(a.pid) in table
+    assert "default=3" in table
+    # A worker that stops cleanly removes its entry.
+    fleet.stop("A", signal.SIGTERM, within=15)
+    assert [w["pid"] for w in workers()] == [b.pid]

@@ -293,3 +293,69 @@ async def test_tell_nowait_queues_without_a_schedule_point_while_there_is_room(
     assert seen == [(0, "registry", False), (1, "registry", False), (3, "registry", False)]
     with pytest.raises(ComponentClosed):
         keyed.tell_nowait("k", 5)
+
+
+async def test_a_spare_key_task_serves_another_key_as_a_new_task_would(
+    autojump_clock: Any,
+) -> None:
+    """DESIGN rule 6: a key task whose turn is over waits as a spare and takes over the next
+    key that needs a task; that turn cannot be told from one in a new task: the registry's
+    context (nothing the last handler set), the same deadline, and the handler's exception
+    reported the same way. A new task starts when no spare waits (two keys busy at once)."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="default")
+    var.set("opened")
+    tasks: list[trio.lowlevel.Task] = []
+    seen: list[tuple[str, bool, str, float]] = []
+    errors: list[tuple[str, str]] = []
+
+    async def handler(key: str, message: str) -> None:
+        task = current_task()
+        seen.append((key, task in tasks, var.get(), trio.current_effective_deadline()))
+        tasks.append(task)
+        var.set(f"set by {key}")  # never reset: must not reach another turn
+        if message == "slow":
+            await trio.sleep(1)
+        if message == "raise":
+            raise ValueError(key)
+
+    def on_error(key: str, message: str, exc: BaseException) -> None:
+        errors.append((key, repr(exc)))
+
+    async with open_keyed(handler, on_error=on_error) as keyed:
+        var.set("caller")
+        await keyed.tell("a", "raise")  # a new task (no spare yet), raising
+        await trio.sleep(1)
+        await keyed.tell("b", "raise")  # a's task, as a spare, raising too
+        await trio.sleep(1)
+        await keyed.tell("c", "slow")  # the spare again, busy for a second...
+        await keyed.tell("d", "slow")  # ...so d needs a new task
+        await trio.sleep(2)
+        assert len(keyed._spares) == 2  # both wait now
+    assert [(key, reused) for key, reused, _, _ in seen] == [
+        ("a", False),
+        ("b", True),
+        ("c", True),
+        ("d", False),
+    ]
+    assert {(value, deadline) for _, _, value, deadline in seen} == {("opened", math.inf)}
+    assert errors == [("a", "ValueError('a')"), ("b", "ValueError('b')")]
+    assert keyed._spares == []  # they ended when the registry closed
+
+
+async def test_spare_key_tasks_are_bounded_and_end_when_cancelled(autojump_clock: Any) -> None:
+    """At most _SPARE_TASKS key tasks wait as spares; the rest end with their turn. A
+    registry cancelled from outside ends its spares too."""
+    from actors import _keyed
+
+    async def handler(key: str, message: int) -> None:
+        await trio.sleep(1)
+
+    with trio.CancelScope() as scope:
+        async with open_keyed(handler) as keyed:
+            for i in range(_keyed._SPARE_TASKS + 5):
+                await keyed.tell(f"k{i}", i)
+            await trio.sleep(2)
+            assert len(keyed._spares) == _keyed._SPARE_TASKS
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert keyed._spares == []

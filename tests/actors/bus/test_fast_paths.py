@@ -5,15 +5,30 @@ slow paths, ends the same way."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from actors.bus import Job, JobContext, MemoryBroker, MemoryQueue, MemoryStore, open_bus
+from actors.bus import (
+    Job,
+    JobContext,
+    MemoryBroker,
+    MemoryQueue,
+    MemoryStore,
+    SQLiteStore,
+    Store,
+    _recording,
+    _sqlite_ops,
+    open_bus,
+)
+from actors.bus._parts import INSIDE
 
-from .helpers import Recorder
+from .helpers import Recorder, noop
 
 request: ContextVar[str] = ContextVar("request", default="none")
 
@@ -81,3 +96,128 @@ async def test_the_fast_paths_end_as_the_slow_ones(autojump_clock: Any) -> None:
     slow = await _workload(SlowStore(), SlowBroker())
     assert slow[:-1] == fast[:-1]
     assert slow[-1] - start == fast[-1]  # and take the same (Trio) time
+
+
+async def _chains(store: Store, broker: MemoryBroker, pause: float = 0.1) -> tuple[Any, ...]:
+    """Chains with no observer (so a step may be settled without its coordinator): what
+    handlers see, how the chains and their callbacks end, the stats, and when."""
+    seen: list[tuple[Any, str, bool, float]] = []
+    ends: list[Any] = []
+
+    async def work(ctx: JobContext) -> None:
+        seen.append((ctx.payload, request.get(), INSIDE.get(), trio.current_effective_deadline()))
+        await trio.sleep(pause)
+        if ctx.payload == "bad":
+            raise KeyError("bad")
+
+    def end(kind: str) -> Any:
+        def callback(state: Any, *error: BaseException) -> None:
+            ends.append((kind, state.completed, state.next_index, request.get(), INSIDE.get()))
+
+        return callback
+
+    request.set("outer")
+    async with open_bus(store=store, broker=broker, queues={"default": 2}) as bus:
+        bus.register("w", work)
+        ids = [
+            await bus.chain(Job("w", (c, 0)), Job("w", (c, 1)), Job("w", (c, 2)))
+            .finally_(end(f"chain {c}"))
+            .dispatch()
+            for c in range(3)
+        ]
+        ids.append(
+            await bus.chain(Job("w", "ok"), Job("w", "bad"), Job("w", "never"))
+            .catch(end("catch"))
+            .finally_(end("finally"))
+            .dispatch()
+        )
+        ids.append(await bus.chain(Job("w", "quiet 0"), Job("w", "quiet 1")).dispatch())
+        await bus.wait_idle()
+        states = [await bus.find_chain(chain_id) for chain_id in ids]
+        stats = bus.stats()
+        inline = bus._chains.handled_inline
+    return (
+        sorted(seen, key=str),
+        sorted(ends),
+        [(s.completed, s.failed, s.next_index, s.failure) for s in states],
+        (stats.outstanding, stats.coordinators.messages_total, stats.coordinators.busy),
+        trio.current_time(),
+        inline,
+    )
+
+
+async def test_a_chain_step_recorded_by_its_worker_ends_as_the_coordinators(
+    autojump_clock: Any,
+) -> None:
+    """`Chains.tell`'s fast path (a plain MemoryStore, the memory broker, no observer): the
+    worker records a step that queues the next one. Handlers, callbacks, chain states, stats
+    and timing are the same as when the coordinator records every step."""
+    fast = await _chains(MemoryStore(), MemoryBroker())
+    start = trio.current_time()
+    slow = await _chains(SlowStore(), SlowBroker())
+    # The steps that queued a next one, or ended a chain without callbacks, took the fast
+    # path; none did on the subclasses.
+    assert fast[-1] == 9
+    assert slow[-1] == 0
+    assert slow[:-2] == fast[:-2]
+    assert slow[-2] - start == pytest.approx(fast[-2], abs=1e-9)
+    assert {value for _, value, _, _ in fast[0]} == {"outer"}
+    assert fast[2] == [(True, False, 3, None)] * 3 + [
+        (False, True, 1, "KeyError: 'bad'"),
+        (True, False, 2, None),
+    ]
+
+
+class SlowSQLiteStore(SQLiteStore):
+    """A subclass: every chain step goes through its coordinator."""
+
+
+async def test_a_chain_step_settled_by_the_sqlite_writer_ends_as_the_coordinators(
+    tmp_path: Path,
+) -> None:
+    """`Chains.tell`'s fast path on a served `SQLiteStore`: the step goes to the writer with
+    no caller waiting, and the writer's task settles it once its group commits. Handlers,
+    callbacks, chain states and stats are the same as through the coordinator. (The real
+    clock, as every SQLite test: the handlers do not sleep.)"""
+    fast = await _chains(SQLiteStore(tmp_path / "fast.db"), MemoryBroker(), pause=0)
+    slow = await _chains(SlowSQLiteStore(tmp_path / "slow.db"), MemoryBroker(), pause=0)
+    assert (fast[-1], slow[-1]) == (9, 0)
+    assert slow[:-2] == fast[:-2]
+    assert fast[2] == [(True, False, 3, None)] * 3 + [
+        (False, True, 1, "KeyError: 'bad'"),
+        (True, False, 2, None),
+    ]
+
+
+async def test_a_failed_write_on_the_fast_path_is_retried_as_the_coordinators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer's first try of a step fails ("database is locked", twice): the coordinator
+    retries it from that failure, logged and counted as its own first try would be."""
+    monkeypatch.setattr(_recording, "FIRST_PAUSE", 0.0)
+    real = _sqlite_ops.record_chain_step
+    failures = [0]
+
+    def locked(conn: Any, *args: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real(conn, *args)
+
+    monkeypatch.setattr(_sqlite_ops, "record_chain_step", locked)
+    seen = []
+    for store in (SQLiteStore(tmp_path / "fast.db"), SlowSQLiteStore(tmp_path / "slow.db")):
+        caplog.clear()
+        async with open_bus(store=store) as bus:
+            bus.register("w", noop)
+            failures[0] = 2
+            chain_id = await bus.chain(Job("w"), Job("w")).dispatch()
+            await bus.wait_idle()
+            state = await bus.find_chain(chain_id)
+            stats = bus.stats()
+            retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+            seen.append((state.completed, stats.store_errors, stats.unrecorded, len(retried)))
+            inline = bus._chains.handled_inline
+        assert all("recording step 0 " in m and "database is locked" in m for m in retried)
+        assert inline == (1 if type(store) is SQLiteStore else 0)  # step 1 took the fast path
+    assert seen == [(True, 2, 0, 2)] * 2

@@ -213,3 +213,78 @@ def test_middleware_arguments_are_checked() -> None:
         FailOnError("all")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="delay"):
         Release(-1)
+
+
+async def test_without_overlapping_renews_its_lock_while_the_job_runs(autojump_clock: Any) -> None:
+    spans: list[tuple[float, float]] = []
+    locker = MemoryLocker()
+    # A ttl far shorter than the job: only the renewal keeps the second job out.
+    mw = WithoutOverlapping("report", ttl=3, locker=locker, release_after=0.5)
+    async with open_bus(middleware=[mw]) as bus:
+
+        @bus.handler("a")
+        async def handler(ctx: JobContext) -> None:
+            start = trio.current_time()
+            await trio.sleep(10)
+            spans.append((start, trio.current_time()))
+
+        for _ in range(2):
+            await bus.dispatch(Job("a"))
+        await bus.wait_idle()
+    assert spans[0] == (0.0, 10.0)
+    assert spans[1][0] >= 10.0
+    assert not locker.held("report")
+
+
+async def test_a_lock_not_renewed_lapses_after_its_ttl(autojump_clock: Any) -> None:
+    locker = MemoryLocker()
+    lock = await locker.acquire("k", 3)
+    assert lock is not None
+    await trio.sleep(2)
+    assert await lock.renew(3)  # held until 5 now
+    await trio.sleep(2.5)
+    assert locker.held("k")
+    await trio.sleep(1)
+    assert not locker.held("k")
+    assert not await lock.renew(3)  # lapsed: no longer ours
+
+
+async def test_rate_limit_with_a_limit_and_no_limiter_keeps_its_own(autojump_clock: Any) -> None:
+    ran: list[float] = []
+    async with open_bus(middleware=[RateLimit("smtp", limit=1, period=2.0)]) as bus:
+
+        @bus.handler("a")
+        async def handler(ctx: JobContext) -> None:
+            ran.append(trio.current_time())
+
+        for i in range(3):
+            await bus.dispatch(Job("a", i))
+        await bus.wait_idle()
+    assert sorted(ran) == [0.0, 2.0, 4.0]
+
+
+def test_rate_limit_takes_a_limiter_or_a_limit() -> None:
+    with pytest.raises(TypeError, match="limiter or limit="):
+        RateLimit("k")
+    with pytest.raises(TypeError, match="not both"):
+        RateLimit("k", MemoryRateLimiter(limit=1), limit=2)
+    with pytest.raises(ValueError, match="limit"):
+        RateLimit("k", limit=0)
+
+
+async def test_without_overlapping_passes_the_jobs_error_on_as_it_is(autojump_clock: Any) -> None:
+    attempts: list[int] = []
+    permanent = FailOnError(lambda exc: isinstance(exc, PermissionError))
+    async with open_bus(middleware=[permanent, WithoutOverlapping("k", ttl=3)]) as bus:
+
+        @bus.handler("a")
+        async def handler(ctx: JobContext) -> None:
+            attempts.append(ctx.attempt)
+            await trio.sleep(5)  # renewed meanwhile
+            raise PermissionError("no")
+
+        await bus.dispatch(Job("a").retry(3))
+        await bus.wait_idle()
+        (failed,) = await bus.failed_jobs()
+    assert attempts == [1]  # FailOnError saw the PermissionError itself, not a group
+    assert "PermissionError" in failed.error

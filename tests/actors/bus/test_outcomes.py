@@ -64,6 +64,67 @@ async def test_a_failing_outcome_write_is_retried_until_it_commits(
     assert sum("retrying" in r.message for r in caplog.records) == 3
 
 
+class FlakyReads(MemoryStore):
+    """Fails the first ``failures`` calls of each store read a coordinator makes to finish a
+    chain or batch, as a server restarting would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.left = {"get_chain": failures, "job_callbacks": failures}
+
+    def _maybe_fail(self, name: str) -> None:
+        if self.left[name]:
+            self.left[name] -= 1
+            raise OSError(f"{name}: the server closed the connection")
+
+    async def get_chain(self, chain_id: str) -> ChainState:
+        self._maybe_fail("get_chain")
+        return await super().get_chain(chain_id)
+
+    async def job_callbacks(self, owner: str) -> dict[str, Any]:
+        self._maybe_fail("job_callbacks")
+        return await super().job_callbacks(owner)
+
+
+async def test_a_coordinators_failing_store_reads_are_retried_like_outcome_writes(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finishing a chain reads its `Job` callbacks and its state; finishing a batch reads
+    its `Job` callbacks. A transient error in those reads used to drop the callbacks."""
+    chains, batches = FlakyReads(failures=2), FlakyReads(failures=2)
+    seen: list[Any] = []
+
+    async def report(ctx: JobContext) -> None:
+        seen.append(ctx.state)
+
+    waited = {}
+    for store in (chains, batches):
+        start = trio.current_time()
+        async with open_bus(store=store) as bus:
+            bus.register("a", noop)
+            bus.register("report", report)
+            if store is chains:
+                await bus.chain(Job("a"), Job("a")).finally_(Job("report")).dispatch()
+            else:
+                await bus.batch(Job("a"), Job("a")).then(Job("report")).dispatch()
+            await bus.wait_idle()
+            stats = bus.stats()
+        waited[store is chains] = trio.current_time() - start
+        # Every failed try was logged, counted and retried; none is left waiting.
+        assert stats.store_errors == (4 if store is chains else 2)
+        assert stats.unrecorded == 0
+    # Two failures of each read, retried after 0.05 s and 0.1 s: a chain's two reads one
+    # after the other, a batch's one.
+    assert waited == {True: pytest.approx(0.3), False: pytest.approx(0.15)}
+    assert [type(state).__name__ for state in seen] == ["ChainState", "BatchState"]
+    assert all(state.completed for state in seen)
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert sum("reading the Job callbacks of chain" in m for m in retried) == 2
+    assert sum("reading the state of chain" in m for m in retried) == 2
+    assert sum("reading the Job callbacks of batch" in m for m in retried) == 2
+    assert all(r.levelname == "WARNING" for r in caplog.records if "retrying" in r.getMessage())
+
+
 async def test_cancel_batch_from_another_process_stops_jobs_not_started(
     autojump_clock: Any,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import trio
 from actors.bus._broker import Broker, BrokerQueue
 from actors.bus._redis_broker import RedisBroker
 from actors.bus._sqlite_broker import SQLiteBroker
-from tests.services import RedisServer, redis_url
+from tests.services import redis_url
 
 OpenQueue = Callable[..., AbstractAsyncContextManager[BrokerQueue]]
 
@@ -66,16 +66,3 @@ def open_queue(kind: str, place: str) -> OpenQueue:
             await broker.close()
 
     return opened
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, with its append-only file on."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
