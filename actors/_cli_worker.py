@@ -38,6 +38,9 @@ class StoppingQueue:
     async def put(self, jobs: Sequence[QueuedJob], *, delay: float = 0.0) -> None:
         await self._inner.put(jobs, delay=delay)
 
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        await self._inner.put_many(jobs)
+
     async def get(self) -> Delivery:
         while True:
             if self._broker.stopping:
@@ -47,7 +50,7 @@ class StoppingQueue:
                 self.held[delivery.receipt] = delivery
                 return delivery
             with trio.CancelScope(shield=True):
-                await self._inner.release([delivery])
+                await self._inner.release([delivery], started=False)
 
     async def ack(self, delivery: Delivery) -> None:
         await self._inner.ack(delivery)
@@ -57,8 +60,8 @@ class StoppingQueue:
         await self._inner.retry(delivery, job, delay=delay)
         self.held.pop(delivery.receipt, None)
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        await self._inner.release(deliveries)
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
+        await self._inner.release(deliveries, started=started)
         for delivery in deliveries:
             self.held.pop(delivery.receipt, None)
 

@@ -6,6 +6,7 @@ Run: ``python -m bench.durable --broker redis://localhost:6379/0`` (or ``sqlite:
 * enqueue: a bus with ``workers=False`` dispatches ``--jobs`` plain jobs from
   ``--dispatchers`` concurrent tasks (the broker coalesces what they put at once: SQLite in
   one transaction per group, Redis one script call per put);
+  with ``--many N``, each dispatcher puts its jobs N at a time with ``bus.dispatch_many``;
 * process: a bus with ``workers=True`` and ``--workers`` workers runs them all (leased, each
   acknowledged after its outcome), timed from its opening to the last handler's return and
   every acknowledgement in.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from actors.bus import Handlers, Job, JobContext, open_bus
+from actors.bus import Bus, Handlers, Job, JobContext, open_bus
 
 
 def _handlers(n: int, done: trio.Event) -> Handlers:
@@ -42,16 +43,21 @@ def _handlers(n: int, done: trio.Event) -> Handlers:
 
 
 async def full_bus_rates(
-    broker: str, store: str, n: int, *, dispatchers: int = 50, workers: int = 100
+    broker: str, store: str, n: int, *, dispatchers: int = 50, workers: int = 100, many: int = 0
 ) -> tuple[float, float]:
-    """Jobs per second: (enqueue, process) of ``n`` no-op jobs through the whole bus."""
+    """Jobs per second: (enqueue, process) of ``n`` no-op jobs through the whole bus
+    (``many`` > 0: each dispatcher puts them ``many`` at a time with `Bus.dispatch_many`)."""
     done = trio.Event()
     handlers = _handlers(n, done)
     per_task = [n // dispatchers + (1 if i < n % dispatchers else 0) for i in range(dispatchers)]
 
-    async def dispatch_some(bus: object, count: int) -> None:
+    async def dispatch_some(bus: Bus, count: int) -> None:
+        if many:
+            for i in range(0, count, many):
+                await bus.dispatch_many([Job("noop") for _ in range(min(many, count - i))])
+            return
         for _ in range(count):
-            await bus.dispatch(Job("noop"))  # type: ignore[attr-defined]
+            await bus.dispatch(Job("noop"))
 
     start = time.perf_counter()
     async with (
@@ -85,7 +91,12 @@ async def main(args: argparse.Namespace) -> None:
                 broker = f"sqlite:///{Path(tmp) / f'broker-{i}.db'}"
             store = f"sqlite:///{Path(tmp) / f'store-{i}.db'}"
             e, p = await full_bus_rates(
-                broker, store, args.jobs, dispatchers=args.dispatchers, workers=args.workers
+                broker,
+                store,
+                args.jobs,
+                dispatchers=args.dispatchers,
+                workers=args.workers,
+                many=args.many,
             )
             enq.append(e)
             proc.append(p)
@@ -103,6 +114,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dispatchers", type=int, default=50)
     parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument(
+        "--many", type=int, default=0, help="dispatch_many this many at a time (0: dispatch)"
+    )
     return parser.parse_args()
 
 

@@ -10,10 +10,10 @@ store) and the dispatch fails with ``dispatch_failed``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
 from hashlib import sha1
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -25,6 +25,8 @@ from ._events import EventKind
 from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe, encode_payload
 from ._parts import Parts
 from ._rules import BatchRecord, ChainRecord
+
+T = TypeVar("T")
 
 
 def check_job(
@@ -44,6 +46,49 @@ def check_job(
             f"open_bus(queues=...) has {list(queues)}"
         )
     return encode_payload(job.type, job.payload)
+
+
+def check_many(jobs: object) -> list[Job]:
+    """The jobs of a `dispatch_many` call (also `FakeBus`'s): an iterable of plain `Job`\\ s,
+    none with ``unique_for``; anything else refuses the whole call."""
+    if isinstance(jobs, Job | str | bytes | Mapping) or not isinstance(jobs, Iterable):
+        raise TypeError(
+            "dispatch_many() takes an iterable of actors.bus.Job (e.g. a list), got "
+            f"{type(jobs).__name__}; for one job use dispatch(job)"
+        )
+    found = list(jobs)
+    for index, job in enumerate(found):
+        if not isinstance(job, Job):
+            raise TypeError(
+                f"dispatch_many(): item {index} is a {type(job).__name__}, not an "
+                "actors.bus.Job; nothing was dispatched"
+            )
+        if job.options.unique_for is not None:
+            raise ValueError(
+                f"dispatch_many(): job {index} ({job.type!r}) has unique_for, which applies "
+                "to bus.dispatch() only (its claim is per job): dispatch it on its own; "
+                "nothing was dispatched"
+            )
+    return found
+
+
+def check_all(jobs: Sequence[Job], check: Callable[[Job], T]) -> list[T]:
+    """``check(job)`` for each job of a `dispatch_many`; the first refusal refuses the whole
+    call, its error naming the job."""
+    out: list[T] = []
+    for index, job in enumerate(jobs):
+        try:
+            out.append(check(job))
+        except (TypeError, ValueError, UnknownJobType) as exc:
+            raise type(exc)(
+                f"dispatch_many(): job {index} of {len(jobs)} refused: {exc}; "
+                "nothing was dispatched"
+            ) from None
+    return out
+
+
+def _fields(job: QueuedJob) -> dict[str, Any]:
+    return {"dispatch_id": job.dispatch_id, "job_type": job.job_type, "queue": job.queue}
 
 
 class Admission:
@@ -109,7 +154,7 @@ class Admission:
     ) -> DispatchResult | str:
         """Admit one job (``builder`` None), a chain or a batch; return its ids."""
         if builder is None:
-            return await self._admit_job(jobs[0])
+            return await self.admit_job(jobs[0])
         return await self._admit_group(jobs, builder)
 
     async def _admit_group(self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder) -> str:
@@ -171,7 +216,22 @@ class Admission:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return owner_id
 
-    async def _admit_job(self, job: Job) -> DispatchResult:
+    def _queued(self, job: Job, dispatch_id: str, queue: str) -> QueuedJob:
+        """A plain job checked against this bus, as its first attempt."""
+        options = job.options
+        return QueuedJob(
+            self._parts.ids(),
+            dispatch_id,
+            job.type,
+            check_job(job, self._handlers, self._parts.queues, queue),
+            queue,
+            options.timeout,
+            options.retry,
+            options.backoff,
+            lane=options.lane,
+        )
+
+    async def admit_job(self, job: Job) -> DispatchResult:
         """`admit` for one plain job: no store record, one `QueuedJob` built, and on the
         memory broker no yield (so no shield) between acceptance and return."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -188,22 +248,11 @@ class Admission:
             }
             emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         try:
-            payload = check_job(job, self._handlers, parts.queues, queue)
-            queued = QueuedJob(
-                parts.ids(),
-                dispatch_id,
-                job.type,
-                payload,
-                queue,
-                options.timeout,
-                options.retry,
-                options.backoff,
-                lane=options.lane,
-            )
+            queued = self._queued(job, dispatch_id, queue)
             await parts.wait_room(1)
             if options.unique_for is not None:
                 # Claimed last, just before queueing: a dispatch cancelled earlier claims nothing.
-                await self._claim_unique(job.type, payload, options.unique_for)
+                await self._claim_unique(job.type, queued.payload, options.unique_for)
         except BaseException as exc:
             if emitter.active:
                 emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
@@ -226,6 +275,53 @@ class Admission:
             )
         await trio.lowlevel.cancel_shielded_checkpoint()
         return DispatchResult(dispatch_id, queued.job_id, queue)
+
+    async def admit_many(self, jobs: Sequence[Job]) -> list[DispatchResult]:
+        """Many plain jobs at once (`Bus.dispatch_many`): every job is checked before any is
+        queued (one bad job refuses the call), then one put per queue (`BrokerQueue.put_many`).
+
+        Each job gets its own dispatch id and the events a `dispatch` of it would emit.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parts, emitter = self._parts, self._parts.emitter
+        default = self.default_queue
+        queued = check_all(
+            jobs, lambda job: self._queued(job, parts.ids(), job.options.queue or default)
+        )
+        started = trio.current_time()
+        if emitter.active:
+            for job in queued:
+                emitter.emit(EventKind.DISPATCH_STARTED, **_fields(job))
+        try:
+            await parts.wait_room(len(queued))
+        except BaseException as exc:
+            if emitter.active:
+                for job in queued:
+                    emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **_fields(job))
+            raise
+        items = [(job, one.options.delay) for job, one in zip(queued, jobs, strict=True)]
+        if all(parts.puts_now(name) for name in {job.queue for job in queued}):
+            parts.put_many_now(items)  # nothing here yields: no shield needed
+        else:
+            with trio.CancelScope(shield=True):
+                try:
+                    await parts.put_many(items)
+                except BaseException as exc:
+                    if emitter.active:
+                        for job in queued:
+                            emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **_fields(job))
+                    raise
+        if emitter.active:
+            duration = trio.current_time() - started
+            for job in queued:
+                emitter.emit(
+                    EventKind.DISPATCH_SUCCEEDED,
+                    job_id=job.job_id,
+                    duration=duration,
+                    **_fields(job),
+                )
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return [DispatchResult(job.dispatch_id, job.job_id, job.queue) for job in queued]
 
     def _local(
         self, builder: ChainBuilder | BatchBuilder, started: float
@@ -304,7 +400,7 @@ class Admission:
                 now,
             )
             for queue in parts.queues.values():  # what an earlier group put is taken back
-                parts.done(len(await queue.discard(owner_id)))
+                parts.finished(await queue.discard(owner_id))
 
     async def _claim_unique(self, job_type: str, payload: str, ttl: float) -> None:
         digest = sha1(payload.encode(), usedforsecurity=False).hexdigest()

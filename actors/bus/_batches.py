@@ -163,7 +163,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 for m in messages:
                     await parts.ack(m.delivery)
             finally:
-                parts.done(len(messages))
+                parts.finished([m.job for m in messages], in_hand=True)
             if state.completed:
                 return state
             # Linger one scheduling round: outcomes reported meanwhile join this write.
@@ -236,7 +236,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                         parts.clock(),
                     )
                 finally:
-                    parts.done(len(removed))
+                    parts.finished(removed)
                 if more is not None:
                     state, finished = more.state, finished or more.finished_now
         owner = Owner("batch", batch_id, state.dispatch_id, state.queue)

@@ -36,7 +36,7 @@ class QueueStats:
     """Jobs delivered to a worker and not acknowledged yet (leased)."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # built per delivery: a dict class is built faster
 class Delivery:
     """One job handed to one worker under a lease, until `BrokerQueue.ack` or `retry`."""
 
@@ -69,6 +69,14 @@ class BrokerQueue(Protocol):
         """
         ...
 
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """`put` for jobs each with its own delay (``(job, delay)``), in order per delay;
+        durable once it returns. A broker may take them in one round trip; `put_grouped` is
+        the plain way (one `put` per delay). Raises ``ValueError`` for a job the broker
+        cannot hold before accepting any of ``jobs``.
+        """
+        ...
+
     async def get(self) -> Delivery:
         """Wait for a due job and lease it to this process (brokers may claim in batches)."""
         ...
@@ -85,8 +93,12 @@ class BrokerQueue(Protocol):
         atomically. A delayed job is never redelivered early, whatever its delay."""
         ...
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Give jobs back unfinished (a graceful stop): due now, for any worker, at once."""
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
+        """Give jobs back unfinished (a graceful stop): due now, for any worker, at once.
+
+        ``started=False``: the jobs never began (stopped before their handler ran), so their
+        next delivery counts as this one again (``Delivery.delivery`` does not grow).
+        """
         ...
 
     async def discard(self, batch_id: str) -> list[QueuedJob]:
@@ -117,6 +129,25 @@ class Broker(Protocol):
     def queue(self, name: str) -> BrokerQueue:
         """The queue called ``name`` (made on first use; the same object after)."""
         ...
+
+
+def by_queue_and_delay(
+    jobs: Sequence[tuple[QueuedJob, float]],
+) -> dict[tuple[str, float], list[QueuedJob]]:
+    """``(job, delay)`` pairs grouped by queue and delay, in order within each group."""
+    groups: dict[tuple[str, float], list[QueuedJob]] = {}
+    for job, delay in jobs:
+        groups.setdefault((job.queue, delay), []).append(job)
+    return groups
+
+
+async def put_grouped(queue: BrokerQueue, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+    """`BrokerQueue.put_many` as one `put` per delay (the default of the seam)."""
+    groups = by_queue_and_delay(jobs)
+    if not groups:
+        await trio.lowlevel.checkpoint()
+    for (_, delay), group in groups.items():
+        await queue.put(group, delay=delay)
 
 
 def encode_job(job: QueuedJob) -> str:

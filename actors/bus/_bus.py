@@ -8,7 +8,7 @@ work (SQLite's group commit), the observers' buffers, the chain and batch coordi
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Final
@@ -21,7 +21,7 @@ import supervisors
 from .._checks import check_duration, check_positive_int
 from .._clock import trio_clock
 from .._keyed import KeyedStats
-from ._admission import Admission
+from ._admission import Admission, check_many
 from ._batches import Batches
 from ._broker import Broker, BrokerQueue, QueueStats
 from ._builders import BatchBuilder, ChainBuilder, check_jobs
@@ -164,8 +164,29 @@ class Bus:
         self._check_open()
         if not isinstance(job, Job):
             raise TypeError(f"dispatch() takes an actors.bus.Job, got {type(job).__name__}")
-        result: DispatchResult = await self._admit((job,), None)
-        return result
+        parts = self._parts
+        parts.admit()  # as `_admit`, one call less: this is the path of every plain job
+        try:
+            return await self._admission.admit_job(job)
+        finally:
+            parts.admitted()
+
+    async def dispatch_many(self, jobs: Iterable[Job]) -> list[DispatchResult]:
+        """Check every job, then queue them all at once; return their ids, in order.
+
+        For many plain jobs (one broker round trip per queue, not one per job). Each job is
+        checked as `dispatch` checks it, and one that `dispatch` would refuse refuses the
+        whole call (the error names it): nothing is queued. ``unique_for`` is refused here
+        (dispatch such a job on its own). Waits while the bus is full; cancelled meanwhile,
+        it queues nothing; once accepted, every job is queued.
+        """
+        self._check_open()
+        found = check_many(jobs)
+        self._parts.admit()
+        try:
+            return await self._admission.admit_many(found)
+        finally:
+            self._parts.admitted()
 
     def chain(self, *jobs: Job) -> ChainBuilder:
         """A chain of ``jobs`` to configure and ``await ....dispatch()``."""
@@ -201,9 +222,7 @@ class Bus:
                 "wait for itself forever. Call it from outside the bus's work"
             )
         await trio.lowlevel.checkpoint()
-        idle = self._parts.idle
-        while not idle.value:  # woken when idle, it may have moved on again before we ran
-            await idle.wait_value(True)
+        await self._parts.wait_idle()
 
     async def find_batch(self, batch_id: str) -> BatchState:
         """The batch's current state from the store; `NotFound` (a `LookupError`) if unknown."""
@@ -404,7 +423,12 @@ async def open_bus(
                         "registration", serve_registration, broker, counts, shutdown=0
                     )
                 yield bus
-                await bus.wait_idle()
+                if workers and broker.durable:
+                    # What waits in a durable broker is safe there (any worker of any process
+                    # runs it); the jobs in this bus's hands are seen to their outcome.
+                    await parts.wait_settled()
+                else:
+                    await bus.wait_idle()
                 # Closed with no checkpoint since wait_idle() saw the bus idle: a dispatch
                 # from outside now gets BusClosed instead of queueing a job no one would run.
                 bus._closed = True

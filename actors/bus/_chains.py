@@ -112,7 +112,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             done.write_error = value
             self._hand_on(chain_id, done)
         else:  # the writer was cancelled: the bus stops, and its memory queues with it
-            self._parts.done(1)
+            self._parts.finished((done.job,), in_hand=True)
 
     def _settle(self, chain_id: str, done: Done, step: ChainStep | None) -> None:
         """After the step was recorded: queue the next one and acknowledge this one, if that
@@ -133,7 +133,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         queue = parts.queues[job.queue]
         assert isinstance(queue, MemoryQueue)
         queue.ack_now(done.delivery)
-        parts.done(1)
+        parts.finished((job,), in_hand=True)
         self.handled_inline += 1
 
     def _hand_on(self, chain_id: str, done: Done) -> None:
@@ -158,7 +158,7 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             await self._advance(chain_id, done)
         finally:
             INSIDE.reset(inside)
-            self._parts.done(1)
+            self._parts.finished((done.job,), in_hand=True)
 
     def _record_now(
         self, chain_id: str, job: QueuedJob, failure: str | None, fence: LaneFence | None = None

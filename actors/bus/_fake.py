@@ -10,7 +10,7 @@ fixture), then::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 
 import attrs
@@ -19,7 +19,7 @@ import trio
 from .._checks import check_async_fn
 from .._clock import trio_clock
 from .._keys import check_key
-from ._admission import check_job
+from ._admission import check_all, check_job, check_many
 from ._builders import BatchBuilder, ChainBuilder, check_jobs
 from ._errors import NotFound
 from ._handlers import H, Handler, Handlers, handler_decorator
@@ -121,6 +121,18 @@ class FakeBus:
         await trio.lowlevel.checkpoint()
         self.dispatched.append(job)
         return DispatchResult(self._ids(), self._ids(), job.options.queue or self.default_queue)
+
+    async def dispatch_many(self, jobs: Iterable[Job]) -> list[DispatchResult]:
+        """Record every job in ``dispatched`` (after the real bus's checks: one it would
+        refuse refuses the whole call, and nothing is recorded)."""
+        found = check_many(jobs)
+        check_all(found, lambda job: self._check(job, None))
+        await trio.lowlevel.checkpoint()
+        self.dispatched.extend(found)
+        return [
+            DispatchResult(self._ids(), self._ids(), job.options.queue or self.default_queue)
+            for job in found
+        ]
 
     def chain(self, *jobs: Job) -> ChainBuilder:
         return ChainBuilder(self, check_jobs(jobs, "chain"))

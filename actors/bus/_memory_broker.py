@@ -15,7 +15,7 @@ from itertools import count
 
 import trio
 
-from ._broker import Delivery, QueueStats
+from ._broker import Delivery, QueueStats, put_grouped
 from ._model import QueuedJob
 
 
@@ -101,6 +101,10 @@ class MemoryQueue:
         self.put_now(jobs, delay)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """One `put` per delay (`put_grouped`)."""
+        await put_grouped(self, jobs)
+
     async def get(self) -> Delivery:
         """Wait for a ready job; FIFO among ready jobs."""
         ready = self._ready
@@ -138,8 +142,9 @@ class MemoryQueue:
         self._place((job,), delay)  # not `put`: the lane is this job's already
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Back to the front of the queue, in their order, due now."""
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
+        """Back to the front of the queue, in their order, due now (every memory delivery
+        counts 1: nothing is redelivered, so ``started`` changes nothing)."""
         self._running -= len(deliveries)
         self._ready.extendleft(reversed([d.job for d in deliveries]))
         if self._workers:

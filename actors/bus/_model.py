@@ -12,7 +12,6 @@ import math
 import secrets
 import types
 import typing
-from collections.abc import Callable
 from datetime import datetime
 from itertools import count
 from typing import Any, TypeVar
@@ -266,7 +265,9 @@ class Job:
         return self._with(unique_for=check_seconds(seconds, "unique_for", allow_zero=False))
 
 
-@attrs.frozen
+# slots=False: attrs builds a frozen dict class by filling its __dict__, twice as fast as
+# setting slots one by one; this record is built once or more per job.
+@attrs.frozen(slots=False)
 class DispatchResult:
     """What `Bus.dispatch` returns: the ids the job's events and context carry."""
 
@@ -275,7 +276,8 @@ class DispatchResult:
     queue: str
 
 
-@attrs.frozen
+# slots=False: built per job (see DispatchResult).
+@attrs.frozen(slots=False)
 class JobRecord:
     """A job as stored and queued: its payload already JSON text, its queue resolved."""
 
@@ -314,7 +316,8 @@ class LaneFence:
     fence: int
 
 
-@attrs.frozen
+# slots=False: built per job (see DispatchResult).
+@attrs.frozen(slots=False)
 class QueuedJob:
     """One attempt's worth of a job, as it travels through a `Queue` to a worker.
 
@@ -353,7 +356,8 @@ class _AttemptFlags:
         self.timeout: float | None = None
 
 
-@attrs.frozen
+# slots=False: built per job (see DispatchResult).
+@attrs.frozen(slots=False)
 class JobContext:
     """What a handler (and middleware) gets: the payload, the ids, and which attempt this is."""
 
@@ -448,11 +452,26 @@ class ChainState:
 # ------------------------------------------------------------------------------ ids
 
 
-def id_source() -> Callable[[], str]:
-    """Ids unique across processes sharing a store: a random prefix and a counter."""
-    prefix = secrets.token_hex(6)
-    counter = count(1)
-    return lambda: f"{prefix}-{next(counter):x}"
+class IdSource:
+    """Ids unique across processes sharing a store: a random prefix (one per bus) and a
+    counter, so a bus can tell the ids it made (`made`) from other processes' ones."""
+
+    __slots__ = ("_next", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = f"{secrets.token_hex(6)}-"
+        self._next = count(1).__next__
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{self._next():x}"
+
+    def made(self, an_id: str) -> bool:
+        return an_id.startswith(self.prefix)
+
+
+def id_source() -> IdSource:
+    """A new `IdSource`."""
+    return IdSource()
 
 
 def describe(error: BaseException) -> str:

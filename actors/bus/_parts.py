@@ -8,18 +8,17 @@ Nothing here decides anything; it is the plumbing the roles (`_admission`, `_wor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 
 import trio
-from trio_util import AsyncBool  # type: ignore[import-untyped]
 
 from .._errors import LeaseLost
-from ._broker import BrokerQueue, Delivery
+from ._broker import BrokerQueue, Delivery, by_queue_and_delay
 from ._memory_broker import MemoryQueue
-from ._model import QueuedJob
+from ._model import IdSource, QueuedJob
 from ._observe import Emitter
 from ._recording import Recorder
 from ._store import MemoryStore, Store
@@ -41,7 +40,7 @@ class Parts:
         queues: Mapping[str, BrokerQueue],
         emitter: Emitter,
         clock: Callable[[], datetime],
-        ids: Callable[[], str],
+        ids: IdSource,
         max_pending: int,
     ) -> None:
         self.store = store
@@ -57,11 +56,17 @@ class Parts:
         self.counts_jobs = True
         """False on a bus that runs no jobs: a job leaves this bus once it is in the broker."""
         self.jobs = 0
-        """Accepted jobs without a recorded final outcome (queued, running, retrying)."""
+        """Jobs this bus accepted (made) without a recorded final outcome (queued, running,
+        retrying). A durable broker also hands its workers jobs other processes dispatched:
+        those never count here (`mine`)."""
         self.admitting = 0
         """Dispatches under way (checked open, not returned yet)."""
-        self.idle = AsyncBool(True)
-        """No job outstanding and no dispatch under way (set on the edges only)."""
+        self.in_hand = 0
+        """Deliveries this bus's workers took and whose outcome is not recorded yet (own
+        jobs or other processes'): what leaving a bus on a durable broker waits for."""
+        # Woken when the bus goes idle. Not a trio-util AsyncBool: setting one on every edge
+        # (a job in, the job out) cost a microsecond per job; this costs only when awaited.
+        self._idle = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         # The memory broker's queues take jobs without yielding (the events of a dispatch
         # then come before its job's, as with any broker whose put returns before a worker
@@ -72,29 +77,63 @@ class Parts:
 
     # ---------------------------------------------------------------- counting
 
+    @property
+    def idle(self) -> bool:
+        """No job outstanding and no dispatch under way."""
+        return not self.jobs and not self.admitting
+
+    async def wait_idle(self) -> None:
+        while self.jobs or self.admitting:  # woken when idle, it may have moved on again
+            await self._idle.park()
+
+    async def wait_settled(self) -> None:
+        """Until no dispatch is under way and nothing is in this bus's hands: on a durable
+        broker the jobs still waiting there are safe, for any worker of any process."""
+        while self.in_hand or self.admitting:
+            await self._idle.park()
+
+    def let_go(self, n: int) -> None:
+        """``n`` deliveries left this bus's hands (recorded, retried or given back)."""
+        self.in_hand -= n
+        if self._idle and not self.in_hand and not self.admitting:
+            self._idle.unpark_all()
+
     def add(self, n: int) -> None:
-        if not self.jobs and not self.admitting and n:
-            self.idle.value = False
         self.jobs += n
 
+    def mine(self, jobs: Iterable[QueuedJob]) -> int:
+        """How many of ``jobs`` count on this bus: the ones it made (none if it runs no jobs)."""
+        if not self.counts_jobs:
+            return 0
+        prefix, n = self.ids.prefix, 0
+        for job in jobs:
+            if job.job_id.startswith(prefix):  # IdSource.made, inlined: once or twice a job
+                n += 1
+        return n
+
+    def finished(self, jobs: Sequence[QueuedJob], *, in_hand: bool = False) -> None:
+        """``jobs`` have their final outcome recorded (or were discarded); ``in_hand``: they
+        were deliveries of this bus's workers, which now let them go."""
+        self.done(self.mine(jobs))
+        if in_hand:
+            self.let_go(len(jobs))
+
     def done(self, n: int) -> None:
-        # Never below zero: on a durable broker this bus also finishes (or discards, in
-        # cancel_batch) jobs that other processes dispatched, which it never counted in.
+        # Never below zero, as a safety net: the counts are exact (`mine`), but a failure in
+        # the bus's own machinery (the worker's catch-all) may count a job out twice.
         self.jobs = max(0, self.jobs - n)
-        if not self.jobs and not self.admitting:
-            self.idle.value = True
+        if self._idle and not self.jobs and not self.admitting:
+            self._idle.unpark_all()
         if self._room and self.jobs <= self.max_pending // 2:
             self._room.unpark_all()
 
     def admit(self) -> None:
-        if not self.jobs and not self.admitting:
-            self.idle.value = False
         self.admitting += 1
 
     def admitted(self) -> None:
         self.admitting -= 1
-        if not self.jobs and not self.admitting:
-            self.idle.value = True
+        if self._idle and not self.admitting and not (self.jobs and self.in_hand):
+            self._idle.unpark_all()
 
     async def wait_room(self, n: int) -> None:
         """Outside the bus's own tasks, wait while ``n`` more jobs would pass ``max_pending``."""
@@ -111,8 +150,7 @@ class Parts:
 
     def put_now(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
         """`put` for a queue that `puts_now`: no yield, so no cancellation either."""
-        counted = len(jobs) if self.counts_jobs else 0
-        self.add(counted)
+        self.add(self.mine(jobs))
         self._now[jobs[0].queue](jobs, delay)
 
     async def ack(self, delivery: Delivery) -> None:
@@ -126,7 +164,7 @@ class Parts:
 
     async def put(self, jobs: Sequence[QueuedJob], delay: float = 0.0) -> None:
         """Queue jobs of one queue, counted as outstanding until their outcome is recorded."""
-        counted = len(jobs) if self.counts_jobs else 0
+        counted = self.mine(jobs)
         self.add(counted)
         try:
             put_now = self._now.get(jobs[0].queue)
@@ -138,13 +176,29 @@ class Parts:
             self.done(counted)
             raise
 
+    def put_many_now(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """`put_many` when every queue `puts_now`: no yield, so no cancellation either."""
+        self.add(self.mine(job for job, _ in jobs))
+        for (queue, delay), group in by_queue_and_delay(jobs).items():
+            self._now[queue](group, delay)
+
     async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
-        """Queue jobs with one `BrokerQueue.put` per queue and delay, in order."""
-        groups: dict[tuple[str, float], list[QueuedJob]] = {}
-        for job, delay in jobs:
-            groups.setdefault((job.queue, delay), []).append(job)
-        for (_, delay), group in groups.items():
-            await self.put(group, delay)
+        """Queue jobs, each with its delay: one `BrokerQueue.put_many` per queue, in order."""
+        by_queue: dict[str, list[tuple[QueuedJob, float]]] = {}
+        for item in jobs:
+            by_queue.setdefault(item[0].queue, []).append(item)
+        for name, items in by_queue.items():
+            counted = self.mine(job for job, _ in items)
+            self.add(counted)
+            try:
+                if name in self._now:
+                    for (_, delay), group in by_queue_and_delay(items).items():
+                        self._now[name](group, delay)
+                else:
+                    await self.queues[name].put_many(items)
+            except BaseException:
+                self.done(counted)
+                raise
 
 
 @contextmanager

@@ -6,7 +6,7 @@ bus in production and a `FakeBus` in tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +25,8 @@ class BusLike(Protocol):
     def handler(self, job_type: str) -> Callable[[Any], Any]: ...
 
     async def dispatch(self, job: Job) -> DispatchResult: ...
+
+    async def dispatch_many(self, jobs: Iterable[Job]) -> list[DispatchResult]: ...
 
     def chain(self, *jobs: Job) -> ChainBuilder: ...
 

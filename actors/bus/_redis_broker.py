@@ -55,7 +55,7 @@ import trio
 from . import _redis_lanes as lanes
 from . import _redis_scripts as scripts
 from . import _redis_util as util
-from ._broker import Delivery, QueueStats, decode_job
+from ._broker import Delivery, QueueStats, decode_job, put_grouped
 from ._leased import (
     DEFAULT_MAX_PAYLOAD,
     Coalescer,
@@ -341,6 +341,14 @@ class RedisBrokerQueue(LeasedQueue):
         else:
             await self._put_entries(entries, delay)
 
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """One `put` (one script call per chunk) per delay; each job's size checked first."""
+        if len({delay for _, delay in jobs}) > 1:  # one put checks its own jobs first
+            encode_jobs(
+                [job for job, _ in jobs], self._broker.max_payload, f"Redis at {self._broker.url}"
+            )
+        await put_grouped(self, jobs)
+
     async def _put_many(self, groups: list[list[tuple[str, str]]]) -> None:
         await self._put_entries([entry for group in groups for entry in group], 0.0)
 
@@ -444,9 +452,9 @@ class RedisBrokerQueue(LeasedQueue):
             args += [d.receipt, d.delivery - uncount]
         await self._script("release", [self.stream], args)
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
         if deliveries:
-            await self.give_back(deliveries, uncount=0)
+            await self.give_back(deliveries, uncount=0 if started else 1)
         else:
             await trio.lowlevel.checkpoint()
         self._settled(deliveries)

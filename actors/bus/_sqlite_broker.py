@@ -140,15 +140,24 @@ Row = tuple[str | None, str, str | None, int | None]
 
 
 def _insert(conn: sqlite3.Connection, queue: str, rows: list[Row], visible_at: float) -> None:
+    _insert_many(conn, queue, [(rows, visible_at)])
+
+
+def _insert_many(
+    conn: sqlite3.Connection, queue: str, groups: list[tuple[list[Row], float]]
+) -> None:
+    """Rows due at each group's time, all in one transaction."""
     with _transaction(conn):
-        if all(lane is None for _, _, lane, _ in rows):
-            conn.executemany(
-                "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) VALUES (?, ?, ?, ?)",
-                [(queue, batch_id, body, visible_at) for batch_id, body, _, _ in rows],
-            )
-            return
-        for batch_id, body, lane, seq in rows:  # in order: ids say the order of the queue
-            lanes.insert(conn, queue, batch_id, body, visible_at, lane, seq)
+        for rows, visible_at in groups:
+            if all(lane is None for _, _, lane, _ in rows):
+                conn.executemany(
+                    "INSERT INTO broker_jobs (queue, batch_id, body, visible_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(queue, batch_id, body, visible_at) for batch_id, body, _, _ in rows],
+                )
+                continue
+            for batch_id, body, lane, seq in rows:  # in order: ids say the order of the queue
+                lanes.insert(conn, queue, batch_id, body, visible_at, lane, seq)
 
 
 def _claim(
@@ -396,6 +405,19 @@ class SQLiteBrokerQueue(LeasedQueue):
         await self._broker.run(_insert, self.name, rows, self._broker.now() + delay)
         self._local_put()
 
+    async def put_many(self, jobs: Sequence[tuple[QueuedJob, float]]) -> None:
+        """Every job at its own delay, in one transaction (all or none)."""
+        delays = [check_seconds(delay, "delay") for _, delay in jobs]
+        bodies = encode_jobs(
+            [job for job, _ in jobs], self._broker.max_payload, "the SQLite broker"
+        )
+        groups: dict[float, list[Row]] = {}
+        for (job, _), delay, body in zip(jobs, delays, bodies, strict=True):
+            groups.setdefault(delay, []).append((job.batch_id, body, job.lane, None))
+        now = self._broker.now()
+        await self._broker.run(_insert_many, self.name, [(r, now + d) for d, r in groups.items()])
+        self._local_put()
+
     async def _claim(self, n: int) -> tuple[list[Delivery], float]:
         broker = self._broker
         now = broker.now()
@@ -450,11 +472,11 @@ class SQLiteBrokerQueue(LeasedQueue):
         if delay == 0:
             self._local_put()
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
+    async def release(self, deliveries: Sequence[Delivery], *, started: bool = True) -> None:
         broker = self._broker
         ids = [int(d.receipt) for d in deliveries]
         if ids:
-            await broker.run(_release, ids, broker.owner, broker.now(), 0)
+            await broker.run(_release, ids, broker.owner, broker.now(), 0 if started else 1)
             self._local_put()
         else:
             await trio.lowlevel.checkpoint()

@@ -98,12 +98,18 @@ class Worker:
             delivery = memory.get_now() if yielded and memory is not None else None
             if delivery is None:
                 delivery = await queue.get()
+            parts = self._parts
+            parts.in_hand += 1
+            yielded = False
             try:
                 yielded = await self._run(queue, delivery)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
-                self._parts.done(1)
+                parts.finished((delivery.job,))
+            finally:
+                if not yielded:  # else its coordinator lets it go, once it is recorded
+                    parts.let_go(1)
 
     async def _cancelled(self, batch_id: str) -> bool:
         if self._batches.is_cancelled(batch_id):
@@ -127,9 +133,10 @@ class Worker:
                 if job.callback_of is not None:
                     state = await self._state_of(job.callback_of)
             except trio.Cancelled:
-                # Stopped before the job started: give it back to the broker, for anyone.
+                # Stopped before the job started: give it back to the broker, for anyone, as
+                # not delivered (its next delivery counts as this one).
                 with trio.CancelScope(shield=True):
-                    await queue.release([delivery])
+                    await queue.release([delivery], started=False)
                 raise
         ctx = JobContext(
             decode_payload(job.payload),
@@ -147,9 +154,10 @@ class Worker:
         )
         ctx._flags.timeout = job.timeout
         emitter = self._parts.emitter
+        started = 0.0  # read only for the events' durations
         if emitter.active:
             emitter.job(EventKind.JOB_STARTED, job)
-        started = trio.current_time()
+            started = trio.current_time()
         known = job.job_type in self._handlers
         try:
             if not known:
@@ -261,5 +269,5 @@ class Worker:
             await self._chains.tell(Done(delivery, outcome, error))
             return True
         await self._parts.ack(delivery)
-        self._parts.done(1)
+        self._parts.finished((job,))
         return False

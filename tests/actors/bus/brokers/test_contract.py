@@ -333,3 +333,37 @@ async def test_bad_options_fail_at_once(kind: str, place: str) -> None:
         make_broker(kind, place, visibility_timeout=math.nan)
     with pytest.raises(ValueError, match="max_payload"):
         make_broker(kind, place, max_payload=0)
+
+
+async def test_put_many_puts_each_job_at_its_own_delay(open_queue: OpenQueue) -> None:
+    async with open_queue() as queue:
+        await queue.put_many([(job("a0"), 0.0), (job("late"), 0.3), (job("a1"), 0.0)])
+        ready = [await get_within(queue) for _ in range(2)]
+        assert [d.job.job_id for d in ready] == ["a0", "a1"]
+        await nothing_for(queue, 0.1)
+        late = await get_within(queue)
+        assert late.job.job_id == "late"
+        for delivery in [*ready, late]:
+            await queue.ack(delivery)
+
+
+async def test_put_many_refuses_all_of_them_for_one_job_too_large(open_queue: OpenQueue) -> None:
+    async with open_queue(max_payload=1000) as queue:
+        with pytest.raises(ValueError, match="max_payload=1000"):
+            await queue.put_many([(job("a"), 0.0), (job("b", size=2000), 0.5)])
+        stats = await queue.stats()
+        assert (stats.ready, stats.delayed) == (0, 0)
+
+
+async def test_a_job_released_before_it_started_keeps_its_delivery_count(
+    open_queue: OpenQueue,
+) -> None:
+    async with open_queue() as queue:
+        await queue.put([job("never"), job("began")])
+        never, began = await get_within(queue), await get_within(queue)
+        await queue.release([never], started=False)
+        await queue.release([began])
+        again = [await get_within(queue), await get_within(queue)]
+        assert {d.job.job_id: d.delivery for d in again} == {"never": 1, "began": 2}
+        for delivery in again:
+            await queue.ack(delivery)
