@@ -10,6 +10,7 @@ batch was cancelled (in this process or, through the store, in any other) does n
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import traceback
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 import trio
 
+from .._contexts import in_context
 from ._batches import Batches
 from ._broker import BrokerQueue, Delivery
 from ._chains import Chains
@@ -88,6 +90,9 @@ class Worker:
     ) -> None:
         """One worker of ``queue``: take a job, run it, hand its outcome on; forever."""
         INSIDE.set(True)
+        # Every job runs in a fresh copy of this context (DESIGN rule 6): what one handler
+        # writes to a context variable is not seen by the next job this worker takes.
+        base = contextvars.copy_context()
         task_status.started()
         memory = queue if type(queue) is MemoryQueue else None
         yielded = False
@@ -102,7 +107,7 @@ class Worker:
             parts.in_hand += 1
             yielded = False
             try:
-                yielded = await self._run(queue, delivery)
+                yielded = await self._run(queue, delivery, base)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
@@ -121,7 +126,7 @@ class Worker:
         )
         return bool(cancelled)
 
-    async def _run(self, queue: BrokerQueue, delivery: Delivery) -> bool:
+    async def _run(self, queue: BrokerQueue, delivery: Delivery, base: contextvars.Context) -> bool:
         """Run one delivery; True if it ended with a scheduling point (a tell)."""
         job = delivery.job
         batch_id = job.batch_id
@@ -164,7 +169,7 @@ class Worker:
                 raise UnknownJobType(
                     f"no handler is registered for job type {job.job_type!r} on this worker"
                 )
-            await self._call(ctx)
+            await in_context(base.copy(), self._call(ctx))
         except trio.Cancelled:
             # The bus stops (a graceful stop, or its scope cancelled) under a running job:
             # give it back to the broker for any worker, rather than wait for its lease.

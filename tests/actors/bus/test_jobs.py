@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -68,6 +69,34 @@ async def test_dispatch_runs_the_handler_with_a_full_context(autojump_clock: Any
     assert ctx.chain_id is None
     assert ctx.batch_id is None
     assert trio.current_time() == 0
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST", default="unset")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_every_job_sees_the_buss_context_not_the_last_jobs(
+    autojump_clock: Any, workers: int
+) -> None:
+    # Rule 6: whichever worker takes a job, and whatever ran on it before, the job sees the
+    # context the bus was opened in; its own writes go nowhere else (they used to leak into
+    # the next job of the same worker).
+    REQUEST.set("opener")
+    seen: list[tuple[int, str]] = []
+    async with open_bus(queues={"default": workers}) as bus:
+
+        @bus.handler("t")
+        async def t(ctx: JobContext) -> None:
+            seen.append((ctx.payload["i"], REQUEST.get()))
+            REQUEST.set(f"job {ctx.payload['i']}")
+            await trio.sleep(1)
+            assert REQUEST.get() == f"job {ctx.payload['i']}"
+
+        for i in range(6):
+            await bus.dispatch(Job("t", {"i": i}))
+        await bus.wait_idle()
+    assert sorted(seen) == [(i, "opener") for i in range(6)]
+    assert REQUEST.get() == "opener"
 
 
 async def test_attrs_payloads_travel_as_json_and_bind_back(autojump_clock: Any) -> None:

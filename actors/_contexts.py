@@ -1,0 +1,57 @@
+"""Run a coroutine in a `contextvars.Context` of our choosing, inside the current task.
+
+A Trio task has one context; `Context.run` only takes a sync callable. A worker task that
+serves many jobs one after another would otherwise let each job's context variable writes
+leak into the next (DESIGN rule 6: every job sees the same context, whichever worker and
+whichever turn serves it). `in_context` steps the coroutine inside the given context, the
+way a task runner does: each resumption (a value, or an exception such as `Cancelled`) is
+passed in under ``context.run``, and what the coroutine yields goes up to Trio unchanged, so
+cancellation, deadlines and exceptions are the current task's own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class _InContext(Generator[Any, Any, Any]):
+    """The awaitable behind `in_context` (a generator, so Trio can send and throw into it)."""
+
+    __slots__ = ("_context", "_coro")
+
+    def __init__(self, context: contextvars.Context, awaitable: Awaitable[Any]) -> None:
+        self._context = context
+        # A coroutine's `__await__` gives its own stepper (send, throw, close).
+        self._coro = awaitable.__await__()
+
+    def __iter__(self) -> _InContext:
+        return self
+
+    def __await__(self) -> _InContext:
+        return self
+
+    def __next__(self) -> Any:
+        return self._context.run(self._coro.send, None)
+
+    def send(self, value: Any) -> Any:
+        return self._context.run(self._coro.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._context.run(self._coro.throw, *args)
+
+    def close(self) -> None:
+        self._context.run(self._coro.close)
+
+
+async def in_context(context: contextvars.Context, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` (a coroutine) with ``context`` as its context variables.
+
+    The context must not be entered anywhere else at the same time (`Context.run` refuses
+    that with a RuntimeError); give each job a fresh ``base.copy()``.
+    """
+    result: T = await _InContext(context, awaitable)
+    return result
