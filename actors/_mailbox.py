@@ -52,11 +52,14 @@ class Mailbox(Generic[T]):
 
     def put_nowait(self, item: T) -> bool:
         """Put ``item`` in if there is room and nobody waits before it; wake a parked reader."""
-        if len(self.items) >= self.size or self.senders:
+        items = self.items
+        if len(items) >= self.size or self.senders:
             return False
-        self.items.append(item)
-        if self.parked is not None:
-            self.wake()
+        items.append(item)
+        reader = self.parked
+        if reader is not None:  # `wake`, inline: this is every message's path
+            self.parked = None
+            trio.lowlevel.reschedule(reader)
         return True
 
     async def put(self, item: T) -> bool:

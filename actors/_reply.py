@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import outcome
 import trio
+from trio.lowlevel import reschedule, wait_task_rescheduled
 
 from ._waits import Turn, waiting
 
@@ -34,17 +35,15 @@ def _refuse(_: object) -> trio.lowlevel.Abort:
 class Reply(Generic[R]):
     """Where an answer (a value or an exception) waits for the one task that wants it."""
 
-    __slots__ = ("_outcome", "_state", "_task")
+    __slots__ = ("_outcome", "_state", "_task", "abandoned")
 
     def __init__(self) -> None:
         self._state = _PENDING
         self._outcome: outcome.Outcome[R] | None = None
         self._task: trio.lowlevel.Task | None = None
-
-    @property
-    def abandoned(self) -> bool:
-        """The waiter gave up (was cancelled) before the answer came: skip the work or drop it."""
-        return self._state == _ABANDONED
+        #: The waiter gave up (was cancelled) before the answer came: skip the work or drop
+        #: it. Read it, never set it (a plain attribute: it is read once per message).
+        self.abandoned = False
 
     def _answer(self, result: outcome.Outcome[R]) -> None:
         if self._state != _PENDING:
@@ -57,11 +56,21 @@ class Reply(Generic[R]):
             self._task = None
             self._state = _DELIVERED
             waiting.pop(task, None)
-            trio.lowlevel.reschedule(task, result)
+            reschedule(task, result)
 
     def succeed(self, value: R) -> None:
         """Answer with ``value`` (a no-op if answered already or abandoned)."""
-        self._answer(outcome.Value(value))
+        if self._state != _PENDING:
+            return
+        task = self._task
+        if task is None:
+            self._outcome = outcome.Value(value)
+            self._state = _ANSWERED
+        else:  # `_answer`, written out: this is every ask's path
+            self._task = None
+            self._state = _DELIVERED
+            waiting.pop(task, None)
+            reschedule(task, outcome.Value(value))
 
     def fail(self, exc: BaseException) -> None:
         """Answer with ``exc``, raised from `wait` (a no-op if answered already or abandoned)."""
@@ -95,18 +104,30 @@ class Reply(Generic[R]):
             await trio.lowlevel.checkpoint()
             self._state = _DELIVERED
             return result.unwrap()
-        task = self._task = trio.lowlevel.current_task()
+        return await self.park(trio.lowlevel.current_task(), turn)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._task = None
-            self._state = _ABANDONED
-            waiting.pop(task, None)
-            return _SUCCEEDED
+    def park(self, task: trio.lowlevel.Task, turn: Turn | None = None) -> Awaitable[R]:
+        """What `wait` awaits once the slot is known to be unanswered: ``task`` (the current
+        one) parks until the answer comes.
 
+        For a caller that knows no answer can have come yet (it has not yielded since the
+        slot was handed over): ``return await reply.park(task, turn)`` skips `wait`'s check
+        and its coroutine, the same wait otherwise.
+        """
+        self._task = task
         if turn is not None:
             waiting[task] = turn
-        value: R = await trio.lowlevel.wait_task_rescheduled(abort)
-        return value
+        return wait_task_rescheduled(self._abandon)  # noqa: ASYNC105 (the caller awaits it)
+
+    def _abandon(self, _: object) -> trio.lowlevel.Abort:
+        """The waiter was cancelled before the answer: stop waiting, drop the answer."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            waiting.pop(task, None)
+        self._state = _ABANDONED
+        self.abandoned = True
+        return _SUCCEEDED
 
     async def wait_shielded(self) -> R:
         """`wait` that cancellation cannot interrupt, as inside ``CancelScope(shield=True)``

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
-from examples import demo_bank, demo_bus, demo_crash, demo_logging, demo_workers
+from examples import demo_bank, demo_bus, demo_crash, demo_lanes, demo_logging, demo_workers
 
 
 async def main(quick: bool = False) -> None:
@@ -39,6 +39,12 @@ async def main(quick: bool = False) -> None:
     console.rule("The Bus across processes: a worker killed mid-batch, the batch completes")
     with tempfile.TemporaryDirectory(prefix="trio-lanes-demo-") as tmp:
         await demo_crash.run(console, str(Path(tmp) / "jobs.sqlite3"))
+
+    console.rule("Lane jobs across processes: accounts in order, a worker killed mid-way")
+    with tempfile.TemporaryDirectory(prefix="trio-lanes-demo-") as tmp:
+        lanes = await demo_lanes.run(console, tmp)
+    if not (lanes.conserved and lanes.in_order):
+        raise SystemExit("the lane jobs lost money or order: this is a bug")
 
 
 if __name__ == "__main__":

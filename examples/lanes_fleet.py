@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import trio
 
 from actors.bus import Bus, Job, JobContext, SQLiteBroker, open_bus
@@ -150,7 +151,39 @@ def plan(rng: random.Random) -> tuple[list[Job], int]:
     return jobs, deposited
 
 
-async def drive(folder: Path) -> None:
+@attrs.frozen
+class FleetReport:
+    """What the run shows (``make demo``'s lanes act prints it as a table)."""
+
+    operations: int
+    transfers: int
+    at_kill: int
+    """Operations applied when the worker was killed."""
+    total: int
+    expected: int
+    applied: int
+    in_order: bool
+    seconds: float
+
+    @property
+    def conserved(self) -> bool:
+        return self.total == self.expected
+
+    def lines(self) -> list[str]:
+        ops = self.operations + self.transfers
+        return [
+            f"{self.operations} operations on {ACCOUNTS} accounts by 3 workers, "
+            "one SIGKILLed mid-way",
+            f"(the kill came after {self.at_kill} of {ops} operations were applied)",
+            f"total balance {self.total} (expected {self.expected}): conserved = {self.conserved}",
+            f"operations applied once each: {self.applied} "
+            f"(= {self.operations} + {self.transfers} deposits in)",
+            f"every account applied its {OPS_PER_ACCOUNT} operations in order: {self.in_order}",
+        ]
+
+
+async def drive(folder: Path) -> FleetReport:
+    started = time.monotonic()
     broker_path, db = str(folder / "jobs.db"), str(folder / "accounts.db")
     create(db)
     jobs, deposited = plan(random.Random(7))
@@ -192,15 +225,20 @@ async def drive(folder: Path) -> None:
         applied = conn.execute("SELECT COUNT(*) FROM applied").fetchone()[0]
         last = {n for (n,) in conn.execute("SELECT last FROM account")}
     expected = ACCOUNTS * START_BALANCE + deposited
-    print(f"{len(jobs)} operations on {ACCOUNTS} accounts by 3 workers, one SIGKILLed mid-way")
-    print(f"(the kill came after {at_kill} of {len(jobs) + transfers} operations were applied)")
-    print(f"total balance {total} (expected {expected}): conserved = {total == expected}")
-    print(f"operations applied once each: {applied} (= {len(jobs)} + {transfers} deposits in)")
-    in_order = last == {OPS_PER_ACCOUNT}
-    print(f"every account applied its {OPS_PER_ACCOUNT} operations in order: {in_order}")
-    assert total == expected
+    report = FleetReport(
+        len(jobs),
+        transfers,
+        at_kill,
+        total,
+        expected,
+        applied,
+        last == {OPS_PER_ACCOUNT},
+        time.monotonic() - started,
+    )
+    assert report.conserved
     assert applied == len(jobs) + transfers
-    assert last == {OPS_PER_ACCOUNT}
+    assert report.in_order
+    return report
 
 
 def main() -> None:
@@ -208,7 +246,8 @@ def main() -> None:
         trio.run(worker, sys.argv[2], sys.argv[3])
         return
     with tempfile.TemporaryDirectory() as folder:
-        trio.run(drive, Path(folder))
+        report = trio.run(drive, Path(folder))
+    print("\n".join(report.lines()))
 
 
 if __name__ == "__main__":

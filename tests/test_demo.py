@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from examples import demo, demo_bank, demo_crash, demo_logging, demo_workers
+from examples import demo, demo_bank, demo_crash, demo_lanes, demo_logging, demo_workers
 
 
 async def test_bank_conserves_money_and_survives_the_injected_fault() -> None:
@@ -57,3 +58,13 @@ async def test_a_worker_killed_mid_batch_and_the_batch_completes(tmp_path: Path)
     assert report.processed == report.jobs == 30
     assert 0 < report.killed_after < report.jobs  # killed mid-batch
     assert report.finally_ran
+
+
+async def test_lane_jobs_keep_money_and_order_across_a_killed_worker(tmp_path: Path) -> None:
+    out = io.StringIO()
+    report = await demo_lanes.run(Console(file=out, width=100), str(tmp_path))
+    assert report.conserved
+    assert report.in_order
+    assert report.applied == report.operations + report.transfers  # once each
+    assert 0 < report.at_kill < report.applied  # killed mid-way
+    assert "money conserved, each account's operations in order" in out.getvalue()

@@ -134,6 +134,7 @@ PINNED = {
         "JobOptions",
         "JobOutcome",
         "JobRecord",
+        "LaneFence",
         "LeaseLost",
         "Lock",
         "Locker",

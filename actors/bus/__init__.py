@@ -80,6 +80,7 @@ from ._model import Job as Job
 from ._model import JobContext as JobContext
 from ._model import JobOptions as JobOptions
 from ._model import JobRecord as JobRecord
+from ._model import LaneFence as LaneFence
 from ._model import QueuedJob as QueuedJob
 from ._postgres import PostgresStore as PostgresStore
 from ._protocol import BusLike as BusLike
@@ -139,6 +140,7 @@ __all__ = [
     "JobOptions",
     "JobOutcome",
     "JobRecord",
+    "LaneFence",
     "LeaseLost",
     "Lock",
     "Locker",

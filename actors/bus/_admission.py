@@ -68,11 +68,6 @@ class Admission:
     def record(self, job: Job, default_queue: str | None) -> JobRecord:
         """Check a job against this bus and freeze it into a `JobRecord`."""
         options = job.options
-        if options.lane is not None:
-            raise ValueError(
-                f"job {job.type!r} is on lane {options.lane!r}: lane jobs are dispatched on "
-                "their own for now (bus.dispatch), not in a chain, a batch or as a callback"
-            )
         queue = options.queue or default_queue or self.default_queue
         payload = check_job(job, self._handlers, self._parts.queues, queue)
         return JobRecord(
@@ -84,6 +79,7 @@ class Admission:
             timeout=options.timeout,
             retry=options.retry,
             backoff=options.backoff,
+            lane=options.lane,
         )
 
     def _callbacks(

@@ -22,6 +22,7 @@ from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
 from ._errors import BusError, NotFound
 from ._events import EventKind
+from ._fences import fence_of
 from ._model import BatchState, QueuedJob
 from ._parts import INSIDE, Parts
 from ._rules import BatchUpdate, JobOutcome
@@ -128,7 +129,9 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         while True:
             messages.extend(_take(keyed, batch_id))
             try:
-                outcomes = [JobOutcome(m.job.job_id, m.outcome) for m in messages]
+                outcomes = [
+                    JobOutcome(m.job.job_id, m.outcome, fence_of(m.delivery)) for m in messages
+                ]
                 memory = parts.memory
                 if memory is not None:
                     try:

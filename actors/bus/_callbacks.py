@@ -92,6 +92,7 @@ async def _queue_job(
         timeout=record.timeout,
         retry=record.retry,
         backoff=record.backoff,
+        lane=record.lane,
         callback_of=owner.key,
         error=None if error is None else describe(error),
     )

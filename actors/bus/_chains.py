@@ -17,10 +17,11 @@ import trio
 
 from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
-from ._errors import BusError, NotFound
+from ._errors import BusError, LeaseLost, NotFound
 from ._events import EventKind
+from ._fences import fence_of
 from ._memory_broker import MemoryQueue
-from ._model import ChainNode, JobRecord, QueuedJob, describe, encode_payload
+from ._model import ChainNode, JobRecord, LaneFence, QueuedJob, describe, encode_payload
 from ._parts import INSIDE
 from ._rules import ChainStep
 from ._sqlite import SQLiteStore
@@ -50,6 +51,7 @@ def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
         timeout=node.timeout,
         retry=node.retry,
         backoff=node.backoff,
+        lane=node.lane,
         **ids,
     )
 
@@ -158,13 +160,16 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             INSIDE.reset(inside)
             self._parts.done(1)
 
-    def _record_now(self, chain_id: str, job: QueuedJob, failure: str | None) -> ChainStep | None:
-        """Record the step in the plain `MemoryStore` (no yield); None: a duplicate, or gone."""
+    def _record_now(
+        self, chain_id: str, job: QueuedJob, failure: str | None, fence: LaneFence | None = None
+    ) -> ChainStep | None:
+        """Record the step in the plain `MemoryStore` (no yield); None: a duplicate, or gone.
+        `LeaseLost` for a lane job's stale ``fence``."""
         memory = self._parts.memory
         assert memory is not None
         try:
             return memory.record_chain_step_now(
-                chain_id, job.chain_index, failure, self._parts.clock()
+                chain_id, job.chain_index, failure, self._parts.clock(), fence
             )
         except NotFound as exc:
             log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
@@ -175,20 +180,26 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         error = done.error if done.outcome == "failed" else None
         failure = None if error is None else describe(error)
         step: ChainStep | None
-        if done.recorded:  # by the worker, on the fast path (see `tell`)
-            step = done.step
-        elif parts.memory is not None:
-            step = self._record_now(chain_id, job, failure)
-        else:
-            step = await parts.recorder.write_after(
-                done.write_error,  # None, unless the fast path's write failed: retried here
-                _what(chain_id, job),
-                parts.store.record_chain_step,
-                chain_id,
-                job.chain_index,
-                failure,
-                parts.clock(),
-            )
+        fence = fence_of(done.delivery)  # a lane job's: a stale holder's step is refused
+        try:
+            if done.recorded:  # by the worker, on the fast path (see `tell`)
+                step = done.step
+            elif parts.memory is not None:
+                step = self._record_now(chain_id, job, failure, fence)
+            else:
+                step = await parts.recorder.write_after(
+                    done.write_error,  # None, unless the fast path's write failed: retried here
+                    _what(chain_id, job),
+                    parts.store.record_chain_step,
+                    chain_id,
+                    job.chain_index,
+                    failure,
+                    parts.clock(),
+                    fence,
+                )
+        except LeaseLost as exc:  # a newer holder of the lane has the job: let it go
+            log.warning("bus lane job %s: %s", job.job_id, exc)
+            return
         if step is None:  # a duplicate (or the chain is gone): nothing moves, unless...
             if done.delivery.delivery > 1:
                 # ...it is a redelivery: the process that recorded it may have died before
@@ -294,6 +305,7 @@ def record_of(node: ChainNode) -> JobRecord:
         timeout=options.timeout,
         retry=options.retry,
         backoff=options.backoff,
+        lane=options.lane,
     )
 
 

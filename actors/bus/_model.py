@@ -287,6 +287,7 @@ class JobRecord:
     timeout: float | None = None
     retry: int = 0
     backoff: float = 0.0
+    lane: str | None = None
 
     def to_job(self) -> Job:
         return Job(
@@ -298,8 +299,19 @@ class JobRecord:
                 timeout=self.timeout,
                 retry=self.retry,
                 backoff=self.backoff,
+                lane=self.lane,
             ),
         )
+
+
+@attrs.frozen
+class LaneFence:
+    """What a lane job's outcome is recorded with: its delivery's lane and fence, so a store
+    refuses the outcome of a holder whose lease lapsed (see `actors.bus._fences`)."""
+
+    queue: str
+    lane: str
+    fence: int
 
 
 @attrs.frozen

@@ -16,9 +16,10 @@ from typing import Any
 import attrs
 import psycopg
 
+from . import _fences as fences
 from ._broker import encode_job
 from ._errors import NotFound
-from ._model import BatchState, ChainState, JobRecord
+from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
     BatchRow,
@@ -38,6 +39,7 @@ from ._sqlite_schema import (
     BATCH_COLUMNS,
     CHAIN_COLUMNS,
     JOB_COLUMNS,
+    JOB_FIELDS,
     batch_row,
     chain_row,
     job_from_row,
@@ -46,7 +48,7 @@ from ._sqlite_schema import (
 
 Conn = psycopg.Connection[Any]
 
-_JOB_VALUES = ", ".join(["%s"] * 8)
+_JOB_VALUES = ", ".join(["%s"] * JOB_FIELDS)
 
 
 def claim_unique(conn: Conn, key: str, now: int, expires_at: int) -> bool:
@@ -128,8 +130,14 @@ FROM step LEFT JOIN chain_nodes n
 
 
 def record_chain_step(
-    conn: Conn, chain_id: str, index: int, failure: str | None, now: datetime
+    conn: Conn,
+    chain_id: str,
+    index: int,
+    failure: str | None,
+    now: datetime,
+    fence: LaneFence | None = None,
 ) -> ChainStep | None:
+    fences.check(conn, fence, "%s")
     # The hot path is one round trip: the step, by `ChainRow.step`'s rule (node ``index``
     # is the one due, and the chain has not ended), with the node to queue next.
     params = {"chain_id": chain_id, "index": index, "failure": failure, "now": to_micros(now)}
@@ -222,7 +230,8 @@ def record_batch(
     updater = BatchUpdater(_load_batch(conn, batch_id, lock=True), now, progress=progress)
     first: dict[str, JobOutcome] = {}  # the first outcome of each job counts
     for outcome in outcomes:
-        first.setdefault(outcome.job_id, outcome)
+        if fences.advance(conn, outcome.fence, "%s"):  # a stale lane holder's: left out
+            first.setdefault(outcome.job_id, outcome)
     # One statement marks every job still pending and says which they were (under the
     # batch's row lock, so no other transaction counts them too).
     changed = {
@@ -277,7 +286,8 @@ def claim_callback(conn: Conn, owner: str, name: str, now: int) -> bool:
     return cursor.rowcount == 1
 
 
-def record_failed(conn: Conn, job: FailedJob) -> None:
+def record_failed(conn: Conn, job: FailedJob, fence: LaneFence | None = None) -> None:
+    fences.check(conn, fence, "%s")
     conn.execute("DELETE FROM failed_jobs WHERE id = %s", (job.id,))
     conn.execute(
         f"INSERT INTO failed_jobs ({_FAILED_COLUMNS}) VALUES ({', '.join(['%s'] * 9)})",

@@ -103,6 +103,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (owner, name)
         )""",
     ),
+    (  # lane jobs in chains and batches: a stored job keeps its lane key; lane fences
+        "ALTER TABLE chain_nodes ADD COLUMN lane TEXT",
+        "ALTER TABLE batch_jobs ADD COLUMN lane TEXT",
+        # the highest lane fence recorded with, per lane (`_fences`)
+        """CREATE TABLE lane_fences (
+            queue TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            fence BIGINT NOT NULL,
+            PRIMARY KEY (queue, lane)
+        )""",
+    ),
 )
 
 

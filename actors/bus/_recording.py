@@ -10,7 +10,9 @@ so a retry is that write's first effect; and outcomes are counted once by job id
 outcome delivered twice (a redelivered job) counts once.
 
 `NotFound` is not retried: the chain or batch is gone (pruned, or never in this store), so
-there is nothing to record into; it is logged at ERROR and the outcome is dropped.
+there is nothing to record into; it is logged at ERROR and the outcome is dropped. Nor is
+`LeaseLost`: the store refused a lane job's holder whose lease lapsed (`actors.bus._fences`),
+and the caller lets the job go.
 
 The store reads that finishing an outcome needs (a coordinator's `Store.get_chain` and
 `Store.job_callbacks`) are retried the same way (`Recorder.read`), logged and counted alike;
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._errors import NotFound
+from ._errors import LeaseLost, NotFound
 
 log = logging.getLogger("actors.bus")
 
@@ -95,7 +97,7 @@ class Recorder:
         else:
             try:
                 return await fn(*args, **kwargs)
-            except NotFound:
+            except (NotFound, LeaseLost):  # a lane job's stale holder: refused, not failed
                 raise
             except Exception as exc:
                 error = exc
@@ -117,7 +119,7 @@ class Recorder:
                 pause = min(pause * 2, MAX_PAUSE)
                 try:
                     result = await fn(*args, **kwargs)
-                except NotFound:
+                except (NotFound, LeaseLost):
                     raise
                 except Exception as again:
                     error = again

@@ -6,9 +6,12 @@ lane's jobs in put order (each ``due_ms \\n batch \\n body``), and one field in 
 has exactly one *token* on the way: a stream entry ``l=<key>`` (or, while its head job waits
 for its time, a member ``~\\n\\n<key>`` of the delayed set). Tokens are ordinary entries: the
 consumer group leases them, the heartbeat renews them, ``XAUTOCLAIM`` takes over lapsed ones
-and `release` gives them back, exactly like plain jobs. A worker that reads a token
-*starts* the lane (``HINCRBY`` of its epoch: the fence) and runs the list's head; its ack
-pops the head and sends the next token, but only while the lane's epoch is still its fence.
+and `release` gives them back, exactly like plain jobs. Each lease of a lane moves its
+epoch on (``HINCRBY``: the fence): a token sent for a new head carries the new fence and the
+head itself (``f``, ``h``), so its first reader runs the job at once; a token given back or
+taken over is *started* again by its reader (a script: a new fence, the list's head). The
+holder's ack pops the head and sends the next token, but only while the lane's epoch is
+still its fence.
 So a lane runs one job at a time, in order, across every consumer, and a holder whose lease
 lapsed (its token went to another consumer, which moved the epoch on) cannot settle the job.
 
@@ -53,7 +56,7 @@ async def put(
         args: list[Any] = [delay_ms, queue.lane_prefix]
         for job, body in laned[start : start + chunk]:
             args += [job.lane, job.batch_id or "", body]
-        await queue._script("put_lanes", [queue.stream, queue.delayed], args)
+        await queue._script("put_lanes", [queue.stream, queue.delayed, queue.epochs], args)
     return [(job.batch_id or "", body) for job, body in pairs if job.lane is None]
 
 
@@ -63,7 +66,7 @@ async def deliveries(
     """Stream entries as deliveries: a lane's token starts its lane (a new fence) and
     delivers the lane's head (one script for every token read at once). Also returns the ids
     of stray tokens (a lane without jobs) for the caller to ack away."""
-    tokens = [fields["l"] for _, fields, _ in entries if "l" in fields]
+    tokens = [fields["l"] for _, fields, n in entries if "l" in fields and not _fresh(fields, n)]
     started: list[Any] = []
     if tokens:
         started = await queue._script("start_lanes", [queue.epochs], [queue.lane_prefix, *tokens])
@@ -71,17 +74,27 @@ async def deliveries(
     for identifier, fields, count in entries:
         fence = 0
         if "l" in fields:
-            fence, head = int(started[0]), str(started[1])
-            started = started[2:]
-            if not fence:
-                stray.append(identifier)
-                continue
+            if _fresh(fields, count):  # its lease of the lane began when it was sent
+                fence, head = int(fields["f"]), fields["h"]
+            else:
+                fence, head = int(started[0]), str(started[1])
+                started = started[2:]
+                if not fence:
+                    stray.append(identifier)
+                    continue
             body = head.split("\n", 2)[2]
         else:
             body = fields["j"]
         delivery = int(fields.get("d", 0)) + count
         out.append(Delivery(decode_job(body), delivery, identifier, fence))
     return out, stray
+
+
+def _fresh(fields: dict[str, str], count: int) -> bool:
+    """A token read for the first time since it was sent with its lane's new fence and head
+    (``f``, ``h``): nobody else can have started the lane since, so no script is needed.
+    A token given back or taken over (read again) starts the lane anew: a new fence."""
+    return count == 1 and "f" in fields
 
 
 def check(queue: LaneQueue, delivery: Delivery, answer: int) -> None:
@@ -132,21 +145,35 @@ class LaneAcks:
         check(self._queue, delivery, answer)
 
 
-#: Send the token for a lane's (new) head: now if it is due, else when it is.
+#: Send the token for a lane's (new) head: now if it is due, else when it is. A token sent
+#: now starts the lane's next lease already (its epoch moves on): it carries the new fence
+#: and the head, so its first reader needs no script of its own (see `deliveries`).
 _SCHEDULE = """
-local function schedule(stream, delayed, list, lane, now)
+local function schedule(stream, delayed, epochs, list, lane, now)
   local head = redis.call('LINDEX', list, 0)
   if not head then return end
   local at = tonumber(string.sub(head, 1, string.find(head, '\\n', 1, true) - 1))
   if at > now then
     redis.call('ZADD', delayed, at, '~\\n\\n' .. lane)
   else
-    redis.call('XADD', stream, '*', 'l', lane)
+    local fence = redis.call('HINCRBY', epochs, lane, 1)
+    redis.call('XADD', stream, '*', 'l', lane, 'f', fence, 'h', head)
   end
+end
+
+-- The lane's epoch is not the settling delivery's fence: if it is one more and the token
+-- is gone, that delivery settled already (its own ack sent the next token), so 0; else its
+-- lease was lost, -1 (a takeover moves the epoch on by 2: see START_LANES).
+local function moved(epochs, stream, lane, fence, id)
+  local epoch = tonumber(redis.call('HGET', epochs, lane) or 0)
+  if epoch == tonumber(fence) + 1 and not redis.call('XRANGE', stream, id, id)[1] then
+    return 0
+  end
+  return -1
 end
 """
 
-# KEYS: stream, delayed. ARGV: delay_ms, list prefix, then (lane, batch, body) per job.
+# KEYS: stream, delayed, epochs. ARGV: delay_ms, list prefix, then (lane, batch, body) per job.
 PUT_LANES = (
     DUE
     + _SCHEDULE
@@ -156,7 +183,7 @@ local at = now + tonumber(ARGV[1])
 for i = 3, #ARGV, 3 do
   local list = ARGV[2] .. ARGV[i]
   if redis.call('RPUSH', list, at .. '\\n' .. ARGV[i + 1] .. '\\n' .. ARGV[i + 2]) == 1 then
-    schedule(KEYS[1], KEYS[2], list, ARGV[i], now)
+    schedule(KEYS[1], KEYS[2], KEYS[3], list, ARGV[i], now)
   end
 end
 return (#ARGV - 2) / 3
@@ -164,13 +191,15 @@ return (#ARGV - 2) / 3
 )
 
 # KEYS: epochs. ARGV: list prefix, lanes... Returns (fence, head) per lane; (0, '') for a lane
-# without jobs (a stray token: the caller acks it away).
+# without jobs (a stray token: the caller acks it away). For a token given back or taken
+# over: the epoch moves on by 2, so a lapsed holder's fence is never one less than it (a
+# settled holder's is: `moved`).
 START_LANES = """
 local out = {}
 for i = 2, #ARGV do
   local head = redis.call('LINDEX', ARGV[1] .. ARGV[i], 0)
   if head then
-    out[#out + 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1)
+    out[#out + 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], 2)
     out[#out + 1] = head
   else
     out[#out + 1] = 0
@@ -190,13 +219,13 @@ local out, now = {}, due(0)
 for i = 3, #ARGV, 3 do
   local id, lane = ARGV[i], ARGV[i + 1]
   if redis.call('HGET', KEYS[3], lane) ~= ARGV[i + 2] then
-    out[#out + 1] = -1
+    out[#out + 1] = moved(KEYS[3], KEYS[1], lane, ARGV[i + 2], id)
   elseif redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
     out[#out + 1] = 0
   else
     redis.call('XDEL', KEYS[1], id)
     redis.call('LPOP', ARGV[2] .. lane)
-    schedule(KEYS[1], KEYS[2], ARGV[2] .. lane, lane, now)
+    schedule(KEYS[1], KEYS[2], KEYS[3], ARGV[2] .. lane, lane, now)
     out[#out + 1] = 1
   end
 end
@@ -210,12 +239,14 @@ RETRY_LANE = (
     DUE
     + _SCHEDULE
     + """
-if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return -1 end
+if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then
+  return moved(KEYS[3], KEYS[1], ARGV[4], ARGV[5], ARGV[2])
+end
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[2])
 local list = ARGV[3] .. ARGV[4]
 redis.call('LSET', list, 0, due(ARGV[6]) .. '\\n' .. ARGV[7] .. '\\n' .. ARGV[8])
-schedule(KEYS[1], KEYS[2], list, ARGV[4], due(0))
+schedule(KEYS[1], KEYS[2], KEYS[3], list, ARGV[4], due(0))
 return 1
 """
 )

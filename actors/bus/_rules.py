@@ -12,7 +12,7 @@ from typing import Literal
 
 import attrs
 
-from ._model import BatchState, ChainNode, ChainState, JobRecord, QueuedJob
+from ._model import BatchState, ChainNode, ChainState, JobRecord, LaneFence, QueuedJob
 
 #: The final outcome of a batch job: it ran and succeeded, it ran and failed (after its
 #: retries), or it never ran because the batch was cancelled.
@@ -25,6 +25,8 @@ class JobOutcome:
 
     job_id: str
     outcome: Outcome
+    fence: LaneFence | None = None
+    """A lane job's fence: the outcome counts only while no newer holder has recorded."""
 
 
 @attrs.frozen

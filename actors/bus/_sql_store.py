@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from ._model import BatchState, ChainState, JobRecord
+from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
     BatchUpdate,
@@ -30,7 +30,14 @@ class SQLOps(Protocol):
     def create_chain(self, conn: Any, record: ChainRecord, /) -> None: ...
     def get_chain(self, conn: Any, chain_id: str, /) -> ChainState: ...
     def record_chain_step(
-        self, conn: Any, chain_id: str, index: int, failure: str | None, now: datetime, /
+        self,
+        conn: Any,
+        chain_id: str,
+        index: int,
+        failure: str | None,
+        now: datetime,
+        fence: LaneFence | None,
+        /,
     ) -> ChainStep | None: ...
     def fail_chain(self, conn: Any, chain_id: str, failure: str, now: datetime, /) -> bool: ...
     def create_batch(self, conn: Any, record: BatchRecord, /) -> BatchState: ...
@@ -49,7 +56,7 @@ class SQLOps(Protocol):
     def batch_cancelled(self, conn: Any, batch_id: str, /) -> bool: ...
     def abandon_batch(self, conn: Any, batch_id: str, now: datetime, /) -> BatchUpdate: ...
     def claim_callback(self, conn: Any, owner: str, name: str, now: int, /) -> bool: ...
-    def record_failed(self, conn: Any, job: FailedJob, /) -> None: ...
+    def record_failed(self, conn: Any, job: FailedJob, fence: LaneFence | None, /) -> None: ...
     def failed_jobs(self, conn: Any, /) -> list[FailedJob]: ...
     def take_failed(self, conn: Any, job_id: str, /) -> FailedJob: ...
     def prune(self, conn: Any, before: int, /) -> int: ...
@@ -74,9 +81,14 @@ class SQLOperations:
         return await self._run(self._ops.get_chain, chain_id)
 
     async def record_chain_step(
-        self, chain_id: str, index: int, failure: str | None, now: datetime
+        self,
+        chain_id: str,
+        index: int,
+        failure: str | None,
+        now: datetime,
+        fence: LaneFence | None = None,
     ) -> ChainStep | None:
-        return await self._run(self._ops.record_chain_step, chain_id, index, failure, now)
+        return await self._run(self._ops.record_chain_step, chain_id, index, failure, now, fence)
 
     async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
         return await self._run(self._ops.fail_chain, chain_id, failure, now)
@@ -112,8 +124,8 @@ class SQLOperations:
     async def claim_callback(self, owner: str, name: str, now: datetime) -> bool:
         return await self._run(self._ops.claim_callback, owner, name, to_micros(now))
 
-    async def record_failed(self, job: FailedJob) -> None:
-        await self._run(self._ops.record_failed, job)
+    async def record_failed(self, job: FailedJob, fence: LaneFence | None = None) -> None:
+        await self._run(self._ops.record_failed, job, fence)
 
     async def failed_jobs(self) -> list[FailedJob]:
         return await self._run(self._ops.failed_jobs)

@@ -11,9 +11,10 @@ from typing import TypeVar
 
 import attrs
 
+from . import _fences as fences
 from ._broker import decode_job, encode_job
 from ._errors import NotFound
-from ._model import BatchState, ChainState, JobRecord
+from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
     BatchUpdate,
@@ -32,6 +33,7 @@ from ._sqlite_schema import (
     CHAIN_COLUMNS,
     IDS_PER_QUERY,
     JOB_COLUMNS,
+    JOB_FIELDS,
     batch_row,
     job_from_row,
     job_row,
@@ -42,6 +44,8 @@ from ._sqlite_schema import (
 )
 
 T = TypeVar("T")
+
+_JOB_VALUES = ", ".join(["?"] * JOB_FIELDS)
 
 
 def claim_unique(conn: sqlite3.Connection, key: str, now: int, expires_at: int) -> bool:
@@ -87,8 +91,7 @@ def create_chain(conn: sqlite3.Connection, record: ChainRecord) -> None:
             ),
         )
         conn.executemany(
-            f"INSERT INTO chain_nodes (chain_id, idx, {JOB_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO chain_nodes (chain_id, idx, {JOB_COLUMNS}) VALUES (?, ?, {_JOB_VALUES})",
             [(record.chain_id, i, *job_row(node)) for i, node in enumerate(record.nodes)],
         )
 
@@ -105,10 +108,16 @@ def get_chain(conn: sqlite3.Connection, chain_id: str) -> ChainState:
 
 
 def record_chain_step(
-    conn: sqlite3.Connection, chain_id: str, index: int, failure: str | None, now: datetime
+    conn: sqlite3.Connection,
+    chain_id: str,
+    index: int,
+    failure: str | None,
+    now: datetime,
+    fence: LaneFence | None = None,
 ) -> ChainStep | None:
     with transaction(conn):
         row = load_chain(conn, chain_id)
+        fences.check(conn, fence, "?")
         if not row.step(index, failure, now):
             return None
         conn.execute(
@@ -159,7 +168,7 @@ def create_batch(conn: sqlite3.Connection, record: BatchRecord) -> BatchState:
         )
         conn.executemany(
             f"INSERT INTO batch_jobs (batch_id, status, {JOB_COLUMNS}) "
-            "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"VALUES (?, 'pending', {_JOB_VALUES})",
             [(record.batch_id, *job_row(job)) for job in record.jobs],
         )
     return row.state()
@@ -194,7 +203,7 @@ def record_batch(
             )
         changes = []
         for outcome in outcomes:
-            if outcome.job_id in pending:
+            if outcome.job_id in pending and fences.advance(conn, outcome.fence, "?"):
                 pending.discard(outcome.job_id)
                 updater.apply(outcome)
                 changes.append((outcome.outcome, batch_id, outcome.job_id))
@@ -293,8 +302,9 @@ def fail_chain(conn: sqlite3.Connection, chain_id: str, failure: str, now: datet
     return True
 
 
-def record_failed(conn: sqlite3.Connection, job: FailedJob) -> None:
+def record_failed(conn: sqlite3.Connection, job: FailedJob, fence: LaneFence | None = None) -> None:
     with transaction(conn):
+        fences.check(conn, fence, "?")
         conn.execute("DELETE FROM failed_jobs WHERE id = ?", (job.id,))
         conn.execute(
             "INSERT INTO failed_jobs (id, job_type, payload, queue, error, traceback, attempts, "

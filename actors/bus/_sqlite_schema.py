@@ -102,6 +102,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (owner, name)
         ) WITHOUT ROWID""",
     ),
+    (  # lane jobs in chains and batches: a stored job keeps its lane key; lane fences
+        "ALTER TABLE chain_nodes ADD COLUMN lane TEXT",
+        "ALTER TABLE batch_jobs ADD COLUMN lane TEXT",
+        # the highest lane fence recorded with, per lane (`_fences`)
+        """CREATE TABLE lane_fences (
+            queue TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            fence BIGINT NOT NULL,
+            PRIMARY KEY (queue, lane)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 BATCH_COLUMNS = (
@@ -179,7 +190,9 @@ def chain_row(row: Sequence[Any]) -> ChainRow:
 #: Job ids per ``IN (...)`` query, well under SQLite's limit on parameters.
 IDS_PER_QUERY = 500
 
-JOB_COLUMNS = "job_id, job_type, payload, queue, delay, timeout, retry, backoff"
+JOB_COLUMNS = "job_id, job_type, payload, queue, delay, timeout, retry, backoff, lane"
+#: How many columns `job_row` fills (for the placeholders of an INSERT).
+JOB_FIELDS = len(JOB_COLUMNS.split(", "))
 
 
 def job_row(job: JobRecord) -> tuple[Any, ...]:
@@ -192,6 +205,7 @@ def job_row(job: JobRecord) -> tuple[Any, ...]:
         job.timeout,
         job.retry,
         job.backoff,
+        job.lane,
     )
 
 

@@ -19,7 +19,8 @@ import attrs
 import trio
 
 from ._errors import NotFound
-from ._model import BatchState, ChainState, JobRecord
+from ._fences import MemoryFences
+from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
     BatchRow,
@@ -62,11 +63,18 @@ class Store(Protocol):
         ...
 
     async def record_chain_step(
-        self, chain_id: str, index: int, failure: str | None, now: datetime
+        self,
+        chain_id: str,
+        index: int,
+        failure: str | None,
+        now: datetime,
+        fence: LaneFence | None = None,
     ) -> ChainStep | None:
         """Record that node ``index`` succeeded (``failure`` None) or failed.
 
         Returns ``None`` if that node is not the one the chain waits for (a duplicate).
+        A lane job's step comes with its ``fence``: `LeaseLost` (nothing recorded) if this
+        store has recorded for that lane with a newer one (`actors.bus._fences`).
         """
         ...
 
@@ -84,7 +92,8 @@ class Store(Protocol):
         *,
         progress: bool = True,
     ) -> BatchUpdate:
-        """Count each job's final outcome once (later duplicates are ignored).
+        """Count each job's final outcome once (later duplicates are ignored); an outcome
+        whose lane fence is older than one recorded for its lane is left out.
 
         With ``progress=False`` the update's ``progressed`` is left empty (cheaper).
         """
@@ -116,8 +125,9 @@ class Store(Protocol):
         stopped now. `NotFound` for an unknown id."""
         ...
 
-    async def record_failed(self, job: FailedJob) -> None:
-        """Keep a failed job (one record per job id: a new failure replaces the old)."""
+    async def record_failed(self, job: FailedJob, fence: LaneFence | None = None) -> None:
+        """Keep a failed job (one record per job id: a new failure replaces the old);
+        `LeaseLost` for a stale lane ``fence``, as in `record_chain_step`."""
         ...
 
     async def failed_jobs(self) -> list[FailedJob]:
@@ -168,6 +178,7 @@ class MemoryStore:
         self._uniques: dict[str, datetime] = {}
         self._failed: dict[str, FailedJob] = {}
         self._job_callbacks: dict[str, dict[str, JobRecord]] = {}
+        self._fences = MemoryFences()
 
     def __repr__(self) -> str:
         return f"<MemoryStore batches={len(self._batches)} chains={len(self._chains)}>"
@@ -217,18 +228,29 @@ class MemoryStore:
         return chain_state(chain.row, chain.nodes)
 
     async def record_chain_step(
-        self, chain_id: str, index: int, failure: str | None, now: datetime
+        self,
+        chain_id: str,
+        index: int,
+        failure: str | None,
+        now: datetime,
+        fence: LaneFence | None = None,
     ) -> ChainStep | None:
         await trio.lowlevel.checkpoint()
-        return self.record_chain_step_now(chain_id, index, failure, now)
+        return self.record_chain_step_now(chain_id, index, failure, now, fence)
 
     def record_chain_step_now(
-        self, chain_id: str, index: int, failure: str | None, now: datetime
+        self,
+        chain_id: str,
+        index: int,
+        failure: str | None,
+        now: datetime,
+        fence: LaneFence | None = None,
     ) -> ChainStep | None:
         """`record_chain_step` without yielding (the bus's coordinators use it: a dict
         update cannot block, and a scheduling point is a large share of a step's cost:
         measure with ``python -m bench.bus``)."""
         chain = self._chain(chain_id)
+        self._fences.check(fence)
         row = chain.row
         if not row.step(index, failure, now):
             return None
@@ -278,7 +300,7 @@ class MemoryStore:
         updater = BatchUpdater(batch.row, now, progress=progress)
         jobs = batch.jobs
         for outcome in outcomes:
-            if jobs.get(outcome.job_id) == "pending":
+            if jobs.get(outcome.job_id) == "pending" and self._fences.advance(outcome.fence):
                 jobs[outcome.job_id] = outcome.outcome
                 updater.apply(outcome)
         return updater.result()
@@ -323,8 +345,9 @@ class MemoryStore:
         row = self._chain(chain_id).row
         return row.step(row.next_index, failure, now)
 
-    async def record_failed(self, job: FailedJob) -> None:
+    async def record_failed(self, job: FailedJob, fence: LaneFence | None = None) -> None:
         await trio.lowlevel.checkpoint()
+        self._fences.check(fence)
         self._failed.pop(job.id, None)
         self._failed[job.id] = job
 

@@ -21,8 +21,9 @@ from ._batches import Batches
 from ._broker import BrokerQueue, Delivery
 from ._chains import Chains
 from ._coordinators import Done
-from ._errors import Release, UnknownJobType
+from ._errors import LeaseLost, Release, UnknownJobType
 from ._events import EventKind
+from ._fences import fence_of
 from ._handlers import Handler
 from ._memory_broker import MemoryQueue
 from ._middleware import CallNext, Middleware
@@ -204,7 +205,12 @@ class Worker:
             describe(error),
             exc_info=error,
         )
-        await self._keep_failed(job, error)
+        try:
+            await self._keep_failed(job, error, delivery)
+        except LeaseLost as exc:  # a newer holder of the lane has recorded: let the job go
+            log.warning("bus lane job %s: %s", job.job_id, exc)
+            self._parts.done(1)
+            return False
         return await self._finish(queue, delivery, "failed", error)
 
     async def _state_of(self, owner: str) -> BatchState | ChainState | None:
@@ -221,7 +227,7 @@ class Worker:
         # Retried on a store error, like the cancel check: the callback job must not be lost.
         return await self._parts.recorder.write(f"the state of {owner} for its job", state)
 
-    async def _keep_failed(self, job: QueuedJob, error: Exception) -> None:
+    async def _keep_failed(self, job: QueuedJob, error: Exception, delivery: Delivery) -> None:
         parts = self._parts
         record = FailedJob(
             id=job.job_id,
@@ -234,7 +240,9 @@ class Worker:
             failed_at=parts.clock(),
             job=job,
         )
-        await parts.recorder.write(f"failed job {job.job_id}", parts.store.record_failed, record)
+        await parts.recorder.write(
+            f"failed job {job.job_id}", parts.store.record_failed, record, fence_of(delivery)
+        )
 
     async def _finish(
         self,

@@ -98,3 +98,48 @@ async def test_wait_shielded_on_an_answer_given_before_is_not_a_cancel_point() -
         with pytest.raises(KeyError):
             await reply.wait_shielded()  # cancelled already: still answered, not Cancelled
     assert not scope.cancelled_caught
+
+
+@pytest.mark.parametrize("park", [False, True], ids=["wait", "park"])
+async def test_park_waits_exactly_like_wait_on_an_unanswered_reply(
+    autojump_clock: Any, park: bool
+) -> None:
+    """`park` is `wait` minus the answered-already check: same answers, errors, cancel."""
+    from actors._waits import waiting
+
+    class Turn:
+        owner: trio.lowlevel.Task | None = None
+
+    turn = Turn()
+    me = trio.lowlevel.current_task()
+
+    async def wait(reply: Reply[int]) -> int:
+        if park:
+            return await reply.park(me, turn)
+        return await reply.wait(turn)
+
+    ok: Reply[int] = Reply()
+    bad: Reply[int] = Reply()
+    error = KeyError("k")
+    async with trio.open_nursery() as nursery:
+
+        async def answer() -> None:
+            await trio.sleep(1)
+            assert waiting[me] is turn  # recorded for the wait-for check while it waits
+            ok.succeed(5)
+            await trio.sleep(1)
+            bad.fail(error)
+
+        nursery.start_soon(answer)
+        assert await wait(ok) == 5
+        with pytest.raises(KeyError) as caught:
+            await wait(bad)
+        assert caught.value is error
+    assert trio.current_time() == 2.0
+    assert me not in waiting
+    dropped: Reply[int] = Reply()
+    with trio.move_on_after(1) as scope:
+        await wait(dropped)
+    assert scope.cancelled_caught
+    assert dropped.abandoned
+    assert me not in waiting

@@ -105,15 +105,6 @@ async def test_a_delayed_lane_job_holds_back_the_jobs_behind_it(autojump_clock: 
     ]
 
 
-async def test_a_lane_in_a_chain_or_batch_is_refused_clearly() -> None:
-    async with open_bus(queues={"default": 1}) as bus:
-        bus.register("t", Recorder())
-        with pytest.raises(ValueError, match="lane jobs are dispatched on their own"):
-            await bus.chain(Job("t"), lane_job("a", 0)).dispatch()
-        with pytest.raises(ValueError, match="lane jobs are dispatched on their own"):
-            await bus.batch(lane_job("a", 0)).dispatch()
-
-
 def test_a_bad_lane_key_fails_at_once() -> None:
     with pytest.raises(ValueError, match="lane key"):
         Job("t").lane("")

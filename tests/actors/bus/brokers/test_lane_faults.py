@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -65,24 +66,41 @@ class LaneWorkers(Workers):
         return process
 
     def records(self) -> list[list[str]]:
-        return [
-            line.split()
-            for out in sorted(self.folder.glob("runs-*.txt"))
-            for line in out.read_text().splitlines()
-            if line != "ready"
-        ]
+        return records_in(self.folder)
 
     def count(self, what: str) -> int:
         """Records of ``what``: ``refused``, or an ``end`` result such as ``stale``."""
         return sum(r[0] == what or (r[0] == "end" and r[6] == what) for r in self.records())
 
     def in_flight(self, process: trio.Process) -> bool:
-        index = self.processes.index(process)
-        lines = (self.folder / f"runs-{index}.txt").read_text().splitlines()
-        return sum(x.startswith("start") for x in lines) > sum(x.startswith("end") for x in lines)
+        return in_flight(self.folder / f"runs-{self.processes.index(process)}.txt")
 
 
-def check(workers: LaneWorkers, lanes: int, per_lane: int) -> dict[str, int]:
+def records_in(folder: Path) -> list[list[str]]:
+    """Every worker's records (``runs-N.txt`` in ``folder``), split into fields."""
+    return [
+        line.split()
+        for out in sorted(folder.glob("runs-*.txt"))
+        for line in out.read_text().splitlines()
+        if line != "ready"
+    ]
+
+
+def in_flight(out: Path) -> bool:
+    """True while the worker recording to ``out`` has started a run it has not ended."""
+    lines = out.read_text().splitlines()
+    return sum(x.startswith("start") for x in lines) > sum(x.startswith("end") for x in lines)
+
+
+class Recorded(Protocol):
+    """Where the workers' runs are: the effects file and each run's records."""
+
+    store: str
+
+    def records(self) -> list[list[str]]: ...
+
+
+def check(workers: Recorded, lanes: int, per_lane: int) -> dict[str, int]:
     """Assert the lane guarantees on what the workers recorded; return counts to report."""
     with sqlite3.connect(workers.store) as conn:
         effects = conn.execute("SELECT lane, seq FROM effects ORDER BY id").fetchall()

@@ -114,3 +114,24 @@ async def test_a_lapsed_holders_late_ack_and_retry_are_refused(open_queue: OpenQ
             with pytest.raises(BusLeaseLost):
                 await late.ack(stale)
             await nothing_for(owner, 0.2)
+
+
+async def test_a_token_read_fresh_and_one_given_back_deliver_alike(open_queue: OpenQueue) -> None:
+    """Rule 6 for Redis's fast path (a token sent with its lane's fence and head, read with
+    no script) against the slow one (a token given back, started again by its reader): the
+    same job, a larger fence each time, and the earlier holder refused."""
+    async with open_queue() as queue:
+        await queue.put([lane_job("a0", "A"), lane_job("a1", "A")])
+        fresh = await get_within(queue)
+        await queue.release([fresh])
+        again = await get_within(queue)
+        assert (again.job, again.delivery) == (fresh.job, fresh.delivery + 1)
+        assert again.fence > fresh.fence
+        await queue.ack(again)
+        await queue.ack(again)  # settled already: no error for the holder that settled
+        with pytest.raises(BusLeaseLost):
+            await queue.ack(fresh)  # given back: that lease is over
+        nxt = await get_within(queue)
+        assert (nxt.job.job_id, nxt.delivery) == ("a1", 1)
+        assert nxt.fence > again.fence
+        await queue.ack(nxt)
