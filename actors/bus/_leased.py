@@ -187,8 +187,16 @@ class LeasedQueue:
             self._claiming = True
             try:
                 put_here = self._put_here
-                got, wait = await self._claim(self._demand())
+                # Shielded: a claim cancelled after the backend leased its jobs (its reply on
+                # the way) would lose them to this process until their lease lapses, and a
+                # graceful stop could not give them back. One round trip, its blocking read
+                # bounded by the poll interval. What it brought is handed out (held) as an
+                # unshielded claim that finished was; a pending cancel strikes if it found none.
+                with trio.CancelScope(shield=True):
+                    got, wait = await self._claim(self._demand())
                 self._buffer.extend(got)
+                if not got:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 if not got and wait > 0:
                     with trio.move_on_after(wait):
                         await put_here.wait()
