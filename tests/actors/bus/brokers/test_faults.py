@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 from actors.bus._broker import Broker, Delivery
-from actors.bus._leased import LeasedQueue
+from actors.bus._leased import CLAIM_SHIELD, LeasedQueue
 from actors.bus._model import QueuedJob
 from tests.services import RedisServer
 
@@ -245,6 +245,20 @@ async def test_a_get_cancelled_while_its_claim_is_answered_keeps_what_was_leased
         nursery.cancel_scope.cancel()
         queue.answer.set()
     assert queue.held() == queue.leased
+
+
+async def test_a_claim_that_never_answers_holds_up_a_cancelled_get_for_claim_shield_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A claim stuck reconnecting to a server that is down: the shield ends at CLAIM_SHIELD,
+    # so a graceful stop is not held up for the broker's whole reconnect timeout.
+    queue = SlowReply()  # never told to answer
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.get)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() == CLAIM_SHIELD
+    assert queue.held() == []  # what it leased lapses with its lease
 
 
 def test_the_worker_script_is_importable() -> None:
