@@ -118,14 +118,22 @@ async def run_with_kills(fleet: Fleet, kills: int) -> tuple[set[str], int]:
             await victim.wait()
             killed += 1
             await fleet.start()
-        await until(lambda: expected <= set(fleet.runs()), FINISH_WITHIN)
-        for chain_id in chains:
-            assert (await bus.find_chain(chain_id)).completed
-        for batch_id in batches:
-            state = await bus.find_batch(batch_id)
-            assert (state.completed, state.processed, state.failed) == (True, 5, 0)
-        await drained(bus)
+        await finished(bus, fleet, expected, chains, batches)
     return expected - set(fleet.runs()), killed
+
+
+async def finished(
+    bus: Bus, fleet: Fleet, expected: set[str], chains: list[str], batches: list[str]
+) -> None:
+    """Wait (bounded) for every expected run, then check every chain and batch completed
+    and the broker holds nothing."""
+    await until(lambda: expected <= set(fleet.runs()), FINISH_WITHIN)
+    for chain_id in chains:
+        assert (await bus.find_chain(chain_id)).completed
+    for batch_id in batches:
+        state = await bus.find_batch(batch_id)
+        assert (state.completed, state.processed, state.failed) == (True, 5, 0)
+    await drained(bus)
 
 
 async def drained(bus: Bus) -> None:

@@ -19,7 +19,7 @@ from actors.bus import open_bus
 from tests.services import RedisServer
 
 from .bus_worker import HANDLERS
-from .test_durable_faults import FINISH_WITHIN, Fleet, dispatch_work, drained, report, until
+from .test_durable_faults import Fleet, dispatch_work, finished, report, until
 
 
 async def test_a_redis_restart_under_bus_workers_loses_nothing(
@@ -48,13 +48,7 @@ async def test_a_redis_restart_under_bus_workers_loses_nothing(
                 # Still dispatching while the server goes away: those calls wait for it.
                 expected, chains, batches = await dispatch_work(bus)
             assert restarted.is_set()
-            await until(lambda: expected <= set(fleet.runs()), FINISH_WITHIN)
-            for chain_id in chains:
-                assert (await bus.find_chain(chain_id)).completed
-            for batch_id in batches:
-                state = await bus.find_batch(batch_id)
-                assert (state.completed, state.processed, state.failed) == (True, 5, 0)
-            await drained(bus)
+            await finished(bus, fleet, expected, chains, batches)
         lost = expected - set(fleet.runs())
         report("redis restart", fleet, len(expected), 0)
         assert lost == set()
