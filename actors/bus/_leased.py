@@ -120,6 +120,10 @@ class Coalescer(Generic[T]):
             raise generation.error
 
 
+# The longest a claim runs shielded from its getter's cancellation (see `LeasedQueue.get`).
+CLAIM_SHIELD = 5.0
+
+
 class LeasedQueue:
     """The local half of a durable queue: a buffer of claimed deliveries and who holds what.
 
@@ -187,8 +191,21 @@ class LeasedQueue:
             self._claiming = True
             try:
                 put_here = self._put_here
-                got, wait = await self._claim(self._demand())
+                # Shielded: a claim cancelled after the backend leased its jobs (its reply on
+                # the way) would lose them to this process until their lease lapses, and a
+                # graceful stop could not give them back. One round trip, its blocking read
+                # bounded by the poll interval. What it brought is handed out (held) as an
+                # unshielded claim that finished was; a pending cancel strikes if it found none.
+                # The shield lasts CLAIM_SHIELD at most, so a claim stuck reconnecting to a
+                # server that is down cannot hold up a stop (what it leased then lapses).
+                got: list[Delivery] = []
+                wait = 0.0
+                deadline = trio.current_time() + CLAIM_SHIELD
+                with trio.CancelScope(shield=True, deadline=deadline):
+                    got, wait = await self._claim(self._demand())
                 self._buffer.extend(got)
+                if not got:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 if not got and wait > 0:
                     with trio.move_on_after(wait):
                         await put_here.wait()

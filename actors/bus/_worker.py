@@ -131,18 +131,21 @@ class Worker:
         job = delivery.job
         batch_id = job.batch_id
         state: BatchState | ChainState | None = None
-        if batch_id is not None or job.callback_of is not None:
-            try:
-                if batch_id is not None and await self._cancelled(batch_id):
-                    return await self._finish(queue, delivery, "cancelled", None)
-                if job.callback_of is not None:
-                    state = await self._state_of(job.callback_of)
-            except trio.Cancelled:
-                # Stopped before the job started: give it back to the broker, for anyone, as
-                # not delivered (its next delivery counts as this one).
-                with trio.CancelScope(shield=True):
-                    await queue.release([delivery], started=False)
-                raise
+        try:
+            # A worker stopped as its delivery arrived (a claim answered under a cancel) must
+            # not start the job: a handler that fails before its first checkpoint would have
+            # its outcome cut short by the cancel, leaving the job leased until it lapses.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if batch_id is not None and await self._cancelled(batch_id):
+                return await self._finish(queue, delivery, "cancelled", None)
+            if job.callback_of is not None:
+                state = await self._state_of(job.callback_of)
+        except trio.Cancelled:
+            # Stopped before the job started: give it back to the broker, for anyone, as
+            # not delivered (its next delivery counts as this one).
+            with trio.CancelScope(shield=True):
+                await queue.release([delivery], started=False)
+            raise
         ctx = JobContext(
             decode_payload(job.payload),
             job.attempt,

@@ -148,6 +148,9 @@ def populate(store: str, broker: str) -> None:
     async def go() -> None:
         async with open_bus(store=store, broker=broker, handlers=handlers) as bus:
             await bus.dispatch(Job("cli:fail", {"n": 1}))
+            # Leaving a worker bus on a durable broker does not wait for jobs still in the
+            # broker: wait for this one to fail here.
+            await bus.wait_idle()
         async with open_bus(store=store, broker=broker, handlers=handlers, workers=False) as bus:
             for n in range(3):
                 await bus.dispatch(Job("cli:record", {"n": n}))

@@ -55,7 +55,9 @@ class Fleet:
         argv = [sys.executable, "-m", "tests.actors.bus.bus_worker", self.store, self.broker]
         process = await trio.lowlevel.open_process([*argv, str(out), *self.options], cwd=ROOT)
         self.processes.append(process)
-        await until(lambda: out.exists() and out.read_text().startswith("ready"), 30.0)
+        # Not the file's first line: the bus serves jobs as soon as it is open, so a worker
+        # started with jobs waiting may record a run before it writes "ready".
+        await until(lambda: out.exists() and "ready" in out.read_text().splitlines(), 30.0)
         return process
 
     def lines(self) -> list[list[str]]:

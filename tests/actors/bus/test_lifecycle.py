@@ -12,6 +12,7 @@ import trio
 from actors.bus import (
     BatchState,
     BusClosed,
+    Delivery,
     DispatchResult,
     DuplicateJob,
     EventKind,
@@ -374,3 +375,43 @@ async def test_an_empty_id_is_not_found(autojump_clock: Any) -> None:
             await bus.cancel_batch("")
         with pytest.raises(TypeError):
             await bus.find_batch(3)  # type: ignore[arg-type]
+
+
+async def test_a_worker_stopped_as_its_delivery_arrives_gives_it_back_unstarted(
+    autojump_clock: Any,
+) -> None:
+    # A durable queue's claim is shielded (its reply may carry leased jobs), so a worker can
+    # get a delivery after its bus was cancelled: it must give it back, not start a job the
+    # cancel would cut off half-recorded (a handler failing before any checkpoint used to
+    # run and leave its job leased until the lease lapsed).
+    released: list[tuple[str, bool]] = []
+
+    class ShieldedGet(MemoryQueue):
+        async def get(self) -> Delivery:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)
+                delivery = await super().get()
+            return delivery
+
+        async def release(self, deliveries: Any, *, started: bool = True) -> None:
+            released.extend((d.job.job_type, started) for d in deliveries)
+            await super().release(deliveries, started=started)
+
+    class Broker(MemoryBroker):
+        def queue(self, name: str) -> MemoryQueue:
+            return self.__dict__.setdefault(name, ShieldedGet(name))  # type: ignore[no-any-return]
+
+    ran: list[str] = []
+    with trio.move_on_after(0.5):
+        async with open_bus(broker=Broker(), queues={"default": 1}) as bus:
+
+            @bus.handler("boom")
+            async def boom(ctx: JobContext) -> None:
+                ran.append(ctx.job_id)
+                raise ValueError("fails before any checkpoint")
+
+            await bus.dispatch(Job("boom"))
+            await trio.sleep_forever()
+    assert ran == []
+    assert released == [("boom", False)]
+    assert trio.current_time() == 1

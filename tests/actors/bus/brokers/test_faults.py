@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from actors.bus._broker import Broker
+from actors.bus._broker import Broker, Delivery
+from actors.bus._leased import CLAIM_SHIELD, LeasedQueue
 from actors.bus._model import QueuedJob
 from tests.services import RedisServer
 
@@ -217,6 +219,46 @@ async def test_sigterm_releases_running_jobs_at_once(kind: str, place: str, tmp_
         assert workers.runs() == Counter()  # none of them ran to the end in the worker
     finally:
         await workers.stop()
+
+
+class SlowReply(LeasedQueue):
+    """A queue whose backend leases a job at once but answers only when told to."""
+
+    def __init__(self) -> None:
+        super().__init__("q", claim_batch=1)
+        self.leased: list[Delivery] = []
+        self.answer = trio.Event()
+
+    async def _claim(self, n: int) -> tuple[list[Delivery], float]:
+        self.leased.append(Delivery(jobs(1)[0], 1, "r1", 0))
+        await self.answer.wait()
+        return self.leased, 0.0
+
+
+async def test_a_get_cancelled_while_its_claim_is_answered_keeps_what_was_leased() -> None:
+    # A SIGTERM landing while a Redis claim's reply is on its way: the released jobs must
+    # include it, else it waits out its lease (the flake of the test above, under load).
+    queue = SlowReply()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.get)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+        queue.answer.set()
+    assert queue.held() == queue.leased
+
+
+async def test_a_claim_that_never_answers_holds_up_a_cancelled_get_for_claim_shield_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A claim stuck reconnecting to a server that is down: the shield ends at CLAIM_SHIELD,
+    # so a graceful stop is not held up for the broker's whole reconnect timeout.
+    queue = SlowReply()  # never told to answer
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.get)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() == CLAIM_SHIELD
+    assert queue.held() == []  # what it leased lapses with its lease
 
 
 def test_the_worker_script_is_importable() -> None:

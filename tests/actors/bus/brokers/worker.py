@@ -59,18 +59,23 @@ async def main(args: argparse.Namespace) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(queue.serve)
                 workers = trio.CancelScope()
+                stopped = trio.Event()
 
                 async def workers_run() -> None:
-                    with workers:
-                        async with trio.open_nursery() as inner:
-                            for _ in range(args.concurrency):
-                                inner.start_soon(work, queue, out, (args.run_min, args.run_max))
+                    try:
+                        with workers:
+                            async with trio.open_nursery() as inner:
+                                for _ in range(args.concurrency):
+                                    inner.start_soon(work, queue, out, (args.run_min, args.run_max))
+                    finally:
+                        stopped.set()
 
                 nursery.start_soon(workers_run)
                 os.write(out, b"ready\n")
                 async for _ in signals:
                     break
                 workers.cancel()
+                await stopped.wait()  # a claim under way ends first: what it leased is held
                 # Graceful stop: what this process holds goes back at once, for any worker.
                 await queue.release(queue.held())
                 nursery.cancel_scope.cancel()
