@@ -27,6 +27,13 @@ peer's ratio to ours. Enqueueing is each system's fastest way to put many jobs:
 
 The peers run on asyncio (streaq on Trio), each in a fresh event loop; every system gets its
 own keys (a random queue name or prefix).
+
+A row in which no job finishes for ``--stall`` seconds stops the run with an error saying how
+many jobs were left, instead of waiting forever: a worker (ours or a peer's) keeps retrying
+while its Redis is gone, and a second ``scripts/services.sh run`` (``make test``, ``make
+bench``) in the same clone stops the servers the first one started (give each run its own
+``TRIO_LANES_SERVICES_DIR``). The ``actors`` loggers' warnings go to stderr (the broker's
+retries show there).
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -49,10 +57,18 @@ Result = tuple[float, float]
 """(enqueue seconds, process seconds)"""
 
 
+class Stalled(Exception):
+    """No job of a row finished for `Countdown.stall` seconds."""
+
+
 class Countdown:
     """Counts finished jobs; ``done`` once all ran."""
 
+    #: Seconds without a finished job after which a row is given up (``--stall``).
+    stall: ClassVar[float] = 120.0
+
     def __init__(self, n: int, event: Any) -> None:
+        self.n = n
         self.left = n
         self.done = event
 
@@ -60,6 +76,34 @@ class Countdown:
         self.left -= 1
         if self.left == 0:
             self.done.set()
+
+    def stalled(self, left: int) -> bool:
+        """Nothing finished since ``left`` was read (else keep waiting)."""
+        if self.left != left:
+            return False
+        raise Stalled(
+            f"no job finished for {self.stall:g}s with {left} of {self.n} left: is the Redis "
+            "server still up (a second `scripts/services.sh run` in this clone stops the servers "
+            "of the first)? See the warnings above"
+        )
+
+    async def watch_trio(self) -> None:
+        """Raise `Stalled` once no job finished for `stall` seconds (beside a Trio row's
+        processing, its bus's start and stop included)."""
+        while True:
+            left = self.left
+            await trio.sleep(self.stall)
+            self.stalled(left)
+
+    async def wait_asyncio(self) -> None:
+        """``done.wait()`` (an `asyncio.Event`), or `Stalled`."""
+        while True:
+            left = self.left
+            try:
+                await asyncio.wait_for(self.done.wait(), self.stall)
+                return
+            except TimeoutError:
+                self.stalled(left)
 
 
 # ------------------------------------------------------------------------------ ours
@@ -100,15 +144,18 @@ async def _ours(url: str, n: int, concurrency: int, batched: str = "") -> Result
                     nursery.start_soon(dispatcher, n // concurrency + (i < n % concurrency))
         put = time.perf_counter() - start
     start = time.perf_counter()
-    async with open_bus(
-        store=store,
-        broker=RedisBroker(url, prefix=prefix),
-        handlers=handlers,
-        queues={"default": concurrency},
-    ):
-        await countdown.done.wait()
-        took = time.perf_counter() - start
-    # (leaving waits for the deliveries in this bus's hands: the last acks)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(countdown.watch_trio)
+        async with open_bus(
+            store=store,
+            broker=RedisBroker(url, prefix=prefix),
+            handlers=handlers,
+            queues={"default": concurrency},
+        ):
+            await countdown.done.wait()
+            took = time.perf_counter() - start
+        # (leaving waits for the deliveries in this bus's hands: the last acks)
+        nursery.cancel_scope.cancel()
     return put, took
 
 
@@ -160,7 +207,7 @@ async def _arq(url: str, n: int, concurrency: int) -> Result:
     )
     start = time.perf_counter()
     task = asyncio.create_task(worker.async_run())
-    await countdown.done.wait()
+    await countdown.wait_asyncio()
     took = time.perf_counter() - start
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -184,7 +231,7 @@ async def _saq(url: str, n: int, concurrency: int) -> Result:
     worker = Worker(queue, functions=[("noop", noop)], concurrency=concurrency)
     start = time.perf_counter()
     task = asyncio.create_task(worker.start())
-    await countdown.done.wait()
+    await countdown.wait_asyncio()
     took = time.perf_counter() - start
     await worker.stop()
     task.cancel()
@@ -207,7 +254,7 @@ async def _taskiq(url: str, n: int, concurrency: int) -> Result:
     put = await _gathered(task_.kiq, n)
     start = time.perf_counter()
     receiver = asyncio.create_task(run_receiver_task(broker, max_async_tasks=concurrency))
-    await countdown.done.wait()
+    await countdown.wait_asyncio()
     took = time.perf_counter() - start
     receiver.cancel()
     await broker.shutdown()
@@ -236,11 +283,14 @@ async def _streaq(url: str, n: int, concurrency: int) -> Result:
             await worker.enqueue_many([task_.enqueue() for _ in range(min(1000, n - i))])
         put = time.perf_counter() - start
     worker.burst = True  # its own way to stop once the queue is empty (cancelling it errs)
-    async with trio.open_nursery() as nursery:
-        start = time.perf_counter()
-        nursery.start_soon(worker.run_async)
-        await countdown.done.wait()
-        took = time.perf_counter() - start
+    async with trio.open_nursery() as watching:
+        watching.start_soon(countdown.watch_trio)
+        async with trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            nursery.start_soon(worker.run_async)
+            await countdown.done.wait()
+            took = time.perf_counter() - start
+        watching.cancel_scope.cancel()
     return put, took
 
 
@@ -268,18 +318,40 @@ SYSTEMS: dict[str, Callable[[str, int, int], Result]] = {
 }
 
 
+def _stalled(exc: BaseException) -> Stalled | None:
+    """The `Stalled` in ``exc`` (a nursery wraps it in exception groups), if any."""
+    if isinstance(exc, Stalled):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _stalled(sub)
+            if found is not None:
+                return found
+    return None
+
+
 def main(args: argparse.Namespace) -> None:
     url = args.redis_url or os.environ.get("TRIO_LANES_TEST_REDIS_URL")
     if not url:
         raise SystemExit("no Redis: pass --redis-url or set TRIO_LANES_TEST_REDIS_URL")
     names = args.only.split(",") if args.only else list(SYSTEMS)
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}: --only takes some of {list(SYSTEMS)}")
+    Countdown.stall = args.stall
     n = args.jobs
     print(f"{n} no-op jobs, concurrency {args.concurrency}, {args.rounds} rounds, Redis {url}")
     results: dict[str, list[Result]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         order = names if round_ % 2 == 0 else list(reversed(names))
         for name in order:
-            results[name].append(SYSTEMS[name](url, n, args.concurrency))
+            try:
+                results[name].append(SYSTEMS[name](url, n, args.concurrency))
+            except BaseException as exc:  # a Stalled inside the nurseries' groups, maybe
+                stalled = _stalled(exc)
+                if stalled is None:
+                    raise
+                raise SystemExit(f"{name}: {stalled}") from None
         print(f"round {round_ + 1} done", flush=True)
     rates = {
         name: tuple(n / statistics.median(r[i] for r in found) for i in (0, 1))
@@ -298,8 +370,19 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="", help="systems to run: trio-lanes,arq,...")
     parser.add_argument("--redis-url", default=None)
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=120.0,
+        help="give a row up after this many seconds without a finished job",
+    )
     return parser.parse_args()
 
 
 if __name__ == "__main__":
+    # The broker's warnings (a Redis that went away: its retries) on stderr; the peers log
+    # on their own.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("actors").addHandler(handler)
     main(parse())
