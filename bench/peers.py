@@ -30,10 +30,9 @@ own keys (a random queue name or prefix).
 
 A row in which no job finishes for ``--stall`` seconds stops the run with an error saying how
 many jobs were left, instead of waiting forever: a worker (ours or a peer's) keeps retrying
-while its Redis is gone, and a second ``scripts/services.sh run`` (``make test``, ``make
-bench``) in the same clone stops the servers the first one started (give each run its own
-``TRIO_LANES_SERVICES_DIR``). The ``actors`` loggers' warnings go to stderr (the broker's
-retries show there).
+while its Redis is gone (a server stopped under the run: ``scripts/services.sh stop``, or
+two runs sharing one ``TRIO_LANES_SERVICES_DIR``). The ``actors`` loggers' warnings go to
+stderr (the broker's retries show there).
 """
 
 from __future__ import annotations
@@ -83,8 +82,7 @@ class Countdown:
             return False
         raise Stalled(
             f"no job finished for {self.stall:g}s with {left} of {self.n} left: is the Redis "
-            "server still up (a second `scripts/services.sh run` in this clone stops the servers "
-            "of the first)? See the warnings above"
+            "server still up? See the warnings above"
         )
 
     async def watch_trio(self) -> None:

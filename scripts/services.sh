@@ -7,7 +7,8 @@
 #   scripts/services.sh start        start both (whichever is installed); print what started
 #   scripts/services.sh env          the variables the tests read, as `export` lines
 #   scripts/services.sh stop         stop both and remove their files
-#   scripts/services.sh run CMD...   start, run CMD with the variables set, stop; CMD's status
+#   scripts/services.sh run CMD...   start servers of its own, run CMD with the variables set,
+#                                    stop them; CMD's status
 #
 # The tests read TRIO_LANES_TEST_REDIS_URL and TRIO_LANES_TEST_POSTGRES_DSN; a test that needs
 # a server whose variable is unset skips locally and fails under CI=true.
@@ -154,6 +155,11 @@ cmd_stop() {
 }
 
 cmd_run() {
+    # A run gets servers of its own (unless TRIO_LANES_SERVICES_DIR names a dir): two runs at
+    # once from one clone (a bench beside `make test`) must not stop each other's servers.
+    if [[ -z "${TRIO_LANES_SERVICES_DIR:-}" ]]; then
+        state="$(mktemp -d "${TMPDIR:-/tmp}/trio-lanes-services-run.XXXXXX")"
+    fi
     cmd_start
     trap cmd_stop EXIT
     # shellcheck disable=SC1091
