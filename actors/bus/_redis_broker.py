@@ -32,7 +32,9 @@ leave it half-done, and no step takes a lock that a dead process could leave beh
 A lost connection (Redis restarted, or still loading its data) is retried with backoff on
 every call (put, claim, ack, retry, release, heartbeat, promote, stats), each retry logged,
 for up to ``reconnect_timeout`` seconds (then a `ConnectionError` naming the server), so a
-restart shows as a pause, not an error. Every call is safe to repeat: a script whose reply was
+restart shows as a pause, not an error. A worker's claims and its promotion of due delayed
+jobs never give up: a worker outlives a server outage and goes on once it is back (it logs a
+WARNING on every failed try). Every call is safe to repeat: a script whose reply was
 lost but that ran does nothing the second time (ack, retry, release), or, for a put, queues
 its jobs twice (at least once, never lost). Durability is the server's: run it with
 ``appendonly yes`` (the stream, the group and its PEL then survive a restart;
