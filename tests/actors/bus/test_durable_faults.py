@@ -15,13 +15,13 @@ import secrets
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
 from actors.bus import Bus, Job, open_bus
+from tests.polling import until
 from tests.services import postgres_dsn, redis_url
 
 from .bus_worker import HANDLERS
@@ -31,15 +31,6 @@ ROOT = Path(__file__).resolve().parents[3]
 #: The longest a fault test waits for the work to finish (real time, other processes).
 FINISH_WITHIN = 90.0
 LEASE = "visibility_timeout=0.75&poll_interval=0.05"
-
-
-async def until(done: Callable[[], bool], within: float) -> None:
-    """Poll (bounded) for what other processes do: no event crosses processes."""
-    with trio.fail_after(within):
-        while True:
-            if done():
-                return
-            await trio.sleep(0.05)
 
 
 class Fleet:

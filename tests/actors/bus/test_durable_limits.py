@@ -17,10 +17,11 @@ import pytest
 import trio
 
 from actors.bus import Job, open_bus
+from tests.polling import until
 from tests.services import redis_url
 
 from .bus_worker import BURST, LIMITED, PERIOD, RATE
-from .test_durable_faults import FINISH_WITHIN, LEASE, Fleet, until
+from .test_durable_faults import FINISH_WITHIN, LEASE, Fleet
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -21,12 +21,13 @@ import pytest
 import trio
 
 from actors.bus import Job, open_bus
+from tests.polling import until
 from tests.services import redis_url
 
 from .brokers.lane_worker import create_store
 from .brokers.test_lane_faults import check, in_flight, records_in
 from .lane_bus_worker import HANDLERS
-from .test_durable_faults import ROOT, drained, until
+from .test_durable_faults import ROOT, drained
 
 LEASE = 0.5
 #: The longest a test waits for other processes (the machine may be busy with other tests).

@@ -16,10 +16,11 @@ import pytest
 import trio
 
 from actors.bus import open_bus
+from tests.polling import until
 from tests.services import RedisServer
 
 from .bus_worker import HANDLERS
-from .test_durable_faults import Fleet, dispatch_work, finished, report, until
+from .test_durable_faults import Fleet, dispatch_work, finished, report
 
 
 async def test_a_redis_restart_under_bus_workers_loses_nothing(

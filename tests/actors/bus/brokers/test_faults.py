@@ -12,7 +12,7 @@ import secrets
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import trio.testing
 from actors.bus._broker import Broker, Delivery
 from actors.bus._leased import CLAIM_SHIELD, LeasedQueue
 from actors.bus._model import QueuedJob
+from tests.polling import until
 from tests.services import RedisServer
 
 from .conftest import make_broker
@@ -64,7 +65,7 @@ class Workers:
             argv += [f"--{name.replace('_', '-')}", str(value)]
         process = await trio.lowlevel.open_process(argv, cwd=ROOT)
         self.processes.append(process)
-        await until(lambda: out.exists() and out.read_text().startswith("ready"), 20.0)
+        await until(lambda: out.exists() and out.read_text().startswith("ready"), 20.0, every=0.02)
         return process
 
     def redelivered(self) -> int:
@@ -89,15 +90,6 @@ class Workers:
             if process.returncode is None:
                 process.kill()
             await process.wait()
-
-
-async def until(done: Callable[[], bool], within: float) -> None:
-    """Poll (bounded) for what another process does: no event crosses processes."""
-    with trio.fail_after(within):
-        while True:
-            if done():
-                return
-            await trio.sleep(0.02)
 
 
 @asynccontextmanager
@@ -167,7 +159,7 @@ async def test_a_redis_restart_under_a_worker_loses_nothing(
             await workers.start()
             queue = broker.queue(workers.queue)
             await queue.put(jobs(total)[:200])
-            await until(lambda: sum(workers.runs().values()) >= 20, 20.0)
+            await until(lambda: sum(workers.runs().values()) >= 20, 20.0, every=0.02)
             own_redis.stop()
             await trio.sleep(0.3)
             own_redis.start()

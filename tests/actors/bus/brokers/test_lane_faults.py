@@ -21,9 +21,10 @@ from typing import Protocol
 import trio
 
 from actors.bus._model import QueuedJob
+from tests.polling import until
 
 from .lane_worker import create_store
-from .test_faults import ROOT, Workers, drained, opened, until
+from .test_faults import ROOT, Workers, drained, opened
 
 LEASE = 0.5
 
