@@ -197,7 +197,14 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["memory", "sqlite"], help="run the workloads of one store only"
     )
+    parser.add_argument(
+        "--shape",
+        choices=["plain", "batch", "chain", "step"],
+        action="append",
+        help="run only these workloads (repeatable; step: the SQLite chain step's cost)",
+    )
     args = parser.parse_args()
+    shapes = set(args.shape or ["plain", "batch", "chain", "step"])
     n, w = args.jobs, args.workers
     n_sql = max(args.chain_length, int(n * args.sqlite_scale))
 
@@ -210,31 +217,36 @@ def main() -> None:
             batches = max(1, jobs // args.batch_size) * args.batch_size
             chains = max(1, jobs // args.chain_length) * args.chain_length
             bs, cl = args.batch_size, args.chain_length
-            workloads: list[tuple[str, int, Callable[[], Awaitable[float]], Any]] = [
+            workloads: list[tuple[str, str, int, Callable[[], Awaitable[float]], Any]] = [
                 (
+                    "plain",
                     f"dispatch, {kind} store",
                     jobs,
                     partial(bus_dispatch, jobs, w, kind, tmp),
                     partial(baseline, jobs, w),
                 ),
                 (
+                    "batch",
                     f"batches of {bs}, {kind}",
                     batches,
                     partial(bus_batches, batches, w, kind, tmp, bs),
                     partial(baseline, batches, w, "batch", bs),
                 ),
                 (
+                    "chain",
                     f"chains of {cl}, {kind}",
                     chains,
                     partial(bus_chains, chains, w, kind, tmp, cl),
                     partial(baseline, chains, w, "chain", cl),
                 ),
             ]
-            for name, count, run, base_run in workloads:
+            for shape, name, count, run, base_run in workloads:
+                if shape not in shapes:
+                    continue
                 took, base, ratio = _pairs(args.runs, run, base_run)
                 rate, base_rate = count / took, count / base
                 print(f"{name:<40} {count:>8} {rate:>10,.0f} {base_rate:>11,.0f} {ratio:>6.2f}x")
-        if args.only != "memory":
+        if args.only != "memory" and "step" in shapes:
             _chain_step_cost(args.runs, n_sql, w, tmp, args.chain_length)
     if n_sql < n:
         print(f"(SQLite workloads use {n_sql} jobs: --sqlite-scale {args.sqlite_scale:g})")
