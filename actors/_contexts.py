@@ -8,10 +8,13 @@ way a task runner does: each resumption (a value, or an exception such as `Cance
 passed in under ``context.run``, and what the coroutine yields goes up to Trio unchanged, so
 cancellation, deadlines and exceptions are the current task's own.
 
-The keyed core's spare tasks switch context the other way, by giving a parked task a new
-``Task.context`` before it resumes (`actors._keyed`): free, but only while the task is
-parked. A worker between two jobs is running, and parking it once per job to switch would
-add a schedule point to every job; stepping the job's coroutine costs less.
+Where it can, a task switches context the other way, by giving itself a new
+``Task.context`` before a scheduling point: Trio resumes a task in its ``Task.context`` at
+every step, so what runs after that point runs in the new one, for free. The keyed core's
+spare tasks do it while parked (`actors._keyed`); the bus's memory-broker workers do it
+before the get that precedes each job, and step only what must not run in the job's context
+(a chain's or batch's job, one with observers, or the handling of a failed attempt) through
+`in_context` (`actors.bus._worker`).
 """
 
 from __future__ import annotations

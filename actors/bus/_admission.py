@@ -220,7 +220,7 @@ class Admission:
         """A plain job checked against this bus, as its first attempt."""
         options = job.options
         return QueuedJob(
-            self._parts.ids(),
+            self._parts.ids.next(),
             dispatch_id,
             job.type,
             check_job(job, self._handlers, self._parts.queues, queue),
@@ -230,6 +230,24 @@ class Admission:
             options.backoff,
             lane=options.lane,
         )
+
+    def admit_now(self, job: Job) -> DispatchResult | None:
+        """`admit_job` between its first checkpoint and its last, when nothing there can
+        yield or be seen (no observer, no ``unique_for``, room, a memory queue); else None,
+        having done nothing. Refused, it raises as `admit_job` does."""
+        parts, options = self._parts, job.options
+        queue = options.queue or self.default_queue
+        if (
+            parts.emitter.active
+            or options.unique_for is not None
+            or parts.jobs >= parts.max_pending
+            or not parts.puts_now(queue)
+        ):
+            return None
+        dispatch_id = parts.ids.next()
+        queued = self._queued(job, dispatch_id, queue)
+        parts.put_one_now(queued, options.delay)
+        return DispatchResult(dispatch_id, queued.job_id, queue)
 
     async def admit_job(self, job: Job) -> DispatchResult:
         """`admit` for one plain job: no store record, one `QueuedJob` built, and on the
@@ -249,7 +267,8 @@ class Admission:
             emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         try:
             queued = self._queued(job, dispatch_id, queue)
-            await parts.wait_room(1)
+            if parts.jobs >= parts.max_pending:  # `wait_room`'s own test, without its await
+                await parts.wait_room(1)
             if options.unique_for is not None:
                 # Claimed last, just before queueing: a dispatch cancelled earlier claims nothing.
                 await self._claim_unique(job.type, queued.payload, options.unique_for)
@@ -259,7 +278,7 @@ class Admission:
             raise
         # Accepted: queue and report it, whatever happens to the caller meanwhile.
         if parts.puts_now(queue):
-            parts.put_now((queued,), options.delay)  # nothing here yields: no shield needed
+            parts.put_one_now(queued, options.delay)  # nothing here yields: no shield needed
         else:
             with trio.CancelScope(shield=True):
                 try:

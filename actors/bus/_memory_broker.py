@@ -28,7 +28,9 @@ class MemoryQueue:
         self._delayed: list[tuple[float, int, QueuedJob]] = []
         self._seq = count()
         self._running = 0
-        self._workers = trio.lowlevel.ParkingLot()
+        #: Workers waiting in `get`, woken in order (a ParkingLot costs more on the path of
+        #: every job).
+        self._waiting: deque[trio.lowlevel.Task] = deque()
         self._timer = trio.lowlevel.ParkingLot()
         #: Lanes with a job out, and the jobs waiting behind it: (due time, job).
         self._lanes: dict[str, deque[tuple[float, QueuedJob]]] = {}
@@ -44,7 +46,7 @@ class MemoryQueue:
             now = trio.current_time()
             while delayed and delayed[0][0] <= now:
                 self._ready.append(heapq.heappop(delayed)[2])
-                self._workers.unpark()
+                self._wake(1)
             with trio.move_on_at(delayed[0][0] if delayed else math.inf):
                 await self._timer.park()
 
@@ -55,6 +57,15 @@ class MemoryQueue:
                 jobs = self._lane_heads(jobs, delay)
                 break
         self._place(jobs, delay)
+
+    def put_one_now(self, job: QueuedJob, delay: float) -> None:
+        """`put_now` of one job (a plain dispatch's)."""
+        if delay > 0 or job.lane is not None:
+            self.put_now((job,), delay)
+            return
+        self._ready.append(job)
+        if self._waiting:
+            trio.lowlevel.reschedule(self._waiting.popleft())
 
     def _lane_heads(self, jobs: Sequence[QueuedJob], delay: float) -> list[QueuedJob]:
         """The jobs that go out now: plain ones, and lane jobs whose lane has none out."""
@@ -86,8 +97,8 @@ class MemoryQueue:
             return
         if delay <= 0:
             self._ready.extend(jobs)
-            if self._workers:
-                self._workers.unpark(count=len(jobs))
+            if self._waiting:
+                self._wake(len(jobs))
             return
         at = trio.current_time() + delay
         earliest = not self._delayed or at < self._delayed[0][0]
@@ -106,14 +117,37 @@ class MemoryQueue:
         await put_grouped(self, jobs)
 
     async def get(self) -> Delivery:
-        """Wait for a ready job; FIFO among ready jobs."""
+        """Wait for a ready job; FIFO among ready jobs. A worker cancelled meanwhile gets
+        none: it was not cancelled at the scheduling point it returns from."""
         ready = self._ready
         if ready:
             await trio.lowlevel.checkpoint()  # let others run between jobs
-        while not ready:
-            await self._workers.park()  # (a checkpoint too)
+        if not ready:
+            task = trio.lowlevel.current_task()
+            waiting = self._waiting
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                waiting.remove(task)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            while not ready:  # woken for a job another worker may have taken meanwhile
+                waiting.append(task)
+                await trio.lowlevel.wait_task_rescheduled(abort)  # (a checkpoint too)
+            try:
+                # Woken by a put, then cancelled before running: the job is another's.
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except trio.Cancelled:
+                self._wake(1)
+                raise
         self._running += 1
         return Delivery(ready.popleft(), 1, "")
+
+    def _wake(self, n: int) -> None:
+        """Wake up to ``n`` waiting workers, longest waiting first."""
+        waiting = self._waiting
+        while n > 0 and waiting:
+            trio.lowlevel.reschedule(waiting.popleft())
+            n -= 1
 
     def get_now(self) -> Delivery | None:
         """A ready job without yielding, or None (for a worker that has just yielded)."""
@@ -147,8 +181,7 @@ class MemoryQueue:
         counts 1: nothing is redelivered, so ``started`` changes nothing)."""
         self._running -= len(deliveries)
         self._ready.extendleft(reversed([d.job for d in deliveries]))
-        if self._workers:
-            self._workers.unpark(count=len(deliveries))
+        self._wake(len(deliveries))
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def discard(self, batch_id: str) -> list[QueuedJob]:

@@ -456,14 +456,15 @@ class IdSource:
     """Ids unique across processes sharing a store: a random prefix (one per bus) and a
     counter, so a bus can tell the ids it made (`made`) from other processes' ones."""
 
-    __slots__ = ("_next", "prefix")
+    __slots__ = ("next", "prefix")
 
     def __init__(self) -> None:
         self.prefix = f"{secrets.token_hex(6)}-"
-        self._next = count(1).__next__
+        #: The next id, without a Python-level call (`__call__` is the same, for every caller).
+        self.next = map(f"{self.prefix}{{:x}}".format, count(1)).__next__
 
     def __call__(self) -> str:
-        return f"{self.prefix}{self._next():x}"
+        return self.next()
 
     def made(self, an_id: str) -> bool:
         return an_id.startswith(self.prefix)

@@ -68,12 +68,13 @@ class Parts:
         # (a job in, the job out) cost a microsecond per job; this costs only when awaited.
         self._idle = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
+        self._room_waiting = 0  # dispatches parked in `_room`
         # The memory broker's queues take jobs without yielding (the events of a dispatch
         # then come before its job's, as with any broker whose put returns before a worker
         # can start).
-        self._now = {
-            name: queue.put_now for name, queue in queues.items() if type(queue) is MemoryQueue
-        }
+        memory = {name: queue for name, queue in queues.items() if type(queue) is MemoryQueue}
+        self._now = {name: queue.put_now for name, queue in memory.items()}
+        self._one_now = {name: queue.put_one_now for name, queue in memory.items()}
 
     # ---------------------------------------------------------------- counting
 
@@ -95,7 +96,7 @@ class Parts:
     def let_go(self, n: int) -> None:
         """``n`` deliveries left this bus's hands (recorded, retried or given back)."""
         self.in_hand -= n
-        if self._idle and not self.in_hand and not self.admitting:
+        if not self.in_hand and not self.admitting and self._idle:
             self._idle.unpark_all()
 
     def add(self, n: int) -> None:
@@ -121,10 +122,12 @@ class Parts:
     def done(self, n: int) -> None:
         # Never below zero, as a safety net: the counts are exact (`mine`), but a failure in
         # the bus's own machinery (the worker's catch-all) may count a job out twice.
-        self.jobs = max(0, self.jobs - n)
-        if self._idle and not self.jobs and not self.admitting:
+        jobs = self.jobs - n
+        self.jobs = jobs = 0 if jobs < 0 else jobs
+        # The counts first: this runs for every job, and a ParkingLot's truth is a call.
+        if not jobs and not self.admitting and self._idle:
             self._idle.unpark_all()
-        if self._room and self.jobs <= self.max_pending // 2:
+        if self._room_waiting and jobs <= self.max_pending // 2:
             self._room.unpark_all()
 
     def admit(self) -> None:
@@ -132,7 +135,7 @@ class Parts:
 
     def admitted(self) -> None:
         self.admitting -= 1
-        if self._idle and not self.admitting and not (self.jobs and self.in_hand):
+        if not self.admitting and not (self.jobs and self.in_hand) and self._idle:
             self._idle.unpark_all()
 
     async def wait_room(self, n: int) -> None:
@@ -140,7 +143,11 @@ class Parts:
         if self.jobs + n <= self.max_pending or INSIDE.get():
             return
         while self.jobs and self.jobs + n > self.max_pending:
-            await self._room.park()
+            self._room_waiting += 1
+            try:
+                await self._room.park()
+            finally:
+                self._room_waiting -= 1
 
     # ---------------------------------------------------------------- queueing
 
@@ -152,6 +159,12 @@ class Parts:
         """`put` for a queue that `puts_now`: no yield, so no cancellation either."""
         self.add(self.mine(jobs))
         self._now[jobs[0].queue](jobs, delay)
+
+    def put_one_now(self, job: QueuedJob, delay: float) -> None:
+        """`put_now` of one job this bus made (so it counts, if the bus counts jobs)."""
+        if self.counts_jobs:
+            self.jobs += 1
+        self._one_now[job.queue](job, delay)
 
     async def ack(self, delivery: Delivery) -> None:
         """Acknowledge a delivery (without yielding on the memory broker)."""

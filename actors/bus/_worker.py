@@ -82,6 +82,8 @@ class Worker:
         self._parts = parts
         self._handlers = handlers
         self._call = compose(handlers, middleware)
+        #: No middleware: a job without a timeout calls its handler directly.
+        self._bare = not middleware
         self._chains = chains
         self._batches = batches
 
@@ -95,19 +97,26 @@ class Worker:
         base = contextvars.copy_context()
         task_status.started()
         memory = queue if type(queue) is MemoryQueue else None
+        task = trio.lowlevel.current_task()
         yielded = False
         while True:
             # A job that ended by telling its coordinator has just passed a scheduling point:
             # the next ready job is taken without another one (the memory broker's get would
             # only yield for fairness).
             delivery = memory.get_now() if yielded and memory is not None else None
+            fresh = delivery is None and memory is not None
+            if fresh:
+                # Trio resumes a task in its `Task.context`, and the memory broker's get is a
+                # scheduling point (a checkpoint or a park): the job it returns runs in this
+                # fresh copy from its first line (see `_run`).
+                task.context = base.copy()
             if delivery is None:
                 delivery = await queue.get()
             parts = self._parts
             parts.in_hand += 1
             yielded = False
             try:
-                yielded = await self._run(queue, delivery, base)
+                yielded = await self._run(queue, delivery, base, fresh)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
@@ -126,26 +135,38 @@ class Worker:
         )
         return bool(cancelled)
 
-    async def _run(self, queue: BrokerQueue, delivery: Delivery, base: contextvars.Context) -> bool:
-        """Run one delivery; True if it ended with a scheduling point (a tell)."""
+    async def _run(
+        self, queue: BrokerQueue, delivery: Delivery, base: contextvars.Context, fresh: bool
+    ) -> bool:
+        """Run one delivery; True if it ended with a scheduling point (a tell).
+
+        ``fresh``: a memory broker's job, taken through a scheduling point after `serve` gave
+        the task a fresh copy of ``base``. A plain one with no observer then runs right in
+        the task's context (no stepping in a context of its own, `in_context`): nothing
+        before its handler reads or writes a context variable, and after it only a success
+        is settled there (an ack and a count); anything else is handed back to a copy of
+        ``base``, where the slow path would run it.
+        """
         job = delivery.job
         batch_id = job.batch_id
         state: BatchState | ChainState | None = None
-        try:
-            # A worker stopped as its delivery arrived (a claim answered under a cancel) must
-            # not start the job: a handler that fails before its first checkpoint would have
-            # its outcome cut short by the cancel, leaving the job leased until it lapses.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if batch_id is not None and await self._cancelled(batch_id):
-                return await self._finish(queue, delivery, "cancelled", None)
-            if job.callback_of is not None:
-                state = await self._state_of(job.callback_of)
-        except trio.Cancelled:
-            # Stopped before the job started: give it back to the broker, for anyone, as
-            # not delivered (its next delivery counts as this one).
-            with trio.CancelScope(shield=True):
-                await queue.release([delivery], started=False)
-            raise
+        if not fresh or batch_id is not None or job.callback_of is not None:
+            try:
+                # A worker stopped as its delivery arrived (a claim answered under a cancel)
+                # must not start the job: a handler that fails before its first checkpoint
+                # would have its outcome cut short by the cancel, leaving the job leased
+                # until it lapses. (A fresh job's get checks that itself.)
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if batch_id is not None and await self._cancelled(batch_id):
+                    return await self._finish(queue, delivery, "cancelled", None)
+                if job.callback_of is not None:
+                    state = await self._state_of(job.callback_of)
+            except trio.Cancelled:
+                # Stopped before the job started: give it back to the broker, for anyone, as
+                # not delivered (its next delivery counts as this one).
+                with trio.CancelScope(shield=True):
+                    await queue.release([delivery], started=False)
+                raise
         ctx = JobContext(
             decode_payload(job.payload),
             job.attempt,
@@ -160,8 +181,14 @@ class Worker:
             delivery.delivery,
             delivery.fence,
         )
-        ctx._flags.timeout = job.timeout
         emitter = self._parts.emitter
+        direct = (
+            fresh
+            and not emitter.active
+            and batch_id is None
+            and job.chain_id is None
+            and job.callback_of is None
+        )
         started = 0.0  # read only for the events' durations
         if emitter.active:
             emitter.job(EventKind.JOB_STARTED, job)
@@ -172,7 +199,15 @@ class Worker:
                 raise UnknownJobType(
                     f"no handler is registered for job type {job.job_type!r} on this worker"
                 )
-            await in_context(base.copy(), self._call(ctx))
+            if job.timeout is None and self._bare:
+                call = self._handlers[job.job_type]  # no middleware, no timeout: the handler
+            else:
+                ctx._flags.timeout = job.timeout
+                call = self._call
+            if direct:
+                await call(ctx)
+            else:
+                await in_context(base.copy(), call(ctx))
         except trio.Cancelled:
             # The bus stops (a graceful stop, or its scope cancelled) under a running job:
             # give it back to the broker for any worker, rather than wait for its lease.
@@ -188,11 +223,31 @@ class Worker:
                 await queue.retry(delivery, job, delay=release.delay)
             return False
         except Exception as exc:
-            error = exc
-        else:
-            if emitter.active:
-                emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
-            return await self._finish(queue, delivery, "succeeded", None)
+            failed = self._failed(queue, delivery, ctx, exc, known, started)
+            # Logging, the failed-job record: not in the job's context (a log filter or a
+            # store would see what the handler set there).
+            return await (in_context(base.copy(), failed) if direct else failed)
+        if direct:  # a memory delivery: acknowledged and counted here, no context read
+            queue.ack_now(delivery)  # type: ignore[attr-defined]
+            self._parts.done(1)  # a memory queue's jobs are all this bus's (`Parts.mine`)
+            return False
+        if emitter.active:
+            emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
+        return await self._finish(queue, delivery, "succeeded", None)
+
+    async def _failed(
+        self,
+        queue: BrokerQueue,
+        delivery: Delivery,
+        ctx: JobContext,
+        error: Exception,
+        known: bool,
+        started: float,
+    ) -> bool:
+        """A failed attempt: retried if it has retries left, else kept and finished."""
+        job = delivery.job
+        batch_id = job.batch_id
+        emitter = self._parts.emitter
         if emitter.active:
             emitter.job(
                 EventKind.JOB_FAILED, job, duration=trio.current_time() - started, error=error
