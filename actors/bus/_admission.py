@@ -218,12 +218,16 @@ class Admission:
 
     def _queued(self, job: Job, dispatch_id: str, queue: str) -> QueuedJob:
         """A plain job checked against this bus, as its first attempt."""
-        options = job.options
+        options, parts = job.options, self._parts
+        if job.payload is None and job.type in self._handlers and queue in parts.queues:
+            payload = "null"  # what `check_job` would find, without its call
+        else:
+            payload = check_job(job, self._handlers, parts.queues, queue)
         return QueuedJob(
-            self._parts.ids.next(),
+            parts.ids.next(),
             dispatch_id,
             job.type,
-            check_job(job, self._handlers, self._parts.queues, queue),
+            payload,
             queue,
             options.timeout,
             options.retry,

@@ -161,7 +161,8 @@ class Bus:
         it queues (and claims) nothing; once the job is accepted the dispatch completes, and
         the cancellation takes effect at the caller's next checkpoint.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if not isinstance(job, Job):
             raise TypeError(f"dispatch() takes an actors.bus.Job, got {type(job).__name__}")
         parts = self._parts

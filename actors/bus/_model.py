@@ -348,12 +348,10 @@ class QueuedJob:
 class _AttemptFlags:
     """Mutable flags one attempt's middleware shares with the worker (kept out of equality)."""
 
-    __slots__ = ("no_retry", "timeout")
-
-    def __init__(self) -> None:
-        self.no_retry = False
-        #: The attempt's timeout, applied around the handler call (inside all middleware).
-        self.timeout: float | None = None
+    # Class-level defaults, no __init__: one is made per attempt, and this makes it in C.
+    no_retry = False
+    #: The attempt's timeout, applied around the handler call (inside all middleware).
+    timeout: float | None = None
 
 
 # slots=False: built per job (see DispatchResult).
