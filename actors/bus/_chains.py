@@ -22,7 +22,7 @@ from ._events import EventKind
 from ._fences import fence_of
 from ._memory_broker import MemoryQueue
 from ._model import ChainNode, JobRecord, LaneFence, QueuedJob, describe, encode_payload
-from ._parts import INSIDE
+from ._parts import INSIDE, Parts
 from ._rules import ChainStep
 from ._sqlite import SQLiteStore
 
@@ -40,19 +40,32 @@ class ChainLocal:
     r"""Some callbacks are `Job`\ s, stored with the chain."""
 
 
-def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
+def queued(
+    node: Any,
+    dispatch_id: str,
+    *,
+    chain_id: str | None = None,
+    chain_index: int = 0,
+    batch_id: str | None = None,
+) -> QueuedJob:
     """A stored node (`JobRecord`) as the first attempt of its job."""
+    # Positional: a chain's every step builds one, and keywords cost a third more.
     return QueuedJob(
-        job_id=node.job_id,
-        dispatch_id=dispatch_id,
-        job_type=node.job_type,
-        payload=node.payload,
-        queue=node.queue,
-        timeout=node.timeout,
-        retry=node.retry,
-        backoff=node.backoff,
-        lane=node.lane,
-        **ids,
+        node.job_id,
+        dispatch_id,
+        node.job_type,
+        node.payload,
+        node.queue,
+        node.timeout,
+        node.retry,
+        node.backoff,
+        1,  # attempt
+        chain_id,
+        chain_index,
+        batch_id,
+        None,  # callback_of
+        None,  # error
+        node.lane,
     )
 
 
@@ -60,6 +73,14 @@ class Chains(Coordinators[Done, None, ChainLocal]):
     """The registry of chain coordinators (a supervisor child of the bus)."""
 
     kind = "chain"
+
+    def __init__(self, parts: Parts, idle_timeout: float) -> None:
+        super().__init__(parts, idle_timeout)
+        #: A step may be settled without its coordinator (`tell`): no observer waits for its
+        #: events, and the store records a step with no caller waiting.
+        self._inline = not parts.emitter.active and (
+            parts.memory is not None or type(parts.store) is SQLiteStore
+        )
 
     async def tell(self, done: Done) -> None:
         """Hand a step's outcome to its chain's coordinator.
@@ -73,30 +94,36 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         anything else (a step with callbacks to run, a duplicate, a failed write to retry)
         goes on to the coordinator, with what was recorded.
         """
-        chain_id = done.job.chain_id
+        job = done.delivery.job
+        chain_id = job.chain_id
         assert chain_id is not None
         parts = self._parts
-        store = parts.store
-        if (
-            done.outcome != "succeeded"
-            or parts.emitter.active
-            or (parts.memory is None and type(store) is not SQLiteStore)
-            or type(parts.queues[done.job.queue]) is not MemoryQueue
-            or not self._keyed.is_idle(chain_id)
+        keyed = self._keyed
+        if not (
+            self._inline
+            and done.outcome == "succeeded"
+            and parts.puts_now(job.queue)
+            and keyed.is_idle(chain_id)
         ):
-            await self._keyed.tell(chain_id, done)
+            await keyed.tell(chain_id, done)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        job = done.job
-        if parts.memory is not None:
-            self._settle(chain_id, done, self._record_now(chain_id, job, None))
+        memory = parts.memory
+        if memory is not None:
+            try:
+                step = memory.record_chain_step_now(chain_id, job.chain_index, None, parts.clock())
+            except NotFound as exc:
+                log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
+                step = None
+            self._settle(chain_id, done, step)
         else:
+            store = parts.store
             assert isinstance(store, SQLiteStore)
             then = partial(self._recorded, chain_id, done)
             if not store.record_chain_step_then(
                 chain_id, job.chain_index, None, parts.clock(), then
             ):
-                await self._keyed.tell(chain_id, done)
+                await keyed.tell(chain_id, done)
                 return
         await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as a tell is
 
