@@ -1,6 +1,6 @@
 """DESIGN rule 6 for chains on a plain MemoryStore and the memory broker: a chain stored and
 its first job queued with no scheduling point in between (`Admission._admit_chain`), and its
-steps settled by their workers (`Chains.tell`), end exactly as on subclasses of the store
+steps settled by their workers (`Chains.finish`), end exactly as on subclasses of the store
 and queue, which take the awaited, shielded paths through the coordinators."""
 
 from __future__ import annotations
@@ -20,20 +20,26 @@ from .test_fast_paths import SlowBroker, SlowStore, request
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _by_dispatch(events: list[Any]) -> dict[int, list[tuple[Any, ...]]]:
-    """Each dispatch's events in order, its ids numbered in order of appearance (each bus
-    makes its own ids). Between dispatches the order may differ: a put that yields lets a
-    worker start the job before the dispatch reports its success, as any broker may."""
-    out: dict[int, list[tuple[Any, ...]]] = {}
+_DISPATCH = {"dispatch_started", "dispatch_succeeded", "dispatch_failed", "chain_started"}
+
+
+def _by_dispatch(events: list[Any]) -> dict[tuple[int, bool], list[tuple[Any, ...]]]:
+    """Each dispatch's own events, and then its chain's, in order, their ids numbered in
+    order of appearance (each bus makes its own ids). Between the two the order may differ:
+    a put that yields lets a worker start the job before the dispatch reports, as any
+    broker's may, and Trio runs the tasks ready at once in any order."""
+    out: dict[tuple[int, bool], list[tuple[Any, ...]]] = {}
     dispatches: dict[str, int] = {}
+    numbered: dict[tuple[int, bool], dict[str, str]] = {}
     for event in events:
         number = dispatches.setdefault(event.dispatch_id, len(dispatches))
-        ids: dict[str, str] = {}
+        key = (number, event.kind in _DISPATCH)
+        ids = numbered.setdefault(key, {})
 
         def named(value: str | None, ids: dict[str, str] = ids) -> str | None:
             return None if value is None else ids.setdefault(value, f"#{len(ids)}")
 
-        out.setdefault(number, []).append(
+        out.setdefault(key, []).append(
             (
                 event.kind,
                 event.chain_id is None,
@@ -108,11 +114,13 @@ async def test_a_chain_admitted_at_once_ends_as_an_awaited_one(autojump_clock: A
     assert {value for _, value, _ in seen} == {"outer"}
     assert outcomes == ["cancelled first: True", "cancelled waiting: True"]
     # Nothing of the refused or cancelled chains reached the observer but their refusal.
-    kinds = [[event[0] for event in events] for events in fast[2].values()]
-    assert kinds[1] == ["dispatch_started", "dispatch_failed"]  # refused
-    assert kinds[3] == ["dispatch_started", "dispatch_failed"]  # cancelled waiting for room
-    assert kinds[0][:3] == ["dispatch_started", "chain_started", "dispatch_succeeded"]
-    assert len(fast[2]) == 5  # the chain cancelled before it was checked reported nothing
+    kinds = {key: [event[0] for event in events] for key, events in fast[2].items()}
+    assert kinds[1, True] == ["dispatch_started", "dispatch_failed"]  # refused
+    assert kinds[3, True] == ["dispatch_started", "dispatch_failed"]  # cancelled waiting
+    assert kinds[0, True] == ["dispatch_started", "chain_started", "dispatch_succeeded"]
+    assert kinds[0, False][-1] == "chain_completed"
+    # The chain cancelled before it was checked reported nothing.
+    assert sorted({number for number, _ in kinds}) == [0, 1, 2, 3, 4]
 
 
 async def _quiet_chains(store: MemoryStore, broker: MemoryBroker) -> tuple[Any, ...]:
