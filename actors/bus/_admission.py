@@ -87,6 +87,11 @@ def check_all(jobs: Sequence[Job], check: Callable[[Job], T]) -> list[T]:
     return out
 
 
+#: What this process keeps of a chain without callbacks when nothing times it (no observer):
+#: one value for them all (a `ChainLocal` is only read).
+_NO_CALLBACKS = ChainLocal(None, None, 0.0)
+
+
 def _fields(job: QueuedJob) -> dict[str, Any]:
     return {"dispatch_id": job.dispatch_id, "job_type": job.job_type, "queue": job.queue}
 
@@ -188,8 +193,9 @@ class Admission:
         dispatch_id, chain_id = parts.ids(), parts.ids()
         queue = builder.queue or self.default_queue
         fields: dict[str, Any] = {}
-        started = trio.current_time()
+        started = 0.0  # read only for the events' durations
         if emitter.active:
+            started = trio.current_time()
             fields = {"dispatch_id": dispatch_id, "chain_id": chain_id, "queue": queue}
             emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         memory = parts.memory
@@ -397,7 +403,7 @@ class Admission:
         """What this process keeps (callables, timing) and the `Job` callbacks to store."""
         if isinstance(builder, ChainBuilder):
             if builder.catch_callback is None and builder.finally_callback is None:
-                return ChainLocal(None, None, started), ()
+                return (_NO_CALLBACKS if not started else ChainLocal(None, None, started)), ()
             fns, jobs = self._callbacks(
                 [("catch", builder.catch_callback), ("finally", builder.finally_callback)],
                 builder.queue,
