@@ -4,8 +4,9 @@ SQLite calls block, so store operations run in a worker thread (`trio.to_thread.
 one thread call at a time per store. Operations that arrive while one runs are
 *group-committed*: a writer actor (a keyed actor of the core, served under the bus) takes
 every operation waiting in its mailbox (`KeyedActors.take_pending`) and runs them in one
-``BEGIN IMMEDIATE`` transaction, each inside its own savepoint, so one failing operation
-rolls back only itself; each caller waits on its own `actors._reply.Reply`. Many
+``BEGIN IMMEDIATE`` transaction, so that one failing operation rolls back only itself (chain
+steps and new chains set-based, the others each in its own savepoint: `_sqlite_group`); each
+caller waits on its own `actors._reply.Reply`. Many
 coordinators thus share one thread hop and one commit. A chain step may also be sent with no
 caller waiting (`SQLiteStore.record_chain_step_then`): the writer's task settles it when its
 group commits. Several processes (or stores) may
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -29,6 +30,7 @@ from .._reply import Reply
 from . import _sqlite_ops as ops
 from ._errors import StoreError
 from ._sql_store import SQLOperations, SQLOps
+from ._sqlite_group import deliver_group, run_group
 from ._sqlite_schema import connect
 
 T = TypeVar("T")
@@ -66,39 +68,6 @@ class _Then:
 
 _Op = tuple[Callable[..., Any], tuple[Any, ...], _Answer]
 _WRITER = "writer"
-
-
-def _run_group(conn: sqlite3.Connection, group: Sequence[_Op]) -> list[tuple[bool, Any]]:
-    """In the thread: every operation in one transaction, each in its savepoint."""
-    results: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for fn, args, _ in group:
-            try:
-                results.append((True, fn(conn, *args)))
-            except Exception as exc:
-                results.append((False, exc))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return results
-
-
-def deliver_group(
-    group: Sequence[_Op],
-    results: Sequence[tuple[bool, Any]],
-    wrap: Callable[[sqlite3.Error], BaseException],
-) -> None:
-    """Answer each operation of a committed group: its value, or its own error (wrapped)."""
-    for (_, _, reply), (ok, value) in zip(group, results, strict=True):
-        if ok:
-            reply.succeed(value)
-        elif isinstance(value, sqlite3.Error):
-            reply.fail(wrap(value))
-        else:
-            reply.fail(value)
 
 
 class SQLiteStore(SQLOperations):
@@ -200,7 +169,7 @@ class SQLiteStore(SQLOperations):
                 reply.fail(StoreError(f"{self!r} closed before this operation ran"))
             return
         try:
-            results = await trio.to_thread.run_sync(_run_group, conn, group, limiter=self._limiter)
+            results = await trio.to_thread.run_sync(run_group, conn, group, limiter=self._limiter)
         except sqlite3.Error as exc:  # BEGIN or COMMIT failed: the whole group failed
             for _, _, reply in group:
                 reply.fail(self._wrap(exc))
