@@ -16,6 +16,7 @@ both forms on the same groups and compare every answer and row.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -177,7 +178,7 @@ def _record_chain_steps(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) 
     """`_sqlite_ops.record_chain_step` of a succeeded node (no fence) for distinct chains."""
     moved: dict[str, tuple[int, bool]] = {}
     for chunk in _chunks(calls):
-        rows = [(chain_id, index, to_micros(now)) for chain_id, index, _, now, *_ in chunk]
+        rows = [(args[0], args[1], to_micros(args[3])) for args in chunk]
         size, params = _padded(rows)
         for chain_id, next_index, completed in conn.execute(
             _STEP_SQL.format(values=_values(size, 3)), params
@@ -236,9 +237,7 @@ def _create_chains(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> li
         for i, node in enumerate(r.nodes):
             row = (r.chain_id, i, *job_row(node))
             unset = (row[_TIMEOUT] is None, row[_LANE] is None)
-            nodes.setdefault(unset, []).append(
-                tuple(v for k, v in enumerate(row) if v is not None or k not in _OPTIONAL)
-            )
+            nodes.setdefault(unset, []).append(_BOUND[unset](row))
     for unset, rows in nodes.items():
         conn.executemany(_INSERT_NODE[unset], rows)
     return [(True, None)] * len(records)
@@ -256,8 +255,18 @@ def _insert_node(no_timeout: bool, no_lane: bool) -> str:
 #: Where a node's optional fields sit in its row (after chain_id and idx).
 _TIMEOUT = 2 + JOB_COLUMNS.split(", ").index("timeout")
 _LANE = 2 + JOB_COLUMNS.split(", ").index("lane")
-_OPTIONAL = (_TIMEOUT, _LANE)
 _INSERT_NODE = {(t, n): _insert_node(t, n) for t in (False, True) for n in (False, True)}
+
+
+def _bound(no_timeout: bool, no_lane: bool) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """The values of a node's row that `_INSERT_NODE`'s statement binds."""
+    unbound = {_TIMEOUT} if no_timeout else set()
+    if no_lane:
+        unbound.add(_LANE)
+    return operator.itemgetter(*(k for k in range(2 + JOB_FIELDS) if k not in unbound))
+
+
+_BOUND = {(t, n): _bound(t, n) for t in (False, True) for n in (False, True)}
 
 
 def deliver_group(
