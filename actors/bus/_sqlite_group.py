@@ -16,6 +16,7 @@ both forms on the same groups and compare every answer and row.
 
 from __future__ import annotations
 
+import functools
 import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -137,9 +138,11 @@ def _in_bulk(
         results[i] = answer
 
 
-def _values(rows: int, width: int) -> str:
+@functools.cache
+def _sql(template: str, rows: int, width: int) -> str:
+    """``template`` with ``{values}`` as a ``VALUES`` list of ``rows`` rows of ``width``."""
     row = f"({', '.join('?' * width)})"
-    return f"(VALUES {', '.join([row] * rows)})"
+    return template.format(values=f"(VALUES {', '.join([row] * rows)})")
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -180,11 +183,12 @@ def _record_chain_steps(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) 
     for chunk in _chunks(calls):
         rows = [(args[0], args[1], to_micros(args[3])) for args in chunk]
         size, params = _padded(rows)
-        for chain_id, next_index, completed in conn.execute(
-            _STEP_SQL.format(values=_values(size, 3)), params
-        ):
+        for chain_id, next_index, completed in conn.execute(_sql(_STEP_SQL, size, 3), params):
             moved[chain_id] = (next_index, bool(completed))
-    nodes = _next_nodes(conn, [(c, i) for c, (i, done) in moved.items() if not done])
+    wanted = [(c, i) for c, (i, done) in moved.items() if not done]
+    nodes = _next_nodes(conn, wanted)
+    if len(nodes) != len(wanted):  # a chain without its next node: one by one, as it fails
+        raise LookupError("a chain's next node is missing")
     stale = _known(conn, [args[0] for args in calls if args[0] not in moved])
     answers: list[_Result] = []
     for args in calls:
@@ -205,7 +209,7 @@ def _next_nodes(conn: sqlite3.Connection, wanted: list[tuple[str, int]]) -> dict
     nodes: dict[str, JobRecord] = {}
     for chunk in _chunks(wanted):
         size, params = _padded(chunk)
-        for chain_id, *job in conn.execute(_NODE_SQL.format(values=_values(size, 2)), params):
+        for chain_id, *job in conn.execute(_sql(_NODE_SQL, size, 2), params):
             if chain_id not in nodes:  # (a padding row finds its node again)
                 nodes[chain_id] = JobRecord(*job)
     return nodes
@@ -215,7 +219,7 @@ def _known(conn: sqlite3.Connection, chain_ids: list[str]) -> set[str]:
     known: set[str] = set()
     for chunk in _chunks(chain_ids):
         size, params = _padded([(c,) for c in chunk])
-        known.update(c for (c,) in conn.execute(_KNOWN_SQL.format(values=_values(size, 1)), params))
+        known.update(c for (c,) in conn.execute(_sql(_KNOWN_SQL, size, 1), params))
     return known
 
 

@@ -200,3 +200,17 @@ async def test_a_bus_records_concurrent_chains_set_based(
     assert sum(sizes["steps"]) == 90
     assert max(sizes["creates"]) > 1
     assert max(sizes["steps"]) > 1
+
+
+def test_a_chain_missing_its_next_node_fails_its_step_alone() -> None:
+    """A damaged file (a chain's next node deleted by hand): that step fails as it does one
+    by one, and the other steps of the group still commit."""
+    created, steps = _steps_of_created_chains(3)
+    with _pair() as (grouped, plain):
+        for conn in (grouped, plain):
+            group_runner.run_plain_group(conn, created)
+            conn.execute("DELETE FROM chain_nodes WHERE chain_id = 'k1' AND idx = 1")
+        ours = group_runner.run_group(grouped, steps)
+        assert _answers(ours) == _answers(group_runner.run_plain_group(plain, steps))
+        assert [ok for ok, _ in ours] == [True, False, True]
+        assert _dump(grouped) == _dump(plain)
