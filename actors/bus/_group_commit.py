@@ -3,7 +3,7 @@
 SQLite calls block, so they run in a worker thread (`trio.to_thread.run_sync`), one thread
 call at a time (a `trio.CapacityLimiter` of 1 guards the connection). Calls that arrive while
 a thread call runs are *group-committed*: the next thread call runs them all in one
-``BEGIN IMMEDIATE`` transaction (`_sqlite._run_group`, the store's), so many tasks share one
+``BEGIN IMMEDIATE`` transaction (`_sqlite_group.run_plain_group`), so many tasks share one
 thread hop and one commit; each caller waits on its own `actors._reply.Reply`. A call that
 needs all-or-nothing inside the group uses its own savepoint (`_sqlite_schema.transaction`).
 Unlike `SQLiteStore`, which is served by a writer actor under the bus, this needs no task of
@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import trio
 
 from .._reply import Reply
-from ._sqlite import _Op, _run_group, deliver_group
+from ._sqlite import _Op
+from ._sqlite_group import deliver_group, run_plain_group
 
 T = TypeVar("T")
 
@@ -56,7 +57,7 @@ class GroupCommit:
             group, self._pending = self._pending, []
             try:
                 results = await trio.to_thread.run_sync(
-                    _run_group, self.conn, group, limiter=self.limiter
+                    run_plain_group, self.conn, group, limiter=self.limiter
                 )
             except BaseException as exc:  # BEGIN or COMMIT failed: the whole group failed
                 for _, _, reply in group:

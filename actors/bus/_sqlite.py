@@ -2,15 +2,15 @@
 
 SQLite calls block, so store operations run in a worker thread (`trio.to_thread.run_sync`),
 one thread call at a time per store. Operations that arrive while one runs are
-*group-committed*: a writer actor (a keyed actor of the core, served under the bus) takes
-every operation waiting in its mailbox (`KeyedActors.take_pending`) and runs them in one
-``BEGIN IMMEDIATE`` transaction, each inside its own savepoint, so one failing operation
-rolls back only itself; each caller waits on its own `actors._reply.Reply`. Many
-coordinators thus share one thread hop and one commit. A chain step may also be sent with no
-caller waiting (`SQLiteStore.record_chain_step_then`): the writer's task settles it when its
-group commits. Several processes (or stores) may
-share the file: SQLite serialises writers, and the unique constraints make job outcomes and
-callback claims count once. Errors arrive as `StoreError` naming the file.
+*group-committed*: the store's writer (a task the bus runs, `SQLiteStore.serve`) takes every
+operation waiting for it and runs them in one ``BEGIN IMMEDIATE`` transaction, so that one
+failing operation rolls back only itself (chain steps and new chains set-based, the others
+each in its own savepoint: `_sqlite_group`); each caller waits on its own
+`actors._reply.Reply`. Many coordinators thus share one thread hop and one commit. A chain
+step may also be sent with no caller waiting (`SQLiteStore.record_chain_step_then`): the
+writer's task settles it when its group commits. Several processes (or stores) may share the
+file: SQLite serialises writers, and the unique constraints make job outcomes and callback
+claims count once. Errors arrive as `StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import trio
 
-from .._keyed import KeyedActors, open_keyed
 from .._reply import Reply
 from . import _sqlite_ops as ops
 from ._errors import StoreError
 from ._sql_store import SQLOperations, SQLOps
+from ._sqlite_group import deliver_group, run_group
 from ._sqlite_schema import connect
 
 T = TypeVar("T")
@@ -65,40 +65,42 @@ class _Then:
 
 
 _Op = tuple[Callable[..., Any], tuple[Any, ...], _Answer]
-_WRITER = "writer"
+
+#: `SQLiteStore.record_chain_step_then` queues nothing (its caller takes the slow path) while
+#: this many operations wait for the writer.
+_WAITING_AT_MOST = 1024
 
 
-def _run_group(conn: sqlite3.Connection, group: Sequence[_Op]) -> list[tuple[bool, Any]]:
-    """In the thread: every operation in one transaction, each in its savepoint."""
-    results: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for fn, args, _ in group:
-            try:
-                results.append((True, fn(conn, *args)))
-            except Exception as exc:
-                results.append((False, exc))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return results
+class _Writer:
+    """The writer's queue: operations wait in a list, and the writer's task takes them all
+    at once, a group at a time (no task, mailbox or envelope per operation)."""
 
+    __slots__ = ("_parked", "pending")
 
-def deliver_group(
-    group: Sequence[_Op],
-    results: Sequence[tuple[bool, Any]],
-    wrap: Callable[[sqlite3.Error], BaseException],
-) -> None:
-    """Answer each operation of a committed group: its value, or its own error (wrapped)."""
-    for (_, _, reply), (ok, value) in zip(group, results, strict=True):
-        if ok:
-            reply.succeed(value)
-        elif isinstance(value, sqlite3.Error):
-            reply.fail(wrap(value))
-        else:
-            reply.fail(value)
+    def __init__(self) -> None:
+        self.pending: list[_Op] = []
+        self._parked: trio.lowlevel.Task | None = None
+
+    def send(self, op: _Op) -> None:
+        """Queue ``op`` (no yield), waking the writer if it waits for work."""
+        self.pending.append(op)
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
+    async def next_group(self) -> list[_Op]:
+        """Every operation waiting, once there is one (a checkpoint when it waits; when work
+        is waiting already the group's thread call is the writer's next one)."""
+        if not self.pending:
+            self._parked = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        group, self.pending = self.pending, []
+        return group
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class SQLiteStore(SQLOperations):
@@ -126,7 +128,7 @@ class SQLiteStore(SQLOperations):
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
-        self._writer: KeyedActors[_Op, None] | None = None
+        self._writer: _Writer | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}{'' if self._conn else ' (closed)'}>"
@@ -141,7 +143,7 @@ class SQLiteStore(SQLOperations):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in the thread, group-committed with concurrent calls.
 
-        On its own (no writer actor): like `trio.to_thread.run_sync`, a call cancelled
+        On its own (no writer): like `trio.to_thread.run_sync`, a call cancelled
         before its thread call starts is dropped, once started it runs to its end. Served
         (under a bus): a call cancelled before it is sent is dropped; once sent it completes
         and its result is returned, so no write is left unknown to its caller (a stored
@@ -161,13 +163,9 @@ class SQLiteStore(SQLOperations):
                 raise self._wrap(exc) from exc
             return result
         reply: Reply[T] = Reply()
-        op = (fn, args, reply)
-        # Sent without the tell's own checkpoint when the writer's mailbox has room: the wait
-        # for the answer is this call's schedule point (and, like a shielded one, not a
-        # cancellation point).
-        if not writer.tell_nowait(_WRITER, op):
-            with trio.CancelScope(shield=True):
-                await writer.tell(_WRITER, op)
+        # Sent without a checkpoint: the wait for the answer is this call's schedule point
+        # (and, like a shielded one, not a cancellation point).
+        writer.send((fn, args, reply))
         return await reply.wait_shielded()
 
     def record_chain_step_then(
@@ -182,25 +180,23 @@ class SQLiteStore(SQLOperations):
         yield), and ``then(True, step)`` or ``then(False, error)`` runs in the writer's task
         once its group has committed or failed (the error as `record_chain_step` raises it;
         any other exception, such as the writer's cancellation, as it is). False: nothing is
-        queued (the store is not served by a bus, or the writer's mailbox is full)."""
+        queued (the store is not served by a bus, or its writer has `_WAITING_AT_MOST`
+        operations waiting)."""
         writer = self._writer
-        if writer is None or self._conn is None:
+        if writer is None or self._conn is None or len(writer.pending) >= _WAITING_AT_MOST:
             return False
-        return writer.tell_nowait(
-            _WRITER, (ops.record_chain_step, (chain_id, index, failure, now), _Then(then))
-        )
+        writer.send((ops.record_chain_step, (chain_id, index, failure, now), _Then(then)))
+        return True
 
-    async def _write_group(self, key: str, first: _Op) -> None:
-        """The writer actor: this operation and every one waiting, in one transaction."""
-        writer, conn = self._writer, self._conn
-        assert writer is not None
-        group = [first, *writer.take_pending(key)]
+    async def _write_group(self, group: list[_Op]) -> None:
+        """The writer: these operations (every one waiting), in one transaction."""
+        conn = self._conn
         if conn is None:
             for _, _, reply in group:
                 reply.fail(StoreError(f"{self!r} closed before this operation ran"))
             return
         try:
-            results = await trio.to_thread.run_sync(_run_group, conn, group, limiter=self._limiter)
+            results = await trio.to_thread.run_sync(run_group, conn, group, limiter=self._limiter)
         except sqlite3.Error as exc:  # BEGIN or COMMIT failed: the whole group failed
             for _, _, reply in group:
                 reply.fail(self._wrap(exc))
@@ -212,14 +208,20 @@ class SQLiteStore(SQLOperations):
         deliver_group(group, results, self._wrap)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the writer actor (group commit) until cancelled; the bus runs it."""
-        async with open_keyed(self._write_group, name=f"writer of {self!r}") as writer:
-            self._writer = writer
-            try:
-                task_status.started()
-                await trio.sleep_forever()
-            finally:
-                self._writer = None
+        """Run the writer (group commit) until cancelled; the bus runs it. Operations still
+        waiting then fail with the writer's cancellation, as those of a group in flight."""
+        writer = self._writer = _Writer()
+        try:
+            task_status.started()
+            while True:
+                await self._write_group(await writer.next_group())
+        except BaseException as exc:
+            group, writer.pending = writer.pending, []
+            for _, _, reply in group:
+                reply.fail(exc)
+            raise
+        finally:
+            self._writer = None
 
     async def open(self) -> None:
         """Connect and create or migrate the schema."""

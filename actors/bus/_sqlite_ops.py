@@ -61,12 +61,28 @@ def claim_unique(conn: sqlite3.Connection, key: str, now: int, expires_at: int) 
         return True
 
 
+INSERT_JOB_CALLBACK = "INSERT INTO job_callbacks (owner, name, job) VALUES (?, ?, ?)"
+INSERT_CHAIN = f"INSERT INTO chains ({CHAIN_COLUMNS}) VALUES (?, ?, ?, ?, 0, 0, 0, NULL, ?, ?)"
+_INSERT_CHAIN_NODE = (
+    f"INSERT INTO chain_nodes (chain_id, idx, {JOB_COLUMNS}) VALUES (?, ?, {_JOB_VALUES})"
+)
+
+
+def callback_row(owner: str, name: str, job: JobRecord) -> tuple[str, str, str]:
+    return owner, name, json.dumps(attrs.asdict(job))
+
+
+def new_chain_row(record: ChainRecord) -> tuple[object, ...]:
+    """A new chain's row of ``chains``, for `INSERT_CHAIN`."""
+    created = to_micros(record.created_at)
+    return (record.chain_id, record.dispatch_id, record.queue, len(record.nodes), created, created)
+
+
 def _save_job_callbacks(
     conn: sqlite3.Connection, owner: str, callbacks: tuple[tuple[str, JobRecord], ...]
 ) -> None:
     conn.executemany(
-        "INSERT INTO job_callbacks (owner, name, job) VALUES (?, ?, ?)",
-        [(owner, name, json.dumps(attrs.asdict(job))) for name, job in callbacks],
+        INSERT_JOB_CALLBACK, [callback_row(owner, name, job) for name, job in callbacks]
     )
 
 
@@ -76,22 +92,11 @@ def job_callbacks(conn: sqlite3.Connection, owner: str) -> dict[str, JobRecord]:
 
 
 def create_chain(conn: sqlite3.Connection, record: ChainRecord) -> None:
-    created = to_micros(record.created_at)
     with transaction(conn):
         _save_job_callbacks(conn, f"chain:{record.chain_id}", record.callbacks)
-        conn.execute(
-            f"INSERT INTO chains ({CHAIN_COLUMNS}) VALUES (?, ?, ?, ?, 0, 0, 0, NULL, ?, ?)",
-            (
-                record.chain_id,
-                record.dispatch_id,
-                record.queue,
-                len(record.nodes),
-                created,
-                created,
-            ),
-        )
+        conn.execute(INSERT_CHAIN, new_chain_row(record))
         conn.executemany(
-            f"INSERT INTO chain_nodes (chain_id, idx, {JOB_COLUMNS}) VALUES (?, ?, {_JOB_VALUES})",
+            _INSERT_CHAIN_NODE,
             [(record.chain_id, i, *job_row(node)) for i, node in enumerate(record.nodes)],
         )
 

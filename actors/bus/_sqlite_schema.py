@@ -242,8 +242,12 @@ def load_chain(conn: sqlite3.Connection, chain_id: str) -> ChainRow:
         f"SELECT {CHAIN_COLUMNS} FROM chains WHERE chain_id = ?", (chain_id,)
     ).fetchone()
     if found is None:
-        raise NotFound(f"no chain {chain_id!r} in this store (wrong id, or pruned)")
+        raise chain_not_found(chain_id)
     return chain_row(found)
+
+
+def chain_not_found(chain_id: str) -> NotFound:
+    return NotFound(f"no chain {chain_id!r} in this store (wrong id, or pruned)")
 
 
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:

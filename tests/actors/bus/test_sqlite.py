@@ -356,20 +356,13 @@ async def test_cancel_batch_through_the_file_stops_another_bus(
     assert state.cancelled
 
 
-@pytest.mark.parametrize("path", ["fast", "slow"])
-async def test_a_sent_call_completes_and_returns_though_cancelled_on_either_path(
-    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """DESIGN rule 6: an operation sent to the writer without a checkpoint (its mailbox had
-    room) and one sent by the shielded tell (forced here) behave alike: cancelled while its
-    group runs, it completes, returns its result, and the cancel lands at the next checkpoint."""
+async def test_a_sent_call_completes_and_returns_though_cancelled(tmp_path: Path) -> None:
+    """An operation sent to the writer (without a checkpoint), cancelled while its group
+    runs: it completes, returns its result, and the cancel lands at the next checkpoint."""
     store, gate, slow = await _store_with_a_gated_call(tmp_path)
     seen: list[object] = []
     async with trio.open_nursery() as served:
         await served.start(store.serve)
-        if path == "slow":
-            assert store._writer is not None
-            monkeypatch.setattr(store._writer, "tell_nowait", lambda key, op: False)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._run, slow)  # holds the writer's thread until `gate`
             await trio.testing.wait_all_tasks_blocked()
@@ -390,4 +383,41 @@ async def test_a_sent_call_completes_and_returns_though_cancelled_on_either_path
     assert scope.cancelled_caught
     assert seen == [True, "returned"]
     assert not await store.claim_callback("batch:x", "then", T0)  # the claim was recorded
+    await store.close()
+
+
+async def test_operations_waiting_when_the_writer_stops_fail_with_its_cancellation(
+    tmp_path: Path,
+) -> None:
+    """None is left waiting for an answer that cannot come: the group in flight completes
+    (its thread call cannot be abandoned) and the operations queued behind it hear the
+    writer's cancellation."""
+    store, gate, slow = await _store_with_a_gated_call(tmp_path)
+    heard: list[object] = []
+    then: list[bool] = []
+
+    async def call(op: Callable[[sqlite3.Connection], str]) -> None:
+        try:
+            heard.append(await store._run(op))
+        except trio.Cancelled:
+            heard.append("cancelled")
+            raise
+
+    async def release() -> None:
+        await trio.sleep(0.01)  # the writer has been cancelled meanwhile
+        gate.set()
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as served:
+            await served.start(store.serve)
+            outer.start_soon(call, slow)  # the group in flight, held by `gate`
+            await trio.testing.wait_all_tasks_blocked()
+            outer.start_soon(call, lambda conn: "queued")
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.record_chain_step_then("c", 0, None, T0, lambda ok, _: then.append(ok))
+            outer.start_soon(release)
+            served.cancel_scope.cancel()
+    assert heard == ["slow", "cancelled"]
+    assert then == [False]
+    assert not store.record_chain_step_then("c", 0, None, T0, lambda ok, _: None)  # not served
     await store.close()
