@@ -41,6 +41,8 @@ class Cancel:
 
 
 _CANCEL: Final = Cancel()
+#: The `Job` callbacks of at most this many batches built elsewhere are kept (`Batches`).
+_FOREIGN_KEPT: Final = 1024
 Message = Done | Cancel
 
 
@@ -76,6 +78,8 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         self._turn: dict[str, trio.lowlevel.Task] = {}
         #: Batches whose first failure is on its way to the coordinator (it will cancel them).
         self._stopping: set[str] = set()
+        #: The `Job` callbacks of batches built elsewhere, as read (`_job_callbacks`).
+        self._foreign: dict[str, dict[str, JobRecord]] = {}
 
     def cancelled_now(self, batch_id: str) -> bool | None:
         """Whether a worker must not start a job of the batch, if that is known without a
@@ -173,12 +177,12 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
     async def _record(self, batch_id: str, first: Done) -> BatchState | None:
         keyed, parts = self._keyed, self._parts
         local = self._local.get(batch_id)
-        if local is not None and local.has_jobs and local.stored is None:
-            local.stored = await self._stored(batch_id)
         # Progress is tracked for whoever reads it: observers, a progress callback (a
-        # callable, or a `Job` stored with the batch).
-        progress = parts.emitter.active or (
-            local is not None and (local.progress is not None or "progress" in (local.stored or ()))
+        # callable here, or a `Job` stored with the batch, which any process runs).
+        progress = (
+            parts.emitter.active
+            or (local is not None and local.progress is not None)
+            or "progress" in await self._job_callbacks(batch_id, local)
         )
         messages: list[Done] = [first]
         while True:
@@ -343,14 +347,26 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         if (local is None or local.has_jobs) and (
             update.progressed or first_error is not None or finished
         ):
-            stored = local.stored if local is not None else None
-            if stored is None:
-                stored = await self._stored(batch_id)
-                if local is not None:
-                    local.stored = stored
-            for name, record in stored.items():
+            for name, record in (await self._job_callbacks(batch_id, local)).items():
                 found.setdefault(name, record)
         return found
+
+    async def _job_callbacks(self, batch_id: str, local: BatchLocal | None) -> dict[str, JobRecord]:
+        r"""The `Job` callbacks stored with the batch, read once per batch (they never
+        change): kept in its `BatchLocal`, or for a batch built elsewhere in ``_foreign``."""
+        if local is not None:
+            if not local.has_jobs:
+                return {}
+            if local.stored is None:
+                local.stored = await self._stored(batch_id)
+            return local.stored
+        stored = self._foreign.get(batch_id)
+        if stored is None:
+            stored = await self._stored(batch_id)
+            if len(self._foreign) >= _FOREIGN_KEPT:  # the oldest goes (read again if needed)
+                del self._foreign[next(iter(self._foreign))]
+            self._foreign[batch_id] = stored
+        return stored
 
     async def _stored(self, batch_id: str) -> dict[str, JobRecord]:
         return await self._parts.recorder.read(
@@ -385,6 +401,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 **common,
             )
         self._local.pop(batch_id, None)
+        self._foreign.pop(batch_id, None)
         self._cancelled.discard(batch_id)
         self._stopping.discard(batch_id)
         owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
