@@ -21,9 +21,13 @@ def trio_clock(start: datetime | None = None) -> Callable[[], datetime]:
         raise ValueError(
             "trio_clock(start=...) needs an aware datetime, e.g. datetime(..., tzinfo=UTC)"
         )
-    origin = trio.current_time()
+    # The bus stamps every chain step and batch outcome with this: the run's clock bound
+    # once (`trio.current_time`, one call less) and a positional timedelta (the same value
+    # as ``timedelta(seconds=...)``) make a call about half as dear.
+    current_time = trio.lowlevel.current_clock().current_time
+    origin = current_time()
 
     def now() -> datetime:
-        return start + timedelta(seconds=trio.current_time() - origin)
+        return start + timedelta(0, current_time() - origin)
 
     return now

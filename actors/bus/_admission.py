@@ -10,7 +10,7 @@ store) and the dispatch fails with ``dispatch_failed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from hashlib import sha1
 from typing import Any, TypeVar
@@ -87,6 +87,11 @@ def check_all(jobs: Sequence[Job], check: Callable[[Job], T]) -> list[T]:
     return out
 
 
+#: What this process keeps of a chain without callbacks when nothing times it (no observer):
+#: one value for them all (a `ChainLocal` is only read).
+_NO_CALLBACKS = ChainLocal(None, None, 0.0)
+
+
 def _fields(job: QueuedJob) -> dict[str, Any]:
     return {"dispatch_id": job.dispatch_id, "job_type": job.job_type, "queue": job.queue}
 
@@ -112,20 +117,32 @@ class Admission:
 
     def record(self, job: Job, default_queue: str | None) -> JobRecord:
         """Check a job against this bus and freeze it into a `JobRecord`."""
-        options = job.options
-        queue = options.queue or default_queue or self.default_queue
-        payload = check_job(job, self._handlers, self._parts.queues, queue)
-        return JobRecord(
-            job_id=self._parts.ids(),
-            job_type=job.type,
-            payload=payload,
-            queue=queue,
-            delay=options.delay,
-            timeout=options.timeout,
-            retry=options.retry,
-            backoff=options.backoff,
-            lane=options.lane,
-        )
+        return self.records((job,), default_queue)[0]
+
+    def records(self, jobs: Iterable[Job], default_queue: str | None) -> tuple[JobRecord, ...]:
+        """`record` for each job of a chain or batch, in order (one loop: a chain's or
+        batch's every job passes here)."""
+        handlers, queues, ids = self._handlers, self._parts.queues, self._parts.ids
+        fallback = default_queue or self.default_queue
+        out = []
+        for job in jobs:
+            options = job.options
+            queue = options.queue or fallback
+            payload = check_job(job, handlers, queues, queue)
+            out.append(
+                JobRecord(
+                    ids(),
+                    job.type,
+                    payload,
+                    queue,
+                    options.delay,
+                    options.timeout,
+                    options.retry,
+                    options.backoff,
+                    options.lane,
+                )
+            )
+        return tuple(out)
 
     def _callbacks(
         self, named: Sequence[tuple[str, Any]], default_queue: str | None
@@ -149,57 +166,115 @@ class Admission:
                 "pass a Job callback (e.g. .then(Job('reports:publish'))) that any worker runs"
             )
 
-    async def admit(
+    def admit(
         self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder | None
-    ) -> DispatchResult | str:
-        """Admit one job (``builder`` None), a chain or a batch; return its ids."""
-        if builder is None:
-            return await self.admit_job(jobs[0])
-        return await self._admit_group(jobs, builder)
+    ) -> Coroutine[Any, Any, DispatchResult | str]:
+        """Admit one job (``builder`` None), a chain or a batch: await it for its ids.
 
-    async def _admit_group(self, jobs: Sequence[Job], builder: ChainBuilder | BatchBuilder) -> str:
-        """`admit` for a chain or a batch: stored first, then its jobs queued."""
+        A plain function handing back the coroutine of the path it picks: one frame less at
+        every resumption of a dispatch."""
+        if builder is None:
+            return self.admit_job(jobs[0])
+        if isinstance(builder, ChainBuilder):
+            return self._admit_chain(jobs, builder)
+        return self._admit_batch(jobs, builder)
+
+    async def _admit_chain(self, jobs: Sequence[Job], builder: ChainBuilder) -> str:
+        """`admit` for a chain: stored first, then its first job queued.
+
+        On a plain `MemoryStore` and the memory broker, nothing from the checks to the return
+        yields (so no shield): the chain is stored and its first job queued at once, as the
+        other stores and brokers do across their awaits, and the dispatch has one scheduling
+        point at its end, as a plain job's (DESIGN rule 6: the same events, store contents
+        and outcome either way).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parts, emitter = self._parts, self._parts.emitter
+        dispatch_id, chain_id = parts.ids(), parts.ids()
+        queue = builder.queue or self.default_queue
+        fields: dict[str, Any] = {}
+        started = 0.0  # read only for the events' durations
+        if emitter.active:
+            started = trio.current_time()
+            fields = {"dispatch_id": dispatch_id, "chain_id": chain_id, "queue": queue}
+            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
+        memory = parts.memory
+        try:
+            records = self.records(jobs, builder.queue)
+            local, callbacks = self._local(builder, started)
+            if parts.jobs >= parts.max_pending:  # (else there is room: no call to wait)
+                await parts.wait_room(1)
+            record = ChainRecord(chain_id, dispatch_id, queue, records, parts.clock(), callbacks)
+            first = records[0]
+            at_once = memory is not None and parts.puts_now(first.queue)
+            if memory is not None and at_once:
+                memory.create_chain_now(record)
+            else:
+                await parts.store.create_chain(record)
+        except BaseException as exc:
+            if emitter.active:
+                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+            raise
+        # Stored: queue and report it, whatever happens to the caller meanwhile (a stored
+        # chain whose first job never reaches a queue would never end).
+        try:
+            if at_once:
+                assert isinstance(local, ChainLocal)
+                self._chains.adopt(chain_id, local)
+                parts.put_now(
+                    (queued(first, dispatch_id, chain_id=chain_id, chain_index=0),), first.delay
+                )
+            else:
+                with trio.CancelScope(shield=True):
+                    await self._queue(builder, chain_id, dispatch_id, records, local)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._undo(builder, chain_id, exc)
+            if emitter.active:
+                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+            raise
+        if emitter.active:
+            emitter.emit(EventKind.CHAIN_STARTED, **fields)
+            duration = trio.current_time() - started
+            emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return chain_id
+
+    async def _admit_batch(self, jobs: Sequence[Job], builder: BatchBuilder) -> str:
+        """`admit` for a batch: stored first, then its jobs queued."""
         await trio.lowlevel.checkpoint_if_cancelled()
         parts, emitter = self._parts, self._parts.emitter
         dispatch_id, owner_id = parts.ids(), parts.ids()
-        is_chain = isinstance(builder, ChainBuilder)
         fields: dict[str, Any] = {
             "dispatch_id": dispatch_id,
-            "chain_id" if is_chain else "batch_id": owner_id,
+            "batch_id": owner_id,
             "queue": builder.queue or self.default_queue,
         }
         started = trio.current_time()
         if emitter.active:
             emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         try:
-            records = tuple(self.record(job, builder.queue) for job in jobs)
+            records = self.records(jobs, builder.queue)
             local, job_callbacks = self._local(builder, started)
-            await parts.wait_room(1 if is_chain else len(records))
-            now = parts.clock()
-            if isinstance(builder, ChainBuilder):
-                record = ChainRecord(
-                    owner_id, dispatch_id, fields["queue"], records, now, job_callbacks
+            await parts.wait_room(len(records))
+            await parts.store.create_batch(
+                BatchRecord(
+                    owner_id,
+                    dispatch_id,
+                    builder.batch_name,
+                    fields["queue"],
+                    builder.allows_failures,
+                    records,
+                    parts.clock(),
+                    job_callbacks,
                 )
-                await parts.store.create_chain(record)
-            else:
-                await parts.store.create_batch(
-                    BatchRecord(
-                        owner_id,
-                        dispatch_id,
-                        builder.batch_name,
-                        fields["queue"],
-                        builder.allows_failures,
-                        records,
-                        now,
-                        job_callbacks,
-                    )
-                )
+            )
         except BaseException as exc:
             if emitter.active:
                 emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
             raise
         # Stored: queue and report it, whatever happens to the caller meanwhile (a stored
-        # chain or batch whose jobs never reach a queue would never end).
+        # batch whose jobs never reach a queue would never end).
         with trio.CancelScope(shield=True):
             try:
                 await self._queue(builder, owner_id, dispatch_id, records, local)
@@ -209,8 +284,7 @@ class Admission:
                     emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
                 raise
             if emitter.active:
-                kind = EventKind.CHAIN_STARTED if is_chain else EventKind.BATCH_STARTED
-                emitter.emit(kind, **fields)
+                emitter.emit(EventKind.BATCH_STARTED, **fields)
                 duration = trio.current_time() - started
                 emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -328,6 +402,8 @@ class Admission:
     ) -> tuple[ChainLocal | BatchLocal, tuple[tuple[str, JobRecord], ...]]:
         """What this process keeps (callables, timing) and the `Job` callbacks to store."""
         if isinstance(builder, ChainBuilder):
+            if builder.catch_callback is None and builder.finally_callback is None:
+                return (_NO_CALLBACKS if not started else ChainLocal(None, None, started)), ()
             fns, jobs = self._callbacks(
                 [("catch", builder.catch_callback), ("finally", builder.finally_callback)],
                 builder.queue,

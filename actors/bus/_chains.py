@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._broker import Delivery
 from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
 from ._errors import BusError, LeaseLost, NotFound
@@ -22,8 +23,8 @@ from ._events import EventKind
 from ._fences import fence_of
 from ._memory_broker import MemoryQueue
 from ._model import ChainNode, JobRecord, LaneFence, QueuedJob, describe, encode_payload
-from ._parts import INSIDE
-from ._rules import ChainStep
+from ._parts import INSIDE, Parts
+from ._rules import ChainStep, Outcome
 from ._sqlite import SQLiteStore
 
 log = logging.getLogger("actors.bus")
@@ -40,19 +41,32 @@ class ChainLocal:
     r"""Some callbacks are `Job`\ s, stored with the chain."""
 
 
-def queued(node: Any, dispatch_id: str, **ids: Any) -> QueuedJob:
+def queued(
+    node: Any,
+    dispatch_id: str,
+    *,
+    chain_id: str | None = None,
+    chain_index: int = 0,
+    batch_id: str | None = None,
+) -> QueuedJob:
     """A stored node (`JobRecord`) as the first attempt of its job."""
+    # Positional: a chain's every step builds one, and keywords cost a third more.
     return QueuedJob(
-        job_id=node.job_id,
-        dispatch_id=dispatch_id,
-        job_type=node.job_type,
-        payload=node.payload,
-        queue=node.queue,
-        timeout=node.timeout,
-        retry=node.retry,
-        backoff=node.backoff,
-        lane=node.lane,
-        **ids,
+        node.job_id,
+        dispatch_id,
+        node.job_type,
+        node.payload,
+        node.queue,
+        node.timeout,
+        node.retry,
+        node.backoff,
+        1,  # attempt
+        chain_id,
+        chain_index,
+        batch_id,
+        None,  # callback_of
+        None,  # error
+        node.lane,
     )
 
 
@@ -61,8 +75,18 @@ class Chains(Coordinators[Done, None, ChainLocal]):
 
     kind = "chain"
 
-    async def tell(self, done: Done) -> None:
-        """Hand a step's outcome to its chain's coordinator.
+    def __init__(self, parts: Parts, idle_timeout: float) -> None:
+        super().__init__(parts, idle_timeout)
+        #: A step may be settled without its coordinator (`tell`): no observer waits for its
+        #: events, and the store records a step with no caller waiting.
+        self._inline = not parts.emitter.active and (
+            parts.memory is not None or type(parts.store) is SQLiteStore
+        )
+
+    async def finish(
+        self, delivery: Delivery, outcome: Outcome, error: BaseException | None
+    ) -> None:
+        """Hand a step's final outcome (a worker's) to its chain's coordinator.
 
         Fast path (DESIGN rule 6): on the memory broker, with no observer and the coordinator
         idle, a succeeded step is recorded right here on a plain `MemoryStore`, or handed to
@@ -73,30 +97,37 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         anything else (a step with callbacks to run, a duplicate, a failed write to retry)
         goes on to the coordinator, with what was recorded.
         """
-        chain_id = done.job.chain_id
+        job = delivery.job
+        chain_id = job.chain_id
         assert chain_id is not None
         parts = self._parts
-        store = parts.store
-        if (
-            done.outcome != "succeeded"
-            or parts.emitter.active
-            or (parts.memory is None and type(store) is not SQLiteStore)
-            or type(parts.queues[done.job.queue]) is not MemoryQueue
-            or not self._keyed.is_idle(chain_id)
+        keyed = self._keyed
+        if not (
+            self._inline
+            and outcome == "succeeded"
+            and parts.puts_now(job.queue)
+            and keyed.is_idle(chain_id)
         ):
-            await self._keyed.tell(chain_id, done)
+            await keyed.tell(chain_id, Done(delivery, outcome, error))
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        job = done.job
-        if parts.memory is not None:
-            self._settle(chain_id, done, self._record_now(chain_id, job, None))
+        memory = parts.memory
+        if memory is not None:
+            try:
+                step = memory.record_chain_step_now(chain_id, job.chain_index, None, parts.clock())
+            except NotFound as exc:
+                log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
+                step = None
+            self._settle(chain_id, delivery, step)
         else:
+            store = parts.store
             assert isinstance(store, SQLiteStore)
+            done = Done(delivery, outcome, error)
             then = partial(self._recorded, chain_id, done)
             if not store.record_chain_step_then(
                 chain_id, job.chain_index, None, parts.clock(), then
             ):
-                await self._keyed.tell(chain_id, done)
+                await keyed.tell(chain_id, done)
                 return
         await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as a tell is
 
@@ -104,36 +135,52 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         """In the SQLite writer's task: the step's write committed (``value`` is the step)
         or failed (``value`` is the error)."""
         if ok:
-            self._settle(chain_id, done, value)
+            self._settle(chain_id, done.delivery, value, done)
         elif isinstance(value, NotFound):
             log.error("bus: cannot record %s: %s; dropped", _what(chain_id, done.job), value)
-            self._settle(chain_id, done, None)
+            self._settle(chain_id, done.delivery, None, done)
         elif isinstance(value, Exception):  # the coordinator retries it, from this failure
             done.write_error = value
             self._hand_on(chain_id, done)
         else:  # the writer was cancelled: the bus stops, and its memory queues with it
             self._parts.finished((done.job,), in_hand=True)
 
-    def _settle(self, chain_id: str, done: Done, step: ChainStep | None) -> None:
+    def _settle(
+        self,
+        chain_id: str,
+        delivery: Delivery,
+        step: ChainStep | None,
+        done: Done | None = None,
+    ) -> None:
         """After the step was recorded: queue the next one and acknowledge this one, if that
-        is all there is to do; else hand the step on to the coordinator."""
-        parts, job = self._parts, done.job
+        is all there is to do; else hand the step on to the coordinator (as ``done``, or a
+        `Done` of the succeeded ``delivery``)."""
+        parts, job = self._parts, delivery.job
         node = None if step is None else step.next_node
         if step is None or not (
             self._ends_quietly(chain_id, step) if node is None else parts.puts_now(node.queue)
         ):
+            if done is None:
+                done = Done(delivery, "succeeded", None)
             done.recorded, done.step = True, step
             self._hand_on(chain_id, done)
             return
-        if node is not None:
-            parts.put_now(
+        queue = parts.queues[job.queue]
+        assert isinstance(queue, MemoryQueue)
+        if node is None:
+            queue.ack_now(delivery)
+            parts.finished((job,), in_hand=True)
+        else:
+            # The next step takes this one's place among the bus's outstanding jobs (both
+            # are its own, or neither is): the count stays as it is, with nothing to wake.
+            following = parts.queues[node.queue]
+            assert isinstance(following, MemoryQueue)
+            following.put_now(
                 (queued(node, job.dispatch_id, chain_id=chain_id, chain_index=step.next_index),),
                 node.delay,
             )
-        queue = parts.queues[job.queue]
-        assert isinstance(queue, MemoryQueue)
-        queue.ack_now(done.delivery)
-        parts.finished((job,), in_hand=True)
+            queue.ack_now(delivery)
+            parts.let_go(1)
         self.handled_inline += 1
 
     def _hand_on(self, chain_id: str, done: Done) -> None:

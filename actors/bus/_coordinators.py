@@ -30,10 +30,10 @@ class Done:
     outcome: Outcome
     error: BaseException | None
     recorded: bool = False
-    """A chain step the worker has recorded already (`Chains.tell`'s fast path), as ``step``."""
+    """A chain step the worker has recorded already (`Chains.finish`'s fast path), as ``step``."""
     step: ChainStep | None = None
     write_error: Exception | None = None
-    """The step's first write failed with this (`Chains.tell`'s fast path): retry it."""
+    """The step's first write failed with this (`Chains.finish`'s fast path): retry it."""
 
     @property
     def job(self) -> QueuedJob:
@@ -76,7 +76,7 @@ class Coordinators(Generic[M, R, L]):
     def forget(self, owner_id: str) -> None:
         self._local.pop(owner_id, None)
 
-    #: Messages handled without the registry (`Chains.tell`'s, `Batches.settle_now`'s fast
+    #: Messages handled without the registry (`Chains.finish`'s, `Batches.settle_now`'s fast
     #: paths), counted as handled.
     handled_inline = 0
     #: Messages a turn took beside the one it was started for (`KeyedActors.take_pending`),

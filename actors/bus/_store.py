@@ -204,6 +204,11 @@ class MemoryStore:
 
     async def create_chain(self, record: ChainRecord) -> None:
         await trio.lowlevel.checkpoint()
+        self.create_chain_now(record)
+
+    def create_chain_now(self, record: ChainRecord) -> None:
+        """`create_chain` without yielding (the bus's admission uses it on the memory
+        broker: a chain stored and its first job queued with no scheduling point between)."""
         if record.callbacks:
             self._job_callbacks[f"chain:{record.chain_id}"] = dict(record.callbacks)
         self._chains[record.chain_id] = _MemoryChain(
@@ -250,7 +255,8 @@ class MemoryStore:
         update cannot block, and a scheduling point is a large share of a step's cost:
         measure with ``python -m bench.bus``)."""
         chain = self._chain(chain_id)
-        self._fences.check(fence)
+        if fence is not None:  # (a lane job's)
+            self._fences.check(fence)
         row = chain.row
         if not row.step(index, failure, now):
             return None

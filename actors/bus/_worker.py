@@ -277,7 +277,7 @@ class Worker:
             await self._batches.tell(Done(delivery, outcome, error))
             return True
         if job.chain_id is not None:
-            await self._chains.tell(Done(delivery, outcome, error))
+            await self._chains.finish(delivery, outcome, error)
             return True
         await self._parts.ack(delivery)
         self._parts.finished((job,))

@@ -149,7 +149,7 @@ async def _chains(store: Store, broker: MemoryBroker, pause: float = 0.1) -> tup
 async def test_a_chain_step_recorded_by_its_worker_ends_as_the_coordinators(
     autojump_clock: Any,
 ) -> None:
-    """`Chains.tell`'s fast path (a plain MemoryStore, the memory broker, no observer): the
+    """`Chains.finish`'s fast path (a plain MemoryStore, the memory broker, no observer): the
     worker records a step that queues the next one. Handlers, callbacks, chain states, stats
     and timing are the same as when the coordinator records every step."""
     fast = await _chains(MemoryStore(), MemoryBroker())
@@ -175,7 +175,7 @@ class SlowSQLiteStore(SQLiteStore):
 async def test_a_chain_step_settled_by_the_sqlite_writer_ends_as_the_coordinators(
     tmp_path: Path,
 ) -> None:
-    """`Chains.tell`'s fast path on a served `SQLiteStore`: the step goes to the writer with
+    """`Chains.finish`'s fast path on a served `SQLiteStore`: the step goes to the writer with
     no caller waiting, and the writer's task settles it once its group commits. Handlers,
     callbacks, chain states and stats are the same as through the coordinator. (The real
     clock, as every SQLite test: the handlers do not sleep.)"""
