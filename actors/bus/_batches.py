@@ -5,7 +5,8 @@ every outcome waiting in its mailbox (`KeyedActors.take_pending`), records them 
 write (retried until it commits), acknowledges their deliveries, then acts on the update:
 cancels what is left (after a failure or `cancel_batch`), reports progress and runs the
 callbacks, ``finally_`` last of all. Whether a batch is cancelled, its callbacks and its first
-error live here and nowhere else; workers only read `is_cancelled`.
+error live here and nowhere else; workers only read `cancelled_now`, and count a success
+that changes nothing else themselves (`settle_now`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import attrs
 import trio
 
 from .._keyed import KeyedActors
+from ._broker import Delivery
 from ._callbacks import Callback, Owner, run_callback
 from ._coordinators import Coordinators, Done
 from ._errors import BusError, NotFound
 from ._events import EventKind
 from ._fences import fence_of
-from ._model import BatchState, QueuedJob
+from ._memory_broker import MemoryQueue
+from ._model import BatchState, JobRecord, QueuedJob
 from ._parts import INSIDE, Parts
 from ._rules import BatchUpdate, JobOutcome
 
@@ -38,6 +41,8 @@ class Cancel:
 
 
 _CANCEL: Final = Cancel()
+#: The `Job` callbacks of at most this many batches built elsewhere are kept (`Batches`).
+_FOREIGN_KEPT: Final = 1024
 Message = Done | Cancel
 
 
@@ -55,6 +60,8 @@ class BatchLocal:
     r"""Some callbacks are `Job`\ s, stored with the batch."""
     first_error: BaseException | None = None
     finished: bool = False
+    stored: dict[str, JobRecord] | None = None
+    r"""The `Job` callbacks stored with the batch, once read (they never change)."""
 
 
 class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
@@ -71,9 +78,55 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         self._turn: dict[str, trio.lowlevel.Task] = {}
         #: Batches whose first failure is on its way to the coordinator (it will cancel them).
         self._stopping: set[str] = set()
+        #: The `Job` callbacks of batches built elsewhere, as read (`_job_callbacks`).
+        self._foreign: dict[str, dict[str, JobRecord]] = {}
 
-    def is_cancelled(self, batch_id: str) -> bool:
-        return batch_id in self._cancelled or batch_id in self._stopping
+    def cancelled_now(self, batch_id: str) -> bool | None:
+        """Whether a worker must not start a job of the batch, if that is known without a
+        store call: known cancelled here, or a plain `MemoryStore` (in this process, so
+        nothing else can change it: a dict lookup answers). None: ask the store."""
+        if batch_id in self._cancelled or batch_id in self._stopping:
+            return True
+        memory = self._parts.memory
+        return None if memory is None else memory.batch_cancelled_now(batch_id)
+
+    def settle_now(self, delivery: Delivery) -> bool:
+        """A worker's fast path (DESIGN rule 6) for a job that succeeded: count it in the
+        store, acknowledge it and count it out, right where it finished, without a tell;
+        False (nothing done) if the coordinator must see it.
+
+        Only where no one could tell it from the coordinator doing it: a plain `MemoryStore`
+        (a write that cannot fail or yield), the memory broker, no observer (no events to
+        order), a batch built here with no `progress` callback (nothing runs per job), its
+        coordinator idle (no outcome of this batch waits before this one), not cancelled, and
+        this job not its last (the coordinator ends the batch and runs its callbacks). What
+        the coordinator would then do is exactly this: one outcome recorded, nothing to act on
+        (`_settle` returns at once), the delivery acknowledged, the job counted out.
+        """
+        parts, job = self._parts, delivery.job
+        batch_id = job.batch_id
+        assert batch_id is not None
+        local = self._local.get(batch_id)
+        if local is None or local.progress is not None or local.has_jobs:
+            return False
+        memory, registry = parts.memory, self._registry
+        queue = parts.queues[job.queue]
+        if (
+            memory is None
+            or registry is None
+            or parts.emitter.active
+            or job.lane is not None
+            or type(queue) is not MemoryQueue
+            or batch_id in self._cancelled
+            or batch_id in self._stopping
+            or not registry.is_idle(batch_id)
+            or not memory.count_success_now(batch_id, job.job_id, parts.clock())
+        ):
+            return False
+        queue.ack_now(delivery)
+        parts.done(1)  # a job of a batch built here (``local``): this bus's own
+        self.handled_inline += 1
+        return True
 
     async def tell(self, done: Done) -> None:
         """Hand the coordinator a job's outcome. A failure that will cancel the batch stops
@@ -124,10 +177,19 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
     async def _record(self, batch_id: str, first: Done) -> BatchState | None:
         keyed, parts = self._keyed, self._parts
         local = self._local.get(batch_id)
-        progress = parts.emitter.active or (local is not None and local.progress is not None)
+        # Progress is tracked for whoever reads it: observers, a progress callback (a
+        # callable here, or a `Job` stored with the batch, which any process runs).
+        progress = (
+            parts.emitter.active
+            or (local is not None and local.progress is not None)
+            or "progress" in await self._job_callbacks(batch_id, local)
+        )
         messages: list[Done] = [first]
         while True:
-            messages.extend(_take(keyed, batch_id))
+            taken = _take(keyed, batch_id)
+            if taken:
+                messages.extend(taken)
+                self.handled_taken += len(taken)
             try:
                 outcomes = [
                     JobOutcome(m.job.job_id, m.outcome, fence_of(m.delivery)) for m in messages
@@ -171,15 +233,12 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
             messages = _take(keyed, batch_id)
             if not messages:
                 return state
+            self.handled_taken += len(messages)
 
     async def _recover(self, batch_id: str, state: BatchState) -> None:
         """A redelivered outcome of a batch that is over: the process that finished it may
         have died before it queued the `Job` callbacks, so queue the due ones again."""
-        stored = await self._parts.recorder.read(
-            f"the Job callbacks of batch {batch_id}",
-            self._parts.store.job_callbacks,
-            f"batch:{batch_id}",
-        )
+        stored = await self._stored(batch_id)
         owner = Owner("batch", batch_id, state.dispatch_id, state.queue)
         error = BusError(f"{state.failed} job(s) of batch {batch_id} failed")
         due = {
@@ -288,14 +347,33 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         if (local is None or local.has_jobs) and (
             update.progressed or first_error is not None or finished
         ):
-            stored = await self._parts.recorder.read(
-                f"the Job callbacks of batch {batch_id}",
-                self._parts.store.job_callbacks,
-                f"batch:{batch_id}",
-            )
-            for name, record in stored.items():
+            for name, record in (await self._job_callbacks(batch_id, local)).items():
                 found.setdefault(name, record)
         return found
+
+    async def _job_callbacks(self, batch_id: str, local: BatchLocal | None) -> dict[str, JobRecord]:
+        r"""The `Job` callbacks stored with the batch, read once per batch (they never
+        change): kept in its `BatchLocal`, or for a batch built elsewhere in ``_foreign``."""
+        if local is not None:
+            if not local.has_jobs:
+                return {}
+            if local.stored is None:
+                local.stored = await self._stored(batch_id)
+            return local.stored
+        stored = self._foreign.get(batch_id)
+        if stored is None:
+            stored = await self._stored(batch_id)
+            if len(self._foreign) >= _FOREIGN_KEPT:  # the oldest goes (read again if needed)
+                del self._foreign[next(iter(self._foreign))]
+            self._foreign[batch_id] = stored
+        return stored
+
+    async def _stored(self, batch_id: str) -> dict[str, JobRecord]:
+        return await self._parts.recorder.read(
+            f"the Job callbacks of batch {batch_id}",
+            self._parts.store.job_callbacks,
+            f"batch:{batch_id}",
+        )
 
     async def _finish(
         self,
@@ -323,6 +401,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 **common,
             )
         self._local.pop(batch_id, None)
+        self._foreign.pop(batch_id, None)
         self._cancelled.discard(batch_id)
         self._stopping.discard(batch_id)
         owner = Owner("batch", batch_id, state.dispatch_id, state.queue)

@@ -76,14 +76,19 @@ class Coordinators(Generic[M, R, L]):
     def forget(self, owner_id: str) -> None:
         self._local.pop(owner_id, None)
 
-    #: Messages handled without the registry (`Chains.finish`'s fast path), counted as handled.
+    #: Messages handled without the registry (`Chains.finish`'s, `Batches.settle_now`'s fast
+    #: paths), counted as handled.
     handled_inline = 0
+    #: Messages a turn took beside the one it was started for (`KeyedActors.take_pending`),
+    #: counted as handled too: ``messages_total`` counts outcomes, however they were grouped.
+    handled_taken = 0
 
     def stats(self) -> KeyedStats:
         stats = self._keyed.stats()
-        if not self.handled_inline:
+        extra = self.handled_inline + self.handled_taken
+        if not extra:
             return stats
-        return attrs.evolve(stats, messages_total=stats.messages_total + self.handled_inline)
+        return attrs.evolve(stats, messages_total=stats.messages_total + extra)
 
     def _failed(self, key: str, message: M, exc: BaseException) -> None:
         log.error("bus %s coordinator %r failed handling %r", self.kind, key, message, exc_info=exc)

@@ -126,8 +126,9 @@ class Worker:
                     parts.let_go(1)
 
     async def _cancelled(self, batch_id: str) -> bool:
-        if self._batches.is_cancelled(batch_id):
-            return True
+        known = self._batches.cancelled_now(batch_id)  # a MemoryStore: no store call
+        if known is not None:
+            return known
         # A store error (a server restarting) is waited out as an outcome's is: the job must
         # neither be dropped nor run past a cancel.
         cancelled = await self._parts.recorder.write(
@@ -326,6 +327,8 @@ class Worker:
         acknowledge it here (False)."""
         job = delivery.job
         if job.batch_id is not None:
+            if outcome == "succeeded" and self._batches.settle_now(delivery):
+                return False  # recorded, acknowledged and counted out (a fast path)
             await self._batches.tell(Done(delivery, outcome, error))
             return True
         if job.chain_id is not None:

@@ -68,6 +68,23 @@ async def test_a_batch_runs_its_jobs_in_parallel_with_progress(autojump_clock: A
     assert finals == [state]
 
 
+async def test_a_progress_job_runs_after_each_job(autojump_clock: Any) -> None:
+    """A `Job` progress callback is queued once per finished job, with no observer attached
+    (it never ran: progress was tracked only for a callable or an observer)."""
+    seen: list[tuple[int, float]] = []
+
+    async def on_progress(ctx: JobContext) -> None:
+        assert isinstance(ctx.state, BatchState)
+        seen.append((ctx.state.processed, trio.current_time()))
+
+    async with open_bus(queues={"default": 4}) as bus:
+        bus.register("work", _work)
+        bus.register("progress", on_progress)
+        await bus.batch(*jobs(3, 1, 2)).progress(Job("progress")).then(Job("progress")).dispatch()
+        await bus.wait_idle()
+    assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (3, 3.0)]  # after each job, then `then`
+
+
 async def test_first_failure_cancels_the_jobs_not_started(autojump_clock: Any) -> None:
     ran: list[Any] = []
     caught: list[tuple[BatchState, BaseException]] = []

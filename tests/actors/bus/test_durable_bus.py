@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.bus import DuplicateJob, Handlers, Job, JobContext, UnknownJobType, open_bus
+from actors.bus import BatchState, DuplicateJob, Handlers, Job, JobContext, UnknownJobType, open_bus
 
 
 def handlers(ran: list[str]) -> Handlers:
@@ -80,3 +80,30 @@ async def test_unique_for_holds_across_buses_sharing_the_store(tmp_path: Path) -
         with pytest.raises(DuplicateJob, match="unique_for"):
             await two.dispatch(Job("t", {"report": 7}).unique_for(3600))
         await two.dispatch(Job("t", {"report": 8}).unique_for(3600))  # another payload
+
+
+async def test_a_progress_job_runs_for_a_batch_built_by_another_bus(tmp_path: Path) -> None:
+    """A batch dispatched by a bus that runs no jobs: the worker bus, which knows nothing of
+    it but what the store holds, queues its `progress` Job after each job (it never did:
+    progress was tracked only for a batch built in the worker's own process)."""
+    db = f"sqlite:///{tmp_path}/jobs.db"
+    broker = f"{db}?poll_interval=0.01"
+    ran: list[str] = []
+    found = handlers(ran)
+    both = trio.Event()
+
+    async def progress(ctx: JobContext) -> None:
+        assert isinstance(ctx.state, BatchState)
+        ran.append(f"progress {ctx.state.processed}")
+        if sum(entry.startswith("progress") for entry in ran) == 2:
+            both.set()
+
+    found.register("progress", progress)
+    async with open_bus(store=db, broker=broker, handlers=found, workers=False) as bus:
+        batch_id = await bus.batch(Job("t", 1), Job("t", 2)).progress(Job("progress")).dispatch()
+    async with open_bus(store=db, broker=broker, handlers=found, queues={"default": 1}) as worker:
+        with trio.fail_after(10):
+            await both.wait()
+        assert (await worker.find_batch(batch_id)).completed
+    assert sorted(ran[:2]) == ["1", "2"]
+    assert [entry.split()[0] for entry in ran[2:]] == ["progress", "progress"]

@@ -221,3 +221,93 @@ async def test_a_failed_write_on_the_fast_path_is_retried_as_the_coordinators(
         assert all("recording step 0 " in m and "database is locked" in m for m in retried)
         assert inline == (1 if type(store) is SQLiteStore else 0)  # step 1 took the fast path
     assert seen == [(True, 2, 0, 2)] * 2
+
+
+async def _batches(store: Store, broker: MemoryBroker) -> tuple[Any, ...]:
+    """Batches with no observer (so a success may be counted by its worker): what handlers
+    see (the context, the batch's state from the store), how the batches and their
+    callbacks end, the stats, and when."""
+    seen: list[tuple[Any, ...]] = []
+    ends: list[Any] = []
+
+    names = ["quiet", "ends", "allowed", "failing", "cancelled", "progress"]
+
+    async def work(ctx: JobContext) -> None:
+        name, index = ctx.payload
+        # No two jobs end at one instant: the order of tasks woken together is Trio's
+        # (shuffled), and a job reading the store then could see either order on any path.
+        await trio.sleep(0.1 + 0.0137 * index + 0.00101 * names.index(name))
+        assert ctx.batch_id is not None
+        state = await bus.find_batch(ctx.batch_id)
+        seen.append((name, index, request.get(), INSIDE.get(), state.processed, state.pending))
+        request.set("leaked")  # never seen by the next job
+        # The failing batch's last job but one fails, with nothing of it left queued: which of its
+        # queued jobs a worker would take (and find cancelled) before the coordinator took
+        # them off the queue is down to the order of tasks at that instant, on any path.
+        if (name, index) in (("failing", 5), ("allowed", 3)):
+            raise KeyError("bad")
+
+    def end(kind: str) -> Any:
+        def callback(state: Any, *error: BaseException) -> None:
+            ends.append((kind, state.processed, state.failed, state.pending, request.get()))
+
+        return callback
+
+    request.set("outer")
+    async with open_bus(store=store, broker=broker, queues={"default": 2}) as bus:
+        bus.register("w", work)
+        ids = []
+        for name in names:
+            builder = bus.batch(*(Job("w", (name, i)) for i in range(7)))
+            if name != "quiet":
+                builder = builder.then(end(f"{name} then")).finally_(end(f"{name} finally"))
+            if name in ("allowed", "failing"):
+                builder = builder.catch(end(f"{name} catch"))
+            if name == "allowed":
+                builder = builder.allow_failures()
+            if name == "progress":
+                builder = builder.progress(end("progress"))
+            ids.append(await builder.dispatch())
+        await trio.sleep(2.1)  # while the fifth batch runs
+        await bus.cancel_batch(ids[4])
+        await bus.wait_idle()
+        states = [await bus.find_batch(batch_id) for batch_id in ids]
+        stats = bus.stats()
+        inline = bus._batches.handled_inline
+    return (
+        sorted(seen, key=str),
+        sorted(ends),
+        [(s.processed, s.failed, s.pending, s.cancelled, s.completed) for s in states],
+        (stats.outstanding, stats.coordinators.messages_total, stats.coordinators.busy),
+        trio.current_time(),
+        inline,
+    )
+
+
+async def test_a_batch_success_counted_by_its_worker_ends_as_the_coordinators(
+    autojump_clock: Any,
+) -> None:
+    """`Batches.settle_now` (a plain MemoryStore, the memory broker, no observer, no
+    progress callback): the worker counts a success that does not end its batch. Handlers
+    (their context, the batch state they read), callbacks, batch states, stats and timing
+    are the same as when the coordinator records every outcome."""
+    fast = await _batches(MemoryStore(), MemoryBroker())
+    start = trio.current_time()
+    slow = await _batches(SlowStore(), SlowBroker())
+    assert fast[-1] > 10  # most successes took the fast path; none did on the subclasses
+    assert slow[-1] == 0
+    assert slow[:-2] == fast[:-2]
+    assert slow[-2] - start == pytest.approx(fast[-2], abs=1e-9)
+    assert {(value, inside) for _, _, value, inside, _, _ in fast[0]} == {("outer", True)}
+    done = (7, 0, 0, False, True)
+    assert fast[2] == [
+        done,
+        done,
+        (7, 1, 0, False, True),
+        (7, 1, 0, True, True),
+        (3, 0, 0, True, True),  # cancel_batch: the jobs not started never ran
+        done,
+    ]
+    assert ("failing catch", 6, 1, 1, "outer") in fast[1]  # the last job was running
+    assert ("failing then", 7, 1, 0, "outer") not in fast[1]
+    assert fast[3] == (0, len(fast[0]) + 1, 0)  # every outcome and the cancel, handled
