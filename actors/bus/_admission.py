@@ -10,82 +10,24 @@ store) and the dispatch fails with ``dispatch_failed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from hashlib import sha1
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
 from ._batches import Batches, BatchLocal
 from ._builders import BatchBuilder, ChainBuilder
 from ._chains import ChainLocal, Chains, queued
-from ._errors import BusError, DuplicateJob, UnknownJobType
+from ._errors import BusError, DuplicateJob
 from ._events import EventKind
-from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe, encode_payload
+from ._job_checks import check_all as check_all
+from ._job_checks import check_job as check_job
+from ._job_checks import check_many as check_many
+from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe
 from ._parts import Parts
 from ._rules import BatchRecord, ChainRecord
-
-T = TypeVar("T")
-
-
-def check_job(
-    job: Job, job_types: Collection[str] | None, queues: Collection[str] | None, queue: str
-) -> str:
-    """Refuse what a bus with these job types and queues would refuse (also `FakeBus`);
-    return the payload as JSON text."""
-    if job_types is not None and job.type not in job_types:
-        raise UnknownJobType(
-            f"no handler is registered for job type {job.type!r}; register one with "
-            f"bus.register({job.type!r}, handler) or @handlers.handler({job.type!r}) "
-            f"(registered: {sorted(job_types)})"
-        )
-    if queues is not None and queue not in queues:
-        raise ValueError(
-            f"job {job.type!r} is for queue {queue!r}, which this bus does not have; "
-            f"open_bus(queues=...) has {list(queues)}"
-        )
-    return encode_payload(job.type, job.payload)
-
-
-def check_many(jobs: object) -> list[Job]:
-    """The jobs of a `dispatch_many` call (also `FakeBus`'s): an iterable of plain `Job`\\ s,
-    none with ``unique_for``; anything else refuses the whole call."""
-    if isinstance(jobs, Job | str | bytes | Mapping) or not isinstance(jobs, Iterable):
-        raise TypeError(
-            "dispatch_many() takes an iterable of actors.bus.Job (e.g. a list), got "
-            f"{type(jobs).__name__}; for one job use dispatch(job)"
-        )
-    found = list(jobs)
-    for index, job in enumerate(found):
-        if not isinstance(job, Job):
-            raise TypeError(
-                f"dispatch_many(): item {index} is a {type(job).__name__}, not an "
-                "actors.bus.Job; nothing was dispatched"
-            )
-        if job.options.unique_for is not None:
-            raise ValueError(
-                f"dispatch_many(): job {index} ({job.type!r}) has unique_for, which applies "
-                "to bus.dispatch() only (its claim is per job): dispatch it on its own; "
-                "nothing was dispatched"
-            )
-    return found
-
-
-def check_all(jobs: Sequence[Job], check: Callable[[Job], T]) -> list[T]:
-    """``check(job)`` for each job of a `dispatch_many`; the first refusal refuses the whole
-    call, its error naming the job."""
-    out: list[T] = []
-    for index, job in enumerate(jobs):
-        try:
-            out.append(check(job))
-        except (TypeError, ValueError, UnknownJobType) as exc:
-            raise type(exc)(
-                f"dispatch_many(): job {index} of {len(jobs)} refused: {exc}; "
-                "nothing was dispatched"
-            ) from None
-    return out
-
 
 #: What this process keeps of a chain without callbacks when nothing times it (no observer):
 #: one value for them all (a `ChainLocal` is only read).
@@ -234,9 +176,7 @@ class Admission:
                 emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
             raise
         if emitter.active:
-            emitter.emit(EventKind.CHAIN_STARTED, **fields)
-            duration = trio.current_time() - started
-            emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
+            self._report(EventKind.CHAIN_STARTED, fields, started)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chain_id
 
@@ -284,11 +224,16 @@ class Admission:
                     emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
                 raise
             if emitter.active:
-                emitter.emit(EventKind.BATCH_STARTED, **fields)
-                duration = trio.current_time() - started
-                emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
+                self._report(EventKind.BATCH_STARTED, fields, started)
             await trio.lowlevel.cancel_shielded_checkpoint()
         return owner_id
+
+    def _report(self, kind: EventKind, fields: dict[str, Any], started: float) -> None:
+        """A chain or batch is stored and queued: it started, and its dispatch succeeded."""
+        emitter = self._parts.emitter
+        emitter.emit(kind, **fields)
+        duration = trio.current_time() - started
+        emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
 
     def _queued(self, job: Job, dispatch_id: str, queue: str) -> QueuedJob:
         """A plain job checked against this bus, as its first attempt."""
