@@ -156,8 +156,9 @@ class Worker:
                 # A worker stopped as its delivery arrived (a claim answered under a cancel)
                 # must not start the job: a handler that fails before its first checkpoint
                 # would have its outcome cut short by the cancel, leaving the job leased
-                # until it lapses. (A fresh job's get checks that itself.)
-                await trio.lowlevel.checkpoint_if_cancelled()
+                # until it lapses. (A fresh job's get checked that itself, with no yield since.)
+                if not fresh:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 if batch_id is not None and await self._cancelled(batch_id):
                     return await self._finish(queue, delivery, "cancelled", None)
                 if job.callback_of is not None:
