@@ -10,42 +10,24 @@ store) and the dispatch fails with ``dispatch_failed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from hashlib import sha1
 from typing import Any, TypeVar
 
 import trio
 
+from ._batch_admission import admit_batch
 from ._batches import Batches, BatchLocal
-from ._builders import BatchBuilder, ChainBuilder
+from ._builders import BatchBuilder, ChainBuilder, check_job
 from ._chains import ChainLocal, Chains, queued
 from ._errors import BusError, DuplicateJob, UnknownJobType
 from ._events import EventKind
-from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe, encode_payload
+from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe
 from ._parts import Parts
-from ._rules import BatchRecord, ChainRecord
+from ._rules import ChainRecord
 
 T = TypeVar("T")
-
-
-def check_job(
-    job: Job, job_types: Collection[str] | None, queues: Collection[str] | None, queue: str
-) -> str:
-    """Refuse what a bus with these job types and queues would refuse (also `FakeBus`);
-    return the payload as JSON text."""
-    if job_types is not None and job.type not in job_types:
-        raise UnknownJobType(
-            f"no handler is registered for job type {job.type!r}; register one with "
-            f"bus.register({job.type!r}, handler) or @handlers.handler({job.type!r}) "
-            f"(registered: {sorted(job_types)})"
-        )
-    if queues is not None and queue not in queues:
-        raise ValueError(
-            f"job {job.type!r} is for queue {queue!r}, which this bus does not have; "
-            f"open_bus(queues=...) has {list(queues)}"
-        )
-    return encode_payload(job.type, job.payload)
 
 
 def check_many(jobs: object) -> list[Job]:
@@ -240,55 +222,10 @@ class Admission:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chain_id
 
-    async def _admit_batch(self, jobs: Sequence[Job], builder: BatchBuilder) -> str:
-        """`admit` for a batch: stored first, then its jobs queued."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        parts, emitter = self._parts, self._parts.emitter
-        dispatch_id, owner_id = parts.ids(), parts.ids()
-        fields: dict[str, Any] = {
-            "dispatch_id": dispatch_id,
-            "batch_id": owner_id,
-            "queue": builder.queue or self.default_queue,
-        }
-        started = trio.current_time()
-        if emitter.active:
-            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
-        try:
-            records = self.records(jobs, builder.queue)
-            local, job_callbacks = self._local(builder, started)
-            await parts.wait_room(len(records))
-            await parts.store.create_batch(
-                BatchRecord(
-                    owner_id,
-                    dispatch_id,
-                    builder.batch_name,
-                    fields["queue"],
-                    builder.allows_failures,
-                    records,
-                    parts.clock(),
-                    job_callbacks,
-                )
-            )
-        except BaseException as exc:
-            if emitter.active:
-                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
-            raise
-        # Stored: queue and report it, whatever happens to the caller meanwhile (a stored
-        # batch whose jobs never reach a queue would never end).
-        with trio.CancelScope(shield=True):
-            try:
-                await self._queue(builder, owner_id, dispatch_id, records, local)
-            except BaseException as exc:
-                await self._undo(builder, owner_id, exc)
-                if emitter.active:
-                    emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
-                raise
-            if emitter.active:
-                emitter.emit(EventKind.BATCH_STARTED, **fields)
-                duration = trio.current_time() - started
-                emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return owner_id
+    def _admit_batch(self, jobs: Sequence[Job], builder: BatchBuilder) -> Coroutine[Any, Any, str]:
+        """`admit` for a batch (`actors.bus._batch_admission`; the coroutine handed back,
+        as `admit` does: no frame of its own)."""
+        return admit_batch(self, jobs, builder)
 
     def _queued(self, job: Job, dispatch_id: str, queue: str) -> QueuedJob:
         """A plain job checked against this bus, as its first attempt."""

@@ -7,12 +7,20 @@ half-built one can be reused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import attrs
 
-from ._model import BatchState, ChainState, Job, check_callback, check_text
+from ._errors import UnknownJobType
+from ._model import (
+    BatchState,
+    ChainState,
+    Job,
+    check_callback,
+    check_text,
+    encode_payload,
+)
 
 #: A callback: a callable taking the state (and the error, for catch), or a `Job` whose
 #: handler reads ``ctx.state`` (and ``ctx.error``).
@@ -32,7 +40,11 @@ def check_jobs(jobs: tuple[object, ...], what: str) -> tuple[Job, ...]:
         jobs = tuple(jobs[0])
     if not jobs:
         raise ValueError(f"a {what} needs at least one Job")
+    last = None
     for job in jobs:
+        if job is last:  # (``bus.batch(*[job] * 100)``: checked once)
+            continue
+        last = job
         if not isinstance(job, Job):
             raise TypeError(f"a {what} takes actors.bus.Job objects, got {type(job).__name__}")
         if job.options.unique_for is not None:
@@ -41,6 +53,25 @@ def check_jobs(jobs: tuple[object, ...], what: str) -> tuple[Job, ...]:
                 f"in this {what}"
             )
     return jobs  # type: ignore[return-value]
+
+
+def check_job(
+    job: Job, job_types: Collection[str] | None, queues: Collection[str] | None, queue: str
+) -> str:
+    """Refuse what a bus with these job types and queues would refuse (also `FakeBus`);
+    return the payload as JSON text."""
+    if job_types is not None and job.type not in job_types:
+        raise UnknownJobType(
+            f"no handler is registered for job type {job.type!r}; register one with "
+            f"bus.register({job.type!r}, handler) or @handlers.handler({job.type!r}) "
+            f"(registered: {sorted(job_types)})"
+        )
+    if queues is not None and queue not in queues:
+        raise ValueError(
+            f"job {job.type!r} is for queue {queue!r}, which this bus does not have; "
+            f"open_bus(queues=...) has {list(queues)}"
+        )
+    return encode_payload(job.type, job.payload)
 
 
 @attrs.frozen
