@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
 import trio
 
 from ._batches import BatchLocal
@@ -194,18 +195,7 @@ async def admit_batch(admission: _Admission, jobs: Sequence[Job], builder: Batch
             memory.create_batch_now(record, [job.job_id for job in found])
         else:
             records = tuple(map(stored, found, delays))
-            await parts.store.create_batch(
-                BatchRecord(
-                    batch_id,
-                    dispatch_id,
-                    builder.batch_name,
-                    queue,
-                    builder.allows_failures,
-                    records,
-                    record.created_at,
-                    callbacks,
-                )
-            )
+            await parts.store.create_batch(attrs.evolve(record, jobs=records))
     except BaseException as exc:
         if emitter.active:
             emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
