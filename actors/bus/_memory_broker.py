@@ -31,6 +31,10 @@ class MemoryQueue:
         #: Workers waiting in `get`, woken in order (a ParkingLot costs more on the path of
         #: every job).
         self._waiting: deque[trio.lowlevel.Task] = deque()
+        #: Workers woken for a ready job and not yet resumed: that many of the ready jobs are
+        #: theirs, so a running worker's get leaves them (no woken worker finds its job taken
+        #: and parks again). The jobs stay in the ready deque: discard and stats see them.
+        self._reserved = 0
         self._timer = trio.lowlevel.ParkingLot()
         #: Lanes with a job out, and the jobs waiting behind it: (due time, job).
         self._lanes: dict[str, deque[tuple[float, QueuedJob]]] = {}
@@ -65,6 +69,7 @@ class MemoryQueue:
             return
         self._ready.append(job)
         if self._waiting:
+            self._reserved += 1
             trio.lowlevel.reschedule(self._waiting.popleft())
 
     def _lane_heads(self, jobs: Sequence[QueuedJob], delay: float) -> list[QueuedJob]:
@@ -120,9 +125,9 @@ class MemoryQueue:
         """Wait for a ready job; FIFO among ready jobs. A worker cancelled meanwhile gets
         none: it was not cancelled at the scheduling point it returns from."""
         ready = self._ready
-        if ready:
+        if len(ready) > self._reserved:
             await trio.lowlevel.checkpoint()  # let others run between jobs
-        if not ready:
+        if len(ready) <= self._reserved:  # none free: the rest are woken workers'
             task = trio.lowlevel.current_task()
             waiting = self._waiting
 
@@ -130,9 +135,12 @@ class MemoryQueue:
                 waiting.remove(task)
                 return trio.lowlevel.Abort.SUCCEEDED
 
-            while not ready:  # woken for a job another worker may have taken meanwhile
+            while True:
                 waiting.append(task)
                 await trio.lowlevel.wait_task_rescheduled(abort)  # (a checkpoint too)
+                self._reserved -= 1
+                if ready:  # the job it was woken for, unless a discard took it
+                    break
             try:
                 # Woken by a put, then cancelled before running: the job is another's.
                 await trio.lowlevel.checkpoint_if_cancelled()
@@ -143,16 +151,17 @@ class MemoryQueue:
         return Delivery(ready.popleft(), 1, "")
 
     def _wake(self, n: int) -> None:
-        """Wake up to ``n`` waiting workers, longest waiting first."""
+        """Wake up to ``n`` waiting workers, longest waiting first, each for a ready job."""
         waiting = self._waiting
         while n > 0 and waiting:
+            self._reserved += 1
             trio.lowlevel.reschedule(waiting.popleft())
             n -= 1
 
     def get_now(self) -> Delivery | None:
         """A ready job without yielding, or None (for a worker that has just yielded)."""
         ready = self._ready
-        if not ready:
+        if len(ready) <= self._reserved:  # none, or all woken workers'
             return None
         self._running += 1
         return Delivery(ready.popleft(), 1, "")
