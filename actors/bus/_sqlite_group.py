@@ -150,14 +150,22 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + _ROWS]
 
 
+#: Above this many rows, a statement's rows are padded to a multiple of it (below, to a
+#: power of two): at most 2 * _STEP_ROWS texts per statement (the connection caches 128).
+_STEP_ROWS = 16
+
+
 def _padded(rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[Any]]:
-    """A statement's rows as its parameters, padded to a power of two by repeating the last
-    row (a row twice changes nothing: one update per target row, one answer per key), so a
-    few statement texts serve every group (SQLite caches them). Not padded with NULLs: the
-    sqlite3 module binds None the slow way, through its adapter lookup."""
+    """A statement's rows as its parameters, padded to a power of two up to `_STEP_ROWS`
+    and to a multiple of it above, by repeating the last row (a row twice changes nothing:
+    one update per target row, one answer per key), so a few statement texts serve every
+    group (SQLite caches them) and few padding rows are bound and joined. Not padded with
+    NULLs: the sqlite3 module binds None the slow way, through its adapter lookup."""
     size = 1
-    while size < len(rows):
+    while size < len(rows) and size < _STEP_ROWS:
         size *= 2
+    if size < len(rows):
+        size = -(-len(rows) // _STEP_ROWS) * _STEP_ROWS
     params = [value for row in rows for value in row]
     params.extend(rows[-1] * (size - len(rows)))
     return size, params
