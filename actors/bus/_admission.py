@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from ._batch_admission import admit_batch
 from ._batches import Batches, BatchLocal
 from ._builders import BatchBuilder, ChainBuilder
 from ._chains import ChainLocal, Chains, queued
@@ -27,7 +28,7 @@ from ._job_checks import check_job as check_job
 from ._job_checks import check_many as check_many
 from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe
 from ._parts import Parts
-from ._rules import BatchRecord, ChainRecord
+from ._rules import ChainRecord
 
 #: What this process keeps of a chain without callbacks when nothing times it (no observer):
 #: one value for them all (a `ChainLocal` is only read).
@@ -180,53 +181,10 @@ class Admission:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chain_id
 
-    async def _admit_batch(self, jobs: Sequence[Job], builder: BatchBuilder) -> str:
-        """`admit` for a batch: stored first, then its jobs queued."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        parts, emitter = self._parts, self._parts.emitter
-        dispatch_id, owner_id = parts.ids(), parts.ids()
-        fields: dict[str, Any] = {
-            "dispatch_id": dispatch_id,
-            "batch_id": owner_id,
-            "queue": builder.queue or self.default_queue,
-        }
-        started = trio.current_time()
-        if emitter.active:
-            emitter.emit(EventKind.DISPATCH_STARTED, **fields)
-        try:
-            records = self.records(jobs, builder.queue)
-            local, job_callbacks = self._local(builder, started)
-            await parts.wait_room(len(records))
-            await parts.store.create_batch(
-                BatchRecord(
-                    owner_id,
-                    dispatch_id,
-                    builder.batch_name,
-                    fields["queue"],
-                    builder.allows_failures,
-                    records,
-                    parts.clock(),
-                    job_callbacks,
-                )
-            )
-        except BaseException as exc:
-            if emitter.active:
-                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
-            raise
-        # Stored: queue and report it, whatever happens to the caller meanwhile (a stored
-        # batch whose jobs never reach a queue would never end).
-        with trio.CancelScope(shield=True):
-            try:
-                await self._queue(builder, owner_id, dispatch_id, records, local)
-            except BaseException as exc:
-                await self._undo(builder, owner_id, exc)
-                if emitter.active:
-                    emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
-                raise
-            if emitter.active:
-                self._report(EventKind.BATCH_STARTED, fields, started)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return owner_id
+    def _admit_batch(self, jobs: Sequence[Job], builder: BatchBuilder) -> Coroutine[Any, Any, str]:
+        """`admit` for a batch (`actors.bus._batch_admission`; the coroutine handed back,
+        as `admit` does: no frame of its own)."""
+        return admit_batch(self, jobs, builder)
 
     def _report(self, kind: EventKind, fields: dict[str, Any], started: float) -> None:
         """A chain or batch is stored and queued: it started, and its dispatch succeeded."""
@@ -399,26 +357,19 @@ class Admission:
 
     async def _queue(
         self,
-        builder: ChainBuilder | BatchBuilder,
-        owner_id: str,
+        builder: ChainBuilder,
+        chain_id: str,
         dispatch_id: str,
         records: Sequence[JobRecord],
         local: ChainLocal | BatchLocal,
     ) -> None:
-        parts = self._parts
-        if isinstance(builder, ChainBuilder):
-            assert isinstance(local, ChainLocal)
-            self._chains.adopt(owner_id, local)
-            first = records[0]
-            await parts.put(
-                (queued(first, dispatch_id, chain_id=owner_id, chain_index=0),), first.delay
-            )
-        else:
-            assert isinstance(local, BatchLocal)
-            self._batches.adopt(owner_id, local)
-            await parts.put_many(
-                [(queued(job, dispatch_id, batch_id=owner_id), job.delay) for job in records]
-            )
+        """A stored chain's first job queued, the awaited way (batches: `_batch_admission`)."""
+        assert isinstance(local, ChainLocal)
+        self._chains.adopt(chain_id, local)
+        first = records[0]
+        await self._parts.put(
+            (queued(first, dispatch_id, chain_id=chain_id, chain_index=0),), first.delay
+        )
 
     async def _undo(
         self, builder: ChainBuilder | BatchBuilder, owner_id: str, exc: BaseException

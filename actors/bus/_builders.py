@@ -12,7 +12,13 @@ from typing import Protocol
 
 import attrs
 
-from ._model import BatchState, ChainState, Job, check_callback, check_text
+from ._model import (
+    BatchState,
+    ChainState,
+    Job,
+    check_callback,
+    check_text,
+)
 
 #: A callback: a callable taking the state (and the error, for catch), or a `Job` whose
 #: handler reads ``ctx.state`` (and ``ctx.error``).
@@ -32,7 +38,11 @@ def check_jobs(jobs: tuple[object, ...], what: str) -> tuple[Job, ...]:
         jobs = tuple(jobs[0])
     if not jobs:
         raise ValueError(f"a {what} needs at least one Job")
+    last = None
     for job in jobs:
+        if job is last:  # (``bus.batch(*[job] * 100)``: checked once)
+            continue
+        last = job
         if not isinstance(job, Job):
             raise TypeError(f"a {what} takes actors.bus.Job objects, got {type(job).__name__}")
         if job.options.unique_for is not None:

@@ -19,10 +19,10 @@ import trio
 from .._checks import check_async_fn
 from .._clock import trio_clock
 from .._keys import check_key
-from ._admission import check_all, check_job, check_many
 from ._builders import BatchBuilder, ChainBuilder, check_jobs
 from ._errors import NotFound
 from ._handlers import H, Handler, Handlers, handler_decorator
+from ._job_checks import check_all, check_job, check_many
 from ._model import (
     BatchState,
     ChainNode,

@@ -240,19 +240,23 @@ class ChainRow:
         return True
 
 
-def new_batch_row(record: BatchRecord) -> BatchRow:
+def new_batch_row(record: BatchRecord, total: int | None = None) -> BatchRow:
+    """A new batch's row; ``total`` when ``record.jobs`` is left empty (the memory store's
+    admission passes only the jobs' ids)."""
+    if total is None:
+        total = len(record.jobs)
     return BatchRow(
         batch_id=record.batch_id,
         dispatch_id=record.dispatch_id,
         name=record.name,
         queue=record.queue,
         allow_failures=record.allow_failures,
-        total=len(record.jobs),
-        pending=len(record.jobs),
+        total=total,
+        pending=total,
         processed=0,
         failed=0,
         cancelled=False,
-        completed=not record.jobs,
+        completed=not total,
         created_at=record.created_at,
         updated_at=record.created_at,
     )

@@ -270,13 +270,19 @@ class MemoryStore:
 
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
+        self.create_batch_now(record, [job.job_id for job in record.jobs])
+        return self._batches[record.batch_id].row.state()
+
+    def create_batch_now(self, record: BatchRecord, job_ids: Sequence[str]) -> None:
+        """`create_batch` without yielding, for the bus's batch admission on the memory
+        broker (a batch stored and its jobs queued with no scheduling point between).
+
+        This store keeps only the jobs' ids, so ``record.jobs`` is not read: the admission
+        passes the ids of the attempts it built (no `JobRecord` per job)."""
         if record.callbacks:
             self._job_callbacks[f"batch:{record.batch_id}"] = dict(record.callbacks)
-        row = new_batch_row(record)
-        self._batches[record.batch_id] = _MemoryBatch(
-            row, dict.fromkeys((job.job_id for job in record.jobs), "pending")
-        )
-        return row.state()
+        row = new_batch_row(record, len(job_ids))
+        self._batches[record.batch_id] = _MemoryBatch(row, dict.fromkeys(job_ids, "pending"))
 
     async def get_batch(self, batch_id: str) -> BatchState:
         await trio.lowlevel.checkpoint()

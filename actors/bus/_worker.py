@@ -126,9 +126,7 @@ class Worker:
                     parts.let_go(1)
 
     async def _cancelled(self, batch_id: str) -> bool:
-        known = self._batches.cancelled_now(batch_id)  # a MemoryStore: no store call
-        if known is not None:
-            return known
+        """The store's answer, when `Batches.cancelled_now` does not know."""
         # A store error (a server restarting) is waited out as an outcome's is: the job must
         # neither be dropped nor run past a cancel.
         cancelled = await self._parts.recorder.write(
@@ -159,8 +157,10 @@ class Worker:
                 # until it lapses. (A fresh job's get checked that itself, with no yield since.)
                 if not fresh:
                     await trio.lowlevel.checkpoint_if_cancelled()
-                if batch_id is not None and await self._cancelled(batch_id):
-                    return await self._finish(queue, delivery, "cancelled", None)
+                if batch_id is not None:
+                    known = self._batches.cancelled_now(batch_id)  # (no coroutine if it knows)
+                    if known or (known is None and await self._cancelled(batch_id)):
+                        return await self._finish(queue, delivery, "cancelled", None)
                 if job.callback_of is not None:
                     state = await self._state_of(job.callback_of)
             except trio.Cancelled:
@@ -264,8 +264,10 @@ class Worker:
                 describe(error),
                 job.backoff,
             )
-            if batch_id is not None and await self._cancelled(batch_id):
-                return await self._finish(queue, delivery, "cancelled", None)
+            if batch_id is not None:
+                cancelled = self._batches.cancelled_now(batch_id)  # (no coroutine if it knows)
+                if cancelled or (cancelled is None and await self._cancelled(batch_id)):
+                    return await self._finish(queue, delivery, "cancelled", None)
             retry = attrs.evolve(job, attempt=job.attempt + 1)
             with lease_lost_ok(delivery):
                 await queue.retry(delivery, retry, delay=job.backoff)
