@@ -9,7 +9,6 @@ knows about a chain (its callbacks, when it started) is the coordinator's alone.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import attrs
@@ -122,28 +121,25 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         else:
             store = parts.store
             assert isinstance(store, SQLiteStore)
-            done = Done(delivery, outcome, error)
-            then = partial(self._recorded, chain_id, done)
-            if not store.record_chain_step_then(
-                chain_id, job.chain_index, None, parts.clock(), then
+            answer = _Recorded(self, chain_id, delivery)
+            if not store.record_chain_step_to(
+                chain_id, job.chain_index, None, parts.clock(), answer
             ):
-                await keyed.tell(chain_id, done)
+                await keyed.tell(chain_id, Done(delivery, outcome, error))
                 return
         await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as a tell is
 
-    def _recorded(self, chain_id: str, done: Done, ok: bool, value: Any) -> None:
-        """In the SQLite writer's task: the step's write committed (``value`` is the step)
-        or failed (``value`` is the error)."""
-        if ok:
-            self._settle(chain_id, done.delivery, value, done)
-        elif isinstance(value, NotFound):
-            log.error("bus: cannot record %s: %s; dropped", _what(chain_id, done.job), value)
-            self._settle(chain_id, done.delivery, None, done)
+    def _recorded(self, chain_id: str, delivery: Delivery, value: BaseException) -> None:
+        """In the SQLite writer's task: the step's write failed with ``value``."""
+        if isinstance(value, NotFound):
+            log.error("bus: cannot record %s: %s; dropped", _what(chain_id, delivery.job), value)
+            self._settle(chain_id, delivery, None)
         elif isinstance(value, Exception):  # the coordinator retries it, from this failure
+            done = Done(delivery, "succeeded", None)
             done.write_error = value
             self._hand_on(chain_id, done)
         else:  # the writer was cancelled: the bus stops, and its memory queues with it
-            self._parts.finished((done.job,), in_hand=True)
+            self._parts.finished((delivery.job,), in_hand=True)
 
     def _settle(
         self,
@@ -337,6 +333,28 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             )
         if finally_ is not None:
             await run_callback(parts, owner, "finally", finally_, (state,), recovering=recovering)
+
+
+class _Recorded:
+    """The answer to a succeeded step's write sent by `Chains.finish` (the SQLite writer's
+    task calls it once its group has committed or failed): settles the step."""
+
+    __slots__ = ("chain_id", "chains", "delivery")
+
+    def __init__(self, chains: Chains, chain_id: str, delivery: Delivery) -> None:
+        self.chains, self.chain_id, self.delivery = chains, chain_id, delivery
+
+    def succeed(self, step: ChainStep | None) -> None:
+        try:
+            self.chains._settle(self.chain_id, self.delivery, step)
+        except Exception as exc:  # a bug: the group's other answers still follow
+            log.error("bus: settling a step of chain %s failed", self.chain_id, exc_info=exc)
+
+    def fail(self, exc: BaseException) -> None:
+        try:
+            self.chains._recorded(self.chain_id, self.delivery, exc)
+        except Exception as bug:
+            log.error("bus: settling a step of chain %s failed", self.chain_id, exc_info=bug)
 
 
 def record_of(node: ChainNode) -> JobRecord:

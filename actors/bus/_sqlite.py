@@ -28,7 +28,7 @@ from .._reply import Reply
 from . import _sqlite_ops as ops
 from ._errors import StoreError
 from ._sql_store import SQLOperations, SQLOps
-from ._sqlite_group import deliver_group, run_group
+from ._sqlite_group import deliver_group, remember_nodes, run_group
 from ._sqlite_schema import connect
 
 T = TypeVar("T")
@@ -36,8 +36,9 @@ T = TypeVar("T")
 log = logging.getLogger("actors.bus")
 
 
-class _Answer(Protocol):
-    """Where an operation's result goes: a waiting caller's `Reply`, or a `_Then`."""
+class StepAnswer(Protocol):
+    """Where an operation's result goes: a waiting caller's `Reply`, a `_Then`, or the
+    answer of `SQLiteStore.record_chain_step_to`."""
 
     def succeed(self, value: Any) -> None: ...
     def fail(self, exc: BaseException) -> None: ...
@@ -64,7 +65,7 @@ class _Then:
             log.error("SQLite store: a continuation failed (%r)", self.then, exc_info=exc)
 
 
-_Op = tuple[Callable[..., Any], tuple[Any, ...], _Answer]
+_Op = tuple[Callable[..., Any], tuple[Any, ...], StepAnswer]
 
 #: `SQLiteStore.record_chain_step_then` queues nothing (its caller takes the slow path) while
 #: this many operations wait for the writer.
@@ -182,10 +183,18 @@ class SQLiteStore(SQLOperations):
         any other exception, such as the writer's cancellation, as it is). False: nothing is
         queued (the store is not served by a bus, or its writer has `_WAITING_AT_MOST`
         operations waiting)."""
+        return self.record_chain_step_to(chain_id, index, failure, now, _Then(then))
+
+    def record_chain_step_to(
+        self, chain_id: str, index: int, failure: str | None, now: datetime, answer: StepAnswer
+    ) -> bool:
+        """`record_chain_step_then` answering ``answer.succeed(step)`` or
+        ``answer.fail(error)`` directly (no continuation to wrap), in the writer's task; the
+        answer must not raise (the group's other answers follow it)."""
         writer = self._writer
         if writer is None or self._conn is None or len(writer.pending) >= _WAITING_AT_MOST:
             return False
-        writer.send((ops.record_chain_step, (chain_id, index, failure, now), _Then(then)))
+        writer.send((ops.record_chain_step, (chain_id, index, failure, now), answer))
         return True
 
     async def _write_group(self, group: list[_Op]) -> None:
@@ -232,6 +241,7 @@ class SQLiteStore(SQLOperations):
             self._conn = await trio.to_thread.run_sync(connect, self.path, self._busy_timeout)
         except sqlite3.Error as exc:
             raise self._wrap(exc) from exc
+        remember_nodes(self._conn)
 
     async def close(self) -> None:
         """Close the connection (the file stays)."""

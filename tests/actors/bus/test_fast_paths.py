@@ -223,6 +223,47 @@ async def test_a_failed_write_on_the_fast_path_is_retried_as_the_coordinators(
     assert seen == [(True, 2, 0, 2)] * 2
 
 
+async def test_a_step_of_a_chain_gone_from_sqlite_is_dropped_as_by_the_coordinator(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chain's row goes (pruned by another process) while its first step runs: on the
+    fast path the writer's answer is `NotFound`, and the step is dropped, logged and
+    acknowledged as the coordinator drops it (the same log, stats and handler runs)."""
+    seen = []
+    for store in (SQLiteStore(tmp_path / "fast.db"), SlowSQLiteStore(tmp_path / "slow.db")):
+        caplog.clear()
+        ran: list[int] = []
+
+        async def work(ctx: JobContext, path: str = store.path, ran: list[int] = ran) -> None:
+            ran.append(ctx.payload)
+            other = sqlite3.connect(path, isolation_level=None)
+            try:
+                other.execute("DELETE FROM chain_nodes WHERE chain_id = ?", (ctx.chain_id,))
+                other.execute("DELETE FROM chains WHERE chain_id = ?", (ctx.chain_id,))
+            finally:
+                other.close()
+
+        async with open_bus(store=store) as bus:
+            bus.register("w", work)
+            chain_id = await bus.chain(Job("w", 0), Job("w", 1)).dispatch()
+            await bus.wait_idle()
+            stats = bus.stats()
+            inline = bus._chains.handled_inline
+        dropped = [
+            r.getMessage().replace(chain_id.rsplit("-", 1)[0], "ID")  # (the bus's id prefix)
+            for r in caplog.records
+            if "cannot record" in r.getMessage()
+        ]
+        seen.append((ran, stats.outstanding, stats.store_errors, stats.unrecorded, dropped))
+        assert inline == 0  # the step was handed on to the coordinator, recorded as gone
+        # Who dropped it: the writer's answer on the fast path, the coordinator's write else.
+        where = {r.module for r in caplog.records if "cannot record" in r.getMessage()}
+        assert where == ({"_chains"} if type(store) is SQLiteStore else {"_recording"})
+    assert seen[0] == seen[1]
+    assert seen[0][0] == [0]
+    assert len(seen[0][-1]) == 1
+
+
 async def _batches(store: Store, broker: MemoryBroker) -> tuple[Any, ...]:
     """Batches with no observer (so a success may be counted by its worker): what handlers
     see (the context, the batch's state from the store), how the batches and their
