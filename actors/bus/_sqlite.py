@@ -28,7 +28,7 @@ from .._reply import Reply
 from . import _sqlite_ops as ops
 from ._errors import StoreError
 from ._sql_store import SQLOperations, SQLOps
-from ._sqlite_group import deliver_group, remember_nodes, run_group
+from ._sqlite_group import deliver_group, run_group
 from ._sqlite_schema import connect
 
 T = TypeVar("T")
@@ -241,7 +241,6 @@ class SQLiteStore(SQLOperations):
             self._conn = await trio.to_thread.run_sync(connect, self.path, self._busy_timeout)
         except sqlite3.Error as exc:
             raise self._wrap(exc) from exc
-        remember_nodes(self._conn)
 
     async def close(self) -> None:
         """Close the connection (the file stays)."""

@@ -26,7 +26,7 @@ from typing import Any
 from . import _sqlite_ops as ops
 from ._model import JobRecord
 from ._rules import ChainRecord, ChainStep, to_micros
-from ._sqlite_schema import JOB_COLUMNS, JOB_FIELDS, NodesConnection, chain_not_found, job_row
+from ._sqlite_schema import JOB_COLUMNS, JOB_FIELDS, chain_not_found, job_row
 
 _Result = tuple[bool, Any]
 _Call = tuple[Callable[..., Any], tuple[Any, ...], Any]
@@ -37,23 +37,6 @@ _STEP = ops.record_chain_step
 _CREATE = ops.create_chain
 _NAMES_A_CHAIN = (ops.get_chain, ops.fail_chain)
 _CALLBACKS = ops.job_callbacks
-
-#: A store's connection (`remember_nodes`) keeps the nodes of the chains its groups create:
-#: a step's next node is taken from there rather than read from ``chain_nodes`` (whose rows
-#: never change while their chain exists), as SQLite would return it. Emptied when it holds
-#: this many chains; a chain's entry goes once it ends.
-_REMEMBERED = 4096
-
-
-def remember_nodes(conn: sqlite3.Connection) -> None:
-    """Keep the nodes of the chains that groups on ``conn`` create (a `NodesConnection`)."""
-    if isinstance(conn, NodesConnection):
-        conn.nodes = {}
-
-
-def _remembered(conn: sqlite3.Connection) -> dict[str, tuple[JobRecord, ...]] | None:
-    return conn.nodes if isinstance(conn, NodesConnection) else None
-
 
 #: Rows per set-based statement (3 parameters each, well under SQLite's oldest limit of 999).
 _ROWS = 256
@@ -78,13 +61,10 @@ def run_group(conn: sqlite3.Connection, group: Sequence[_Call]) -> list[_Result]
     module doc); a result per call, in the group's order."""
     results: list[_Result | None] = [None] * len(group)
     steps, creates = _set_based(group)
-    remembered = _remembered(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         for i, (fn, args, _) in enumerate(group):
             if results[i] is None and i not in steps and i not in creates:
-                if remembered:  # its chain's nodes are read from the file from now on
-                    _forget(remembered, fn, args)
                 results[i] = _call(conn, fn, args)
         _in_bulk(conn, group, creates, results, _create_chains)
         _in_bulk(conn, group, steps, results, _record_chain_steps)
@@ -96,19 +76,6 @@ def run_group(conn: sqlite3.Connection, group: Sequence[_Call]) -> list[_Result]
     answered = [result for result in results if result is not None]
     assert len(answered) == len(group)
     return answered
-
-
-def _forget(
-    remembered: dict[str, tuple[JobRecord, ...]], fn: Callable[..., Any], args: tuple[Any, ...]
-) -> None:
-    """A call run on its own that names a chain: its remembered nodes go (a chain created
-    one by one, perhaps again under a pruned one's id, is not remembered)."""
-    if fn is _CREATE:
-        remembered.pop(args[0].chain_id, None)
-    elif fn is _STEP or fn in _NAMES_A_CHAIN:
-        remembered.pop(args[0], None)
-    elif fn is ops.prune:
-        remembered.clear()
 
 
 def _call(conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Result:
@@ -227,21 +194,9 @@ def _record_chain_steps(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) 
         size, params = _padded(rows)
         for chain_id, next_index, completed in conn.execute(_sql(_STEP_SQL, size, 3), params):
             moved[chain_id] = (next_index, bool(completed))
-    remembered = _remembered(conn)
-    nodes: dict[str, JobRecord] = {}
-    wanted = []
-    for c, (i, done) in moved.items():
-        known = None if remembered is None else remembered.get(c)
-        if done:
-            if remembered is not None:
-                remembered.pop(c, None)
-        elif known is not None and i < len(known):
-            nodes[c] = known[i]
-        else:
-            wanted.append((c, i))
-    nodes.update(_next_nodes(conn, wanted))
-    # A chain without its next node: one by one, as it fails.
-    if len(nodes) != sum(not done for _, done in moved.values()):
+    wanted = [(c, i) for c, (i, done) in moved.items() if not done]
+    nodes = _next_nodes(conn, wanted)
+    if len(nodes) != len(wanted):  # a chain without its next node: one by one, as it fails
         raise LookupError("a chain's next node is missing")
     stale = _known(conn, [args[0] for args in calls if args[0] not in moved])
     answers: list[_Result] = []
@@ -298,29 +253,7 @@ def _create_chains(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> li
             nodes.setdefault(unset, []).append(_BOUND[unset](row))
     for unset, rows in nodes.items():
         conn.executemany(_INSERT_NODE[unset], rows)
-    remembered = _remembered(conn)
-    if remembered is not None:
-        if len(remembered) + len(records) > _REMEMBERED:
-            remembered.clear()
-        for r in records:
-            remembered[r.chain_id] = tuple(map(_as_read, r.nodes))
     return [(True, None)] * len(records)
-
-
-def _as_read(node: JobRecord) -> JobRecord:
-    """``node`` as SQLite gives it back from ``chain_nodes`` (its REAL columns as floats)."""
-    timeout = node.timeout
-    return JobRecord(
-        node.job_id,
-        node.job_type,
-        node.payload,
-        node.queue,
-        float(node.delay),
-        None if timeout is None else float(timeout),
-        int(node.retry),
-        float(node.backoff),
-        node.lane,
-    )
 
 
 def _insert_node(no_timeout: bool, no_lane: bool) -> str:

@@ -250,13 +250,6 @@ def chain_not_found(chain_id: str) -> NotFound:
     return NotFound(f"no chain {chain_id!r} in this store (wrong id, or pruned)")
 
 
-class NodesConnection(sqlite3.Connection):
-    """A connection that may keep the nodes of the chains created through it
-    (`_sqlite_group.remember_nodes`; None: it does not)."""
-
-    nodes: dict[str, tuple[JobRecord, ...]] | None = None
-
-
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """Open ``path`` in WAL mode and migrate it, waiting out other openers.
 
@@ -269,7 +262,6 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
         timeout=busy_timeout,
         isolation_level=None,  # we issue BEGIN/COMMIT ourselves
         check_same_thread=False,  # one call at a time, from trio's thread pool
-        factory=NodesConnection,
     )
     deadline = time.monotonic() + busy_timeout
     pause = 0.005

@@ -19,7 +19,7 @@ from actors.bus import ChainRecord, Job, JobContext, JobRecord, SQLiteStore, ope
 from actors.bus import _sqlite_group as group_runner
 from actors.bus import _sqlite_ops as ops
 from actors.bus._model import LaneFence
-from actors.bus._sqlite_schema import NodesConnection, connect
+from actors.bus._sqlite_schema import connect
 
 from .stores import T0
 
@@ -108,52 +108,6 @@ def test_set_based_calls_answer_and_write_as_one_by_one(
         theirs = group_runner.run_plain_group(plain, group)
         assert _answers(ours) == _answers(theirs)
         assert _dump(grouped) == _dump(plain)
-
-
-@settings(max_examples=300, deadline=None)
-@given(history=st.lists(groups, min_size=1, max_size=4))
-def test_remembered_nodes_answer_as_the_file(history: list[list[_Call]]) -> None:
-    """A store's connection remembers the nodes of the chains its groups create and takes a
-    step's next node from there: every group answers (to the type of each field) and writes
-    what the calls one by one do on a connection that remembers nothing."""
-    with _pair() as (grouped, plain):
-        group_runner.remember_nodes(grouped)
-        for group in history:
-            ours = group_runner.run_group(grouped, group)
-            theirs = group_runner.run_plain_group(plain, group)
-            assert repr(_answers(ours)) == repr(_answers(theirs))
-            assert _dump(grouped) == _dump(plain)
-
-
-def test_a_step_takes_its_next_node_from_the_remembered_ones() -> None:
-    """The fast path is taken: a remembered chain's next node is not read from the file (a
-    node deleted by hand is still found), and the chain is forgotten once it ends."""
-    created, steps = _steps_of_created_chains(2)
-    with _pair() as (grouped, _):
-        group_runner.remember_nodes(grouped)
-        group_runner.run_group(grouped, created)
-        grouped.execute("DELETE FROM chain_nodes WHERE chain_id = 'k1' AND idx = 1")
-        answers = group_runner.run_group(grouped, steps)
-        assert [value.next_node.job_id for _, value in answers] == ["k0-n1", "k1-n1"]
-        last = [(ops.record_chain_step, (f"k{i}", 1, None, T0), None) for i in range(2)]
-        assert [value.completed for _, value in group_runner.run_group(grouped, last)] == [1, 1]
-        assert isinstance(grouped, NodesConnection)
-        assert grouped.nodes == {}
-
-
-def test_a_remembered_node_has_the_types_sqlite_returns() -> None:
-    """Whole numbers given for a node's REAL fields come back as floats, remembered or not."""
-    nodes = tuple(JobRecord(f"i-n{i}", "w", "null", "default", 1, 3, 2, 4) for i in range(2))
-    create = (ops.create_chain, (ChainRecord("i", "d-i", "default", nodes, T0),), None)
-    step = (ops.record_chain_step, ("i", 0, None, T0), None)
-    with _pair() as (grouped, plain):
-        group_runner.remember_nodes(grouped)
-        answers = []
-        for conn in (grouped, plain):
-            group_runner.run_group(conn, [create])
-            answers.append(repr(group_runner.run_group(conn, [step])))
-        assert answers[0] == answers[1]
-        assert "delay=1.0, timeout=3.0, retry=2, backoff=4.0" in answers[0]
 
 
 def _steps_of_created_chains(count: int) -> tuple[list[_Call], list[_Call]]:
