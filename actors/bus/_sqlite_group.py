@@ -5,11 +5,10 @@ commits, so none of them happened before another: any order of them is one their
 could have seen. The writer uses that. Chain steps and new chains, most of a bus's writes,
 run *set-based*, after the group's other operations (each on its own, in its own savepoint):
 all the plain steps (a succeeded node, no lane fence) in one ``UPDATE ... FROM (VALUES ...)``
-and one read of their next nodes (but those a store's connection remembers), all the new
-chains in one insert per table. A chain that another operation of the group names keeps all
-its operations one by one, in order. A set-based part runs inside a savepoint; should it
-fail, it is rolled back and its operations run one by one, each in its own savepoint, so a
-failing operation still fails alone.
+and one read of their next nodes, all the new chains in one insert per table. A chain that
+another operation of the group names keeps all its operations one by one, in order. A
+set-based part runs inside a savepoint; should it fail, it is rolled back and its operations
+run one by one, each in its own savepoint, so a failing operation still fails alone.
 
 The set-based step applies `ChainRow.step`'s rule for a succeeded node in SQL; the tests run
 both forms on the same groups and compare every answer and row.
