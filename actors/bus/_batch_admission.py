@@ -43,6 +43,8 @@ class _Admission(Protocol):
 
     async def _undo(self, builder: BatchBuilder, owner_id: str, exc: BaseException) -> None: ...
 
+    def _report(self, kind: EventKind, fields: dict[str, Any], started: float) -> None: ...
+
 
 _new = object.__new__
 _set = object.__setattr__
@@ -218,8 +220,6 @@ async def admit_batch(admission: _Admission, jobs: Sequence[Job], builder: Batch
             emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
         raise
     if emitter.active:
-        emitter.emit(EventKind.BATCH_STARTED, **fields)
-        duration = trio.current_time() - started
-        emitter.emit(EventKind.DISPATCH_SUCCEEDED, duration=duration, **fields)
+        admission._report(EventKind.BATCH_STARTED, fields, started)
     await trio.lowlevel.cancel_shielded_checkpoint()
     return batch_id
