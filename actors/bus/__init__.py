@@ -16,16 +16,21 @@
 
 How a job flows (one way, each step a module):
 
-1. ``_admission``: `Bus.dispatch` (or a chain's or batch's ``dispatch()``) checks the jobs,
-   stores the chain or batch (``_store`` / ``_sqlite``), and puts the jobs on their queues
-   in the broker (``_broker``; ``_memory_broker`` by default).
+1. ``_admission``: `Bus.dispatch` (or a chain's or batch's ``dispatch()``) checks the jobs
+   (``_job_checks``), stores the chain or batch (``_store`` / ``_sqlite``; a batch through
+   ``_batch_admission``), and puts the jobs on their queues in the broker (``_broker``;
+   ``_memory_broker`` by default).
 2. ``_worker``: a queue's worker gets a `Delivery`, runs it through the middleware
    (``_middleware``) and its handler, retries it on failure, and hands the final outcome on:
    a plain job is acknowledged; a chain's or batch's job is told to its coordinator.
 3. ``_chains`` / ``_batches``: the coordinator (a keyed actor per chain or batch, the only
    writer of its state) records the outcome in the store (``_recording``: retried until it
    commits), acknowledges the delivery, queues a chain's next job or counts the batch
-   (``_coordinators`` holds what the two registries share).
+   (``_coordinators`` holds what the two registries share). Where no user could tell the
+   difference (the memory broker, no observer, no callback due, the coordinator idle) the
+   worker settles a chain step or a batch job's success itself (`Chains.finish`,
+   `Batches.settle_now`); on SQLite the writer settles a chain step once its group commits
+   (``_sqlite_group`` runs a group's steps set-based).
 4. ``_callbacks``: at the end, the coordinator claims each callback in the store and runs it
    (a callable) or queues it (a `Job`).
 
