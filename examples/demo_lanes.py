@@ -32,7 +32,11 @@ async def run(console: Console, folder: str) -> Any:
 def show(console: Console, report: Any, accounts: int, per_account: int) -> None:
     table = Table(show_header=False, box=None)
     ops = report.operations + report.transfers
-    table.add_row("operations", f"{report.operations} on {accounts} lanes (accounts), 3 workers")
+    table.add_row(
+        "operations",
+        f"{report.operations} on {accounts} lanes (accounts), 3 workers, and the "
+        f"{report.transfers} deposits their transfers make on the receiving lanes",
+    )
     table.add_row("SIGKILL", f"a worker, after {report.at_kill} of {ops} were applied")
     table.add_row("total balance", f"{report.total} (expected {report.expected})")
     table.add_row("applied once each", f"{report.applied} of {ops}")
