@@ -171,10 +171,7 @@ class Admission:
                 with trio.CancelScope(shield=True):
                     await self._queue(builder, chain_id, dispatch_id, records, local)
         except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await self._undo(builder, chain_id, exc)
-            if emitter.active:
-                emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+            await self._undo(builder, chain_id, exc, fields)
             raise
         if emitter.active:
             self._report(EventKind.CHAIN_STARTED, fields, started)
@@ -372,9 +369,23 @@ class Admission:
         )
 
     async def _undo(
+        self,
+        builder: ChainBuilder | BatchBuilder,
+        owner_id: str,
+        exc: BaseException,
+        fields: dict[str, Any],
+    ) -> None:
+        """The queue refused a stored chain's or batch's jobs: none stays recorded as running
+        (shielded: this must finish whatever happens to the caller), and the dispatch is
+        reported failed."""
+        with trio.CancelScope(shield=True):
+            await self._take_back(builder, owner_id, exc)
+        if self._parts.emitter.active:
+            self._parts.emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+
+    async def _take_back(
         self, builder: ChainBuilder | BatchBuilder, owner_id: str, exc: BaseException
     ) -> None:
-        """The queue refused: no chain or batch stays recorded as running."""
         parts, now = self._parts, self._parts.clock()
         reason = f"dispatch failed: {describe(exc)}"
         if isinstance(builder, ChainBuilder):

@@ -41,7 +41,9 @@ class _Admission(Protocol):
         self, builder: BatchBuilder, started: float
     ) -> tuple[object, tuple[tuple[str, JobRecord], ...]]: ...
 
-    async def _undo(self, builder: BatchBuilder, owner_id: str, exc: BaseException) -> None: ...
+    async def _undo(
+        self, builder: BatchBuilder, owner_id: str, exc: BaseException, fields: dict[str, Any]
+    ) -> None: ...
 
     def _report(self, kind: EventKind, fields: dict[str, Any], started: float) -> None: ...
 
@@ -214,10 +216,7 @@ async def admit_batch(admission: _Admission, jobs: Sequence[Job], builder: Batch
             with trio.CancelScope(shield=True):
                 await parts.put_many(list(zip(found, delays, strict=True)))
     except BaseException as exc:
-        with trio.CancelScope(shield=True):
-            await admission._undo(builder, batch_id, exc)
-        if emitter.active:
-            emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
+        await admission._undo(builder, batch_id, exc, fields)
         raise
     if emitter.active:
         admission._report(EventKind.BATCH_STARTED, fields, started)
