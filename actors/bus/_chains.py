@@ -141,23 +141,15 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         else:  # the writer was cancelled: the bus stops, and its memory queues with it
             self._parts.finished((delivery.job,), in_hand=True)
 
-    def _settle(
-        self,
-        chain_id: str,
-        delivery: Delivery,
-        step: ChainStep | None,
-        done: Done | None = None,
-    ) -> None:
-        """After the step was recorded: queue the next one and acknowledge this one, if that
-        is all there is to do; else hand the step on to the coordinator (as ``done``, or a
-        `Done` of the succeeded ``delivery``)."""
+    def _settle(self, chain_id: str, delivery: Delivery, step: ChainStep | None) -> None:
+        """After the succeeded step was recorded: queue the next one and acknowledge this
+        one, if that is all there is to do; else hand the step on to the coordinator."""
         parts, job = self._parts, delivery.job
         node = None if step is None else step.next_node
         if step is None or not (
             self._ends_quietly(chain_id, step) if node is None else parts.puts_now(node.queue)
         ):
-            if done is None:
-                done = Done(delivery, "succeeded", None)
+            done = Done(delivery, "succeeded", None)
             done.recorded, done.step = True, step
             self._hand_on(chain_id, done)
             return
