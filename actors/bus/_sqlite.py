@@ -7,7 +7,7 @@ operation waiting for it and runs them in one ``BEGIN IMMEDIATE`` transaction, s
 failing operation rolls back only itself (chain steps and new chains set-based, the others
 each in its own savepoint: `_sqlite_group`); each caller waits on its own
 `actors._reply.Reply`. Many coordinators thus share one thread hop and one commit. A chain
-step may also be sent with no caller waiting (`SQLiteStore.record_chain_step_then`): the
+step may also be sent with no caller waiting (`SQLiteStore.record_chain_step_to`): the
 writer's task settles it when its group commits. Several processes (or stores) may share the
 file: SQLite serialises writers, and the unique constraints make job outcomes and callback
 claims count once. Errors arrive as `StoreError` naming the file.
@@ -37,37 +37,16 @@ log = logging.getLogger("actors.bus")
 
 
 class StepAnswer(Protocol):
-    """Where an operation's result goes: a waiting caller's `Reply`, a `_Then`, or the
-    answer of `SQLiteStore.record_chain_step_to`."""
+    """Where an operation's result goes: a waiting caller's `Reply`, or the answer given to
+    `SQLiteStore.record_chain_step_to`."""
 
     def succeed(self, value: Any) -> None: ...
     def fail(self, exc: BaseException) -> None: ...
 
 
-class _Then:
-    """An answer that calls ``then(ok, value)`` in the writer's task (see `send_now`)."""
-
-    __slots__ = ("then",)
-
-    def __init__(self, then: Callable[[bool, Any], None]) -> None:
-        self.then = then
-
-    def succeed(self, value: Any) -> None:
-        self._call(True, value)
-
-    def fail(self, exc: BaseException) -> None:
-        self._call(False, exc)
-
-    def _call(self, ok: bool, value: Any) -> None:
-        try:
-            self.then(ok, value)
-        except Exception as exc:  # a bug in the continuation: the group's others still answer
-            log.error("SQLite store: a continuation failed (%r)", self.then, exc_info=exc)
-
-
 _Op = tuple[Callable[..., Any], tuple[Any, ...], StepAnswer]
 
-#: `SQLiteStore.record_chain_step_then` queues nothing (its caller takes the slow path) while
+#: `SQLiteStore.record_chain_step_to` queues nothing (its caller takes the slow path) while
 #: this many operations wait for the writer.
 _WAITING_AT_MOST = 1024
 
@@ -169,28 +148,16 @@ class SQLiteStore(SQLOperations):
         writer.send((fn, args, reply))
         return await reply.wait_shielded()
 
-    def record_chain_step_then(
-        self,
-        chain_id: str,
-        index: int,
-        failure: str | None,
-        now: datetime,
-        then: Callable[[bool, Any], None],
-    ) -> bool:
-        """`record_chain_step` without a caller that waits: queued for the writer now (no
-        yield), and ``then(True, step)`` or ``then(False, error)`` runs in the writer's task
-        once its group has committed or failed (the error as `record_chain_step` raises it;
-        any other exception, such as the writer's cancellation, as it is). False: nothing is
-        queued (the store is not served by a bus, or its writer has `_WAITING_AT_MOST`
-        operations waiting)."""
-        return self.record_chain_step_to(chain_id, index, failure, now, _Then(then))
-
     def record_chain_step_to(
         self, chain_id: str, index: int, failure: str | None, now: datetime, answer: StepAnswer
     ) -> bool:
-        """`record_chain_step_then` answering ``answer.succeed(step)`` or
-        ``answer.fail(error)`` directly (no continuation to wrap), in the writer's task; the
-        answer must not raise (the group's other answers follow it)."""
+        """`record_chain_step` without a caller that waits: queued for the writer now (no
+        yield), and ``answer.succeed(step)`` or ``answer.fail(error)`` is called in the
+        writer's task once its group has committed or failed (the error as
+        `record_chain_step` raises it; any other exception, such as the writer's cancellation,
+        as it is). The answer must not raise (the group's other answers follow it). False:
+        nothing is queued (the store is not served by a bus, or its writer has
+        `_WAITING_AT_MOST` operations waiting)."""
         writer = self._writer
         if writer is None or self._conn is None or len(writer.pending) >= _WAITING_AT_MOST:
             return False

@@ -386,6 +386,19 @@ async def test_a_sent_call_completes_and_returns_though_cancelled(tmp_path: Path
     await store.close()
 
 
+class _Heard:
+    """An answer for `record_chain_step_to` that notes whether it succeeded."""
+
+    def __init__(self, heard: list[bool]) -> None:
+        self.heard = heard
+
+    def succeed(self, value: object) -> None:
+        self.heard.append(True)
+
+    def fail(self, exc: BaseException) -> None:
+        self.heard.append(False)
+
+
 async def test_operations_waiting_when_the_writer_stops_fail_with_its_cancellation(
     tmp_path: Path,
 ) -> None:
@@ -404,7 +417,7 @@ async def test_operations_waiting_when_the_writer_stops_fail_with_its_cancellati
             raise
 
     async def release() -> None:
-        await trio.sleep(0.01)  # the writer has been cancelled meanwhile
+        await trio.testing.wait_all_tasks_blocked()  # the writer has been cancelled meanwhile
         gate.set()
 
     async with trio.open_nursery() as outer:
@@ -414,10 +427,10 @@ async def test_operations_waiting_when_the_writer_stops_fail_with_its_cancellati
             await trio.testing.wait_all_tasks_blocked()
             outer.start_soon(call, lambda conn: "queued")
             await trio.testing.wait_all_tasks_blocked()
-            assert store.record_chain_step_then("c", 0, None, T0, lambda ok, _: then.append(ok))
+            assert store.record_chain_step_to("c", 0, None, T0, _Heard(then))
             outer.start_soon(release)
             served.cancel_scope.cancel()
     assert heard == ["slow", "cancelled"]
     assert then == [False]
-    assert not store.record_chain_step_then("c", 0, None, T0, lambda ok, _: None)  # not served
+    assert not store.record_chain_step_to("c", 0, None, T0, _Heard([]))  # not served
     await store.close()
