@@ -28,7 +28,7 @@ from .conftest import make_broker
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lane_state (lane TEXT PRIMARY KEY, fence INTEGER, next INTEGER)",
     "CREATE TABLE IF NOT EXISTS effects (id INTEGER PRIMARY KEY, lane TEXT, seq INTEGER, "
-    "fence INTEGER)",
+    "fence INTEGER, pid INTEGER, t REAL)",
 )
 
 
@@ -40,7 +40,13 @@ def create_store(path: str) -> None:
 
 
 def apply(conn: sqlite3.Connection, lane: str, seq: int, fence: int) -> str:
-    """The fenced write: what a handler guarded by `Delivery.fence` does to its store."""
+    """The fenced write: what a handler guarded by `Delivery.fence` does to its store.
+
+    An applied effect records its process and the time, read while the transaction holds
+    the file's write lock: no other effect can commit between that instant and this one's
+    commit, so it orders effects as their commits do (a run's ``end`` line, written after,
+    may come much later: its process may be paused in between).
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute("SELECT fence, next FROM lane_state WHERE lane = ?", (lane,)).fetchone()
@@ -52,7 +58,8 @@ def apply(conn: sqlite3.Connection, lane: str, seq: int, fence: int) -> str:
         else:
             result = "applied" if seq == expected else f"gap{expected}"
             conn.execute(
-                "INSERT INTO effects (lane, seq, fence) VALUES (?, ?, ?)", (lane, seq, fence)
+                "INSERT INTO effects (lane, seq, fence, pid, t) VALUES (?, ?, ?, ?, ?)",
+                (lane, seq, fence, os.getpid(), time.time()),
             )
         if result != "stale":
             conn.execute(

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Protocol
 
+import pytest
 import trio
 
 from actors.bus._model import QueuedJob
@@ -104,26 +105,27 @@ class Recorded(Protocol):
 def check(workers: Recorded, lanes: int, per_lane: int) -> dict[str, int]:
     """Assert the lane guarantees on what the workers recorded; return counts to report."""
     with sqlite3.connect(workers.store) as conn:
-        effects = conn.execute("SELECT lane, seq FROM effects ORDER BY id").fetchall()
+        query = "SELECT lane, seq, fence, pid, t FROM effects ORDER BY id"
+        effects = conn.execute(query).fetchall()
     per: dict[str, list[int]] = defaultdict(list)
-    for lane, seq in effects:
+    for lane, seq, *_ in effects:
         per[lane].append(seq)
     assert len(per) == lanes
     for lane, seqs in per.items():
         assert seqs == list(range(per_lane)), f"lane {lane}: effects {seqs}"
     records = workers.records()
     ends = [r for r in records if r[0] == "end"]
-    # Runs that took effect on one lane never overlap in time. A "dup" took none: a paused
-    # holder that wakes before its successor's first fenced write still commits (the store
-    # has seen no newer fence yet), and the successor then finds that effect applied. That
-    # is the limit of fencing: a resource refuses only fences older than one it has seen.
+    # Runs that took effect on one lane never overlap: each such run starts after the
+    # lane's previous effect committed (its time is read under the write lock: see
+    # `lane_worker.apply`). A "dup" took none: a paused holder that wakes before its
+    # successor's first fenced write still commits (the store has seen no newer fence yet),
+    # and the successor then finds that effect applied. That is the limit of fencing: a
+    # resource refuses only fences older than one it has seen.
+    starts = {tuple(r[1:5]): float(r[5]) for r in records if r[0] == "start"}
     took = defaultdict(list)
-    starts = {(r[1], r[2], r[3], r[4]): float(r[5]) for r in records if r[0] == "start"}
-    for r in ends:
-        if r[6] == "applied":
-            took[r[1]].append((starts[(r[1], r[2], r[3], r[4])], float(r[5]), r[2]))
+    for lane, seq, fence, pid, t in effects:
+        took[lane].append((starts[(lane, str(seq), str(fence), str(pid))], t, pid))
     for lane, runs in took.items():
-        runs.sort()
         for before, after in itertools.pairwise(runs):
             assert before[1] <= after[0], f"lane {lane}: runs overlap {before} {after}"
     assert not [r for r in ends if r[6].startswith("gap")]
@@ -252,3 +254,43 @@ async def test_a_worker_paused_past_its_lease_is_fenced(
         assert not untaken_refused(records)
     finally:
         await workers.stop()
+
+
+class _Written:
+    """Runs and effects written by hand, to show what `check` accepts and refuses."""
+
+    def __init__(self, folder: Path, lines: list[str]) -> None:
+        self.store, self.folder = str(folder / "store.db"), folder
+        create_store(self.store)
+        (folder / "runs-0.txt").write_text("ready\n" + "".join(f"{x}\n" for x in lines))
+
+    def effect(self, lane: str, seq: int, pid: int, t: float) -> None:
+        with sqlite3.connect(self.store) as conn:
+            conn.execute(
+                "INSERT INTO effects (lane, seq, fence, pid, t) VALUES (?, ?, 1, ?, ?)",
+                (lane, seq, pid, t),
+            )
+
+    def records(self) -> list[list[str]]:
+        return records_in(self.folder)
+
+
+def test_check_orders_runs_by_their_effects_not_their_end_lines(tmp_path: Path) -> None:
+    # Run 0 commits at t=2, then its process pauses until t=9 before it writes its end
+    # line; run 1 starts at t=5. That is no overlap: its effect came before run 1 began.
+    lines = ["start L0 0 1 7 1.0", "start L0 1 1 8 5.0", "end L0 1 1 8 6.0 applied"]
+    lines.append("end L0 0 1 7 9.0 applied")
+    fine = _Written(tmp_path, lines)
+    fine.effect("L0", 0, 7, 2.0)
+    fine.effect("L0", 1, 8, 5.5)
+    assert check(fine, 1, 2)["runs"] == 2
+
+
+def test_check_refuses_a_run_that_started_before_the_previous_effect(tmp_path: Path) -> None:
+    lines = ["start L0 0 1 7 1.0", "start L0 1 1 8 1.5", "end L0 0 1 7 2.5 applied"]
+    lines.append("end L0 1 1 8 3.5 applied")
+    overlapping = _Written(tmp_path, lines)
+    overlapping.effect("L0", 0, 7, 2.0)
+    overlapping.effect("L0", 1, 8, 3.0)
+    with pytest.raises(AssertionError, match="runs overlap"):
+        check(overlapping, 1, 2)
