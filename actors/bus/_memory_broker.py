@@ -158,6 +158,10 @@ class MemoryQueue:
             trio.lowlevel.reschedule(waiting.popleft())
             n -= 1
 
+    def has_free(self) -> bool:
+        """Whether a ready job is there for a running worker (none of them a woken one's)."""
+        return len(self._ready) > self._reserved
+
     def get_now(self) -> Delivery | None:
         """A ready job without yielding, or None (for a worker that has just yielded)."""
         ready = self._ready

@@ -35,6 +35,10 @@ from ._rules import FailedJob, Outcome
 
 log = logging.getLogger("actors.bus")
 
+#: A memory worker runs at most this many ready jobs back to back before it yields (as the
+#: actor core does with its mailboxes).
+DRAIN = 16
+
 
 def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
     async def step(ctx: JobContext) -> None:
@@ -98,12 +102,16 @@ class Worker:
         task_status.started()
         memory = queue if type(queue) is MemoryQueue else None
         task = trio.lowlevel.current_task()
-        yielded = False
+        # Jobs run back to back since this task last yielded. While the task's context is
+        # clean (no job ran in it), a memory worker takes the next ready job without a
+        # scheduling point, up to `DRAIN` of them, as an actor drains its mailbox; then it
+        # yields, so handlers that never await cannot starve other tasks.
+        run = 0
+        clean = True
         while True:
-            # A job that ended by telling its coordinator has just passed a scheduling point:
-            # the next ready job is taken without another one (the memory broker's get would
-            # only yield for fairness).
-            delivery = memory.get_now() if yielded and memory is not None else None
+            delivery = None
+            if clean and run < DRAIN and memory is not None:
+                delivery = memory.get_now()
             fresh = delivery is None and memory is not None
             if fresh:
                 # Trio resumes a task in its `Task.context`, and the memory broker's get is a
@@ -112,18 +120,36 @@ class Worker:
                 task.context = base.copy()
             if delivery is None:
                 delivery = await queue.get()
+                run = 0
             parts = self._parts
             parts.in_hand += 1
-            yielded = False
+            run += 1
+            job = delivery.job
+            # A memory broker's plain job with no observer: settled right where it ends.
+            quick = (
+                memory is not None
+                and job.batch_id is None
+                and job.chain_id is None
+                and job.callback_of is None
+                and not parts.emitter.active
+            )
+            if fresh and quick and memory is not None and memory.has_free():
+                # More jobs are ready: step this one in a context of its own (`_run`), so
+                # the task's stays clean and the next ones follow without a get.
+                fresh = False
+            handed = False
             try:
-                yielded = await self._run(queue, delivery, base, fresh)
+                handed = await self._run(queue, delivery, base, fresh, quick)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
                 parts.finished((delivery.job,))
             finally:
-                if not yielded:  # else its coordinator lets it go, once it is recorded
+                if not handed:  # else its coordinator lets it go, once it is recorded
                     parts.let_go(1)
+            # A plain job run right in the task's context (`_run`'s ``direct``) may have
+            # written to it: the next job must come through a fresh copy and a get.
+            clean = not (fresh and quick)
 
     async def _cancelled(self, batch_id: str) -> bool:
         """The store's answer, when `Batches.cancelled_now` does not know."""
@@ -135,16 +161,22 @@ class Worker:
         return bool(cancelled)
 
     async def _run(
-        self, queue: BrokerQueue, delivery: Delivery, base: contextvars.Context, fresh: bool
+        self,
+        queue: BrokerQueue,
+        delivery: Delivery,
+        base: contextvars.Context,
+        fresh: bool,
+        quick: bool,
     ) -> bool:
-        """Run one delivery; True if it ended with a scheduling point (a tell).
+        """Run one delivery; True if its outcome was handed on to its coordinator.
 
         ``fresh``: a memory broker's job, taken through a scheduling point after `serve` gave
-        the task a fresh copy of ``base``. A plain one with no observer then runs right in
-        the task's context (no stepping in a context of its own, `in_context`): nothing
+        the task a fresh copy of ``base``. ``quick``: a memory broker's plain job with no
+        observer; its success is settled right here (an ack and a count). Both: it runs right
+        in the task's context (no stepping in a context of its own, `in_context`): nothing
         before its handler reads or writes a context variable, and after it only a success
-        is settled there (an ack and a count); anything else is handed back to a copy of
-        ``base``, where the slow path would run it.
+        is settled there; anything else is handed back to a copy of ``base``, where the slow
+        path would run it.
         """
         job = delivery.job
         batch_id = job.batch_id
@@ -184,13 +216,7 @@ class Worker:
             delivery.fence,
         )
         emitter = self._parts.emitter
-        direct = (
-            fresh
-            and not emitter.active
-            and batch_id is None
-            and job.chain_id is None
-            and job.callback_of is None
-        )
+        direct = fresh and quick
         started = 0.0  # read only for the events' durations
         if emitter.active:
             emitter.job(EventKind.JOB_STARTED, job)
@@ -229,7 +255,7 @@ class Worker:
             # Logging, the failed-job record: not in the job's context (a log filter or a
             # store would see what the handler set there).
             return await (in_context(base.copy(), failed) if direct else failed)
-        if direct:  # a memory delivery: acknowledged and counted here, no context read
+        if quick:  # a memory delivery: acknowledged and counted here, no context read
             queue.ack_now(delivery)  # type: ignore[attr-defined]
             self._parts.done(1)  # a memory queue's jobs are all this bus's (`Parts.mine`)
             return False
@@ -326,8 +352,8 @@ class Worker:
         outcome: Outcome,
         error: BaseException | None,
     ) -> bool:
-        """Hand the final outcome on: to the job's coordinator (True: that yielded), or
-        acknowledge it here (False)."""
+        """Hand the final outcome on: to the job's coordinator (True: it lets the job go),
+        or acknowledge it here (False)."""
         job = delivery.job
         if job.batch_id is not None:
             if outcome == "succeeded" and self._batches.settle_now(delivery):
