@@ -21,20 +21,30 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Generator
+from types import CoroutineType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+_STEPPED: Any = object()
+
+
 class _InContext(Generator[Any, Any, Any]):
-    """The awaitable behind `in_context` (a generator, so Trio can send and throw into it)."""
+    """The rest of an `in_context` coroutine after its first step yielded ``first`` (a
+    generator, so Trio can send and throw into it): ``first`` goes up to Trio, and every
+    resumption is passed in under ``context.run``."""
 
-    __slots__ = ("_context", "_coro")
+    __slots__ = ("_close", "_context", "_first", "_send", "_throw")
 
-    def __init__(self, context: contextvars.Context, awaitable: Awaitable[Any]) -> None:
+    def __init__(
+        self, context: contextvars.Context, coro: Generator[Any, Any, Any], first: Any
+    ) -> None:
         self._context = context
-        # A coroutine's `__await__` gives its own stepper (send, throw, close).
-        self._coro = awaitable.__await__()
+        self._first = first
+        self._send = coro.send
+        self._throw = coro.throw
+        self._close = coro.close
 
     def __iter__(self) -> _InContext:
         return self
@@ -43,23 +53,40 @@ class _InContext(Generator[Any, Any, Any]):
         return self
 
     def __next__(self) -> Any:
-        return self._context.run(self._coro.send, None)
+        # ``await`` starts an iterator with ``next``, whose step has run already; a later
+        # ``next`` (a resumption with None) is a step.
+        first = self._first
+        if first is not _STEPPED:
+            self._first = _STEPPED
+            return first
+        return self._context.run(self._send, None)
 
     def send(self, value: Any) -> Any:
-        return self._context.run(self._coro.send, value)
+        return self._context.run(self._send, value)
 
     def throw(self, *args: Any) -> Any:
-        return self._context.run(self._coro.throw, *args)
+        return self._context.run(self._throw, *args)
 
     def close(self) -> None:
-        self._context.run(self._coro.close)
+        self._context.run(self._close)
 
 
 async def in_context(context: contextvars.Context, awaitable: Awaitable[T]) -> T:
     """Await ``awaitable`` (a coroutine) with ``context`` as its context variables.
 
+    The first step runs right here, under ``context.run``: a coroutine that returns (or
+    raises) without yielding, like most handlers of quick jobs, costs that one call. One that
+    yields goes on through `_InContext`, each step under ``context.run`` as the first.
+
     The context must not be entered anywhere else at the same time (`Context.run` refuses
     that with a RuntimeError); give each job a fresh ``base.copy()``.
     """
-    result: T = await _InContext(context, awaitable)
+    # A coroutine steps itself (send, throw, close); any other awaitable through __await__.
+    coro: Any = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
+    try:
+        first = context.run(coro.send, None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    result = await _InContext(context, coro, first)
     return result

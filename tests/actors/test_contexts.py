@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 import trio
@@ -76,3 +78,65 @@ async def test_tasks_and_threads_started_inside_see_the_given_context() -> None:
 
     assert await in_context(contextvars.copy_context(), spawn()) == ["job", "job"]
     assert V.get() == "unset"
+
+
+class _Yields:
+    """An awaitable that yields ``None`` up to its driver and returns what is sent back."""
+
+    def __await__(self) -> Generator[None, Any, Any]:
+        return (yield None)
+
+
+async def _steps(n: int) -> list[Any]:
+    got: list[Any] = []
+    for _ in range(n):
+        V.set(f"step {len(got)}")
+        got.append(await _Yields())
+    return got
+
+
+def test_a_coroutine_that_returns_at_once_runs_in_the_context_in_one_step() -> None:
+    async def quick() -> str:
+        V.set("quick")
+        return V.get()
+
+    context = contextvars.copy_context()
+    driver = in_context(context, quick()).__await__()
+    with pytest.raises(StopIteration) as stop:
+        next(driver)
+    assert stop.value.value == "quick"
+    assert context[V] == "quick"
+    assert V.get() == "unset"
+
+
+def test_every_resumption_is_a_step_in_the_context_whatever_is_sent() -> None:
+    # Resumptions with None come through ``next``, others through ``send``: each is one step.
+    context = contextvars.copy_context()
+    driver = in_context(context, _steps(3)).__await__()
+    assert next(driver) is None
+    assert context[V] == "step 0"
+    assert next(driver) is None  # resumed with None
+    assert context[V] == "step 1"
+    assert driver.send("b") is None
+    assert context[V] == "step 2"
+    with pytest.raises(StopIteration) as stop:
+        driver.send("c")
+    assert stop.value.value == [None, "b", "c"]
+    assert V.get() == "unset"
+
+
+def test_closing_a_suspended_one_closes_it_in_the_context() -> None:
+    seen: list[str] = []
+
+    async def suspended() -> None:
+        V.set("inside")
+        try:
+            await _Yields()
+        finally:
+            seen.append(V.get())
+
+    context = contextvars.copy_context()
+    driver = in_context(context, suspended()).__await__()
+    next(driver)
+    driver.close()
+    assert seen == ["inside"]
