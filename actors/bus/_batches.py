@@ -29,6 +29,7 @@ from ._memory_broker import MemoryQueue
 from ._model import BatchState, JobRecord, QueuedJob
 from ._parts import INSIDE, Parts
 from ._rules import BatchUpdate, JobOutcome
+from ._store import MemoryBatch
 
 log = logging.getLogger("actors.bus")
 
@@ -80,11 +81,29 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         self._stopping: set[str] = set()
         #: The `Job` callbacks of batches built elsewhere, as read (`_job_callbacks`).
         self._foreign: dict[str, dict[str, JobRecord]] = {}
+        #: The store's entries of the batches whose successes a worker may count itself
+        #: (`settle_now`), by id.
+        self._quick: dict[str, MemoryBatch] = {}
+
+    def adopt(self, owner_id: str, local: BatchLocal) -> None:
+        super().adopt(owner_id, local)
+        memory = self._parts.memory
+        if memory is not None and local.progress is None and not local.has_jobs:
+            entry = memory.batch_now(owner_id)
+            if entry is not None:
+                self._quick[owner_id] = entry
+
+    def forget(self, owner_id: str) -> None:
+        super().forget(owner_id)
+        self._quick.pop(owner_id, None)
 
     def cancelled_now(self, batch_id: str) -> bool | None:
         """Whether a worker must not start a job of the batch, if that is known without a
         store call: known cancelled here, or a plain `MemoryStore` (in this process, so
         nothing else can change it: a dict lookup answers). None: ask the store."""
+        entry = self._quick.get(batch_id)
+        if entry is not None:  # (not known cancelled here: the store's row says)
+            return entry.row.cancelled
         if batch_id in self._cancelled or batch_id in self._stopping:
             return True
         memory = self._parts.memory
@@ -102,25 +121,24 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         this job not its last (the coordinator ends the batch and runs its callbacks). What
         the coordinator would then do is exactly this: one outcome recorded, nothing to act on
         (`_settle` returns at once), the delivery acknowledged, the job counted out.
+
+        The batches that may (``_quick``: built here with no `progress` or `Job` callback,
+        on a plain `MemoryStore`, not known cancelled or stopping) are known at adoption.
         """
-        parts, job = self._parts, delivery.job
+        job = delivery.job
         batch_id = job.batch_id
-        assert batch_id is not None
-        local = self._local.get(batch_id)
-        if local is None or local.progress is not None or local.has_jobs:
+        entry = self._quick.get(batch_id)  # type: ignore[arg-type]
+        if entry is None:
             return False
-        memory, registry = parts.memory, self._registry
+        parts, registry = self._parts, self._registry
         queue = parts.queues[job.queue]
         if (
-            memory is None
-            or registry is None
+            registry is None
             or parts.emitter.active
             or job.lane is not None
             or type(queue) is not MemoryQueue
-            or batch_id in self._cancelled
-            or batch_id in self._stopping
-            or not registry.is_idle(batch_id)
-            or not memory.count_success_now(batch_id, job.job_id, parts.clock())
+            or not registry.is_idle(batch_id)  # type: ignore[arg-type]
+            or not entry.count_success(job.job_id, parts.clock())
         ):
             return False
         queue.ack_now(delivery)
@@ -137,6 +155,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
             local = self._local.get(batch_id)
             if local is not None and not local.allow_failures:
                 self._stopping.add(batch_id)
+                self._quick.pop(batch_id, None)
         await self._keyed.tell(batch_id, done)
 
     async def cancel(self, batch_id: str, *, abandon: bool = False) -> BatchState:
@@ -284,6 +303,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 local.first_error = first_error
         if state.cancelled and batch_id not in self._cancelled:
             self._cancelled.add(batch_id)
+            self._quick.pop(batch_id, None)
             removed = await self._discard(batch_id)
             if removed:
                 try:
@@ -401,6 +421,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 **common,
             )
         self._local.pop(batch_id, None)
+        self._quick.pop(batch_id, None)
         self._foreign.pop(batch_id, None)
         self._cancelled.discard(batch_id)
         self._stopping.discard(batch_id)

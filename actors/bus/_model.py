@@ -459,7 +459,7 @@ class IdSource:
     def __init__(self) -> None:
         self.prefix = f"{secrets.token_hex(6)}-"
         #: The next id, without a Python-level call (`__call__` is the same, for every caller).
-        self.next = map(f"{self.prefix}{{:x}}".format, count(1)).__next__
+        self.next = map(f"{self.prefix}%x".__mod__, count(1)).__next__
 
     def __call__(self) -> str:
         return self.next()

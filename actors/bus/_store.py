@@ -154,9 +154,29 @@ class Store(Protocol):
 
 
 @attrs.define(eq=False)
-class _MemoryBatch:
+class MemoryBatch:
+    """A batch in a `MemoryStore`: its row and each job's status."""
+
     row: BatchRow
     jobs: dict[str, str]  # job id -> "pending" or its outcome
+
+    def count_success(self, job_id: str, now: datetime) -> bool:
+        """Count a job's success without yielding, if that is all it does: the batch goes
+        on (jobs still pending after it), is not cancelled, and the job's outcome is new.
+        False (nothing recorded) when the outcome would do more (end the batch) or nothing
+        (a duplicate): `MemoryStore.record_batch` then decides.
+
+        What `record_batch_now` would do with this one outcome, without building the update
+        nobody reads (the bus's workers: `Batches.settle_now`).
+        """
+        row, jobs = self.row, self.jobs
+        if row.pending <= 1 or row.cancelled or jobs.get(job_id) != "pending":
+            return False
+        jobs[job_id] = "succeeded"
+        row.pending -= 1
+        row.processed += 1
+        row.updated_at = now
+        return True
 
 
 @attrs.define(eq=False)
@@ -172,7 +192,7 @@ class MemoryStore:
     """
 
     def __init__(self) -> None:
-        self._batches: dict[str, _MemoryBatch] = {}
+        self._batches: dict[str, MemoryBatch] = {}
         self._chains: dict[str, _MemoryChain] = {}
         self._callbacks: dict[str, str] = {}  # "owner:name" -> owner
         self._uniques: dict[str, datetime] = {}
@@ -282,7 +302,7 @@ class MemoryStore:
         if record.callbacks:
             self._job_callbacks[f"batch:{record.batch_id}"] = dict(record.callbacks)
         row = new_batch_row(record, len(job_ids))
-        self._batches[record.batch_id] = _MemoryBatch(row, dict.fromkeys(job_ids, "pending"))
+        self._batches[record.batch_id] = MemoryBatch(row, dict.fromkeys(job_ids, "pending"))
 
     async def get_batch(self, batch_id: str) -> BatchState:
         await trio.lowlevel.checkpoint()
@@ -317,26 +337,12 @@ class MemoryStore:
                 updater.apply(outcome)
         return updater.result()
 
-    def count_success_now(self, batch_id: str, job_id: str, now: datetime) -> bool:
-        """Count a batch job's success without yielding, if that is all it does: the batch
-        goes on (jobs still pending after it), is not cancelled, and the job's outcome is
-        new. False (nothing recorded) when the outcome would do more (end the batch) or
-        nothing (a duplicate, an unknown batch): `record_batch` then decides.
-
-        For the bus's workers (`Batches.settle_now`): what `record_batch_now` would do with
-        this one outcome, without building the update nobody reads.
-        """
-        batch = self._batches.get(batch_id)
-        if batch is None:
-            return False
-        row, jobs = batch.row, batch.jobs
-        if row.pending <= 1 or row.cancelled or jobs.get(job_id) != "pending":
-            return False
-        jobs[job_id] = "succeeded"
-        row.pending -= 1
-        row.processed += 1
-        row.updated_at = now
-        return True
+    def batch_now(self, batch_id: str) -> MemoryBatch | None:
+        """The batch's live entry (its row changes as outcomes are recorded), or None: for
+        the bus's workers, which count a batch's successes and check its cancel in it
+        (`Batches.settle_now`) for as long as the batch runs. No entry is replaced while its
+        batch runs (only `prune` removes finished ones)."""
+        return self._batches.get(batch_id)
 
     def batch_cancelled_now(self, batch_id: str) -> bool:
         """`batch_cancelled` without a coroutine (a worker asks before every batch job)."""
@@ -430,7 +436,7 @@ class MemoryStore:
         ]
         return batches[:limit], chains[:limit]
 
-    def _batch(self, batch_id: str) -> _MemoryBatch:
+    def _batch(self, batch_id: str) -> MemoryBatch:
         try:
             return self._batches[batch_id]
         except KeyError:

@@ -259,6 +259,8 @@ class Worker:
             queue.ack_now(delivery)  # type: ignore[attr-defined]
             self._parts.done(1)  # a memory queue's jobs are all this bus's (`Parts.mine`)
             return False
+        if batch_id is not None and self._batches.settle_now(delivery):
+            return False  # recorded, acknowledged and counted out (no observer: no event)
         if emitter.active:
             emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
         return await self._finish(queue, delivery, "succeeded", None)

@@ -7,6 +7,7 @@ cancellations, a store or a queue that fails."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import count
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from actors.bus import (
     UnknownJobType,
     open_bus,
 )
+from actors.bus._batch_admission import attempts
+from actors.bus._model import IdSource
 
 from .helpers import Recorder
 from .test_fast_paths import SlowBroker, SlowStore, request
@@ -181,3 +184,43 @@ async def test_a_batch_admitted_at_once_ends_as_an_awaited_one(autojump_clock: A
     kinds = [event[0] for event in fast[2]]
     assert kinds.count("dispatch_failed") == 5
     assert kinds.count("batch_started") == 3
+
+
+def _counting_ids() -> IdSource:
+    ids = IdSource()
+    ids.next = map("id-%d".__mod__, count(1)).__next__
+    return ids
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        Job("noop"),
+        Job("noop", {"to": ["a", 1.5]}).on_queue("other").delay(2).timeout(3).retry(1),
+        Job("noop").lane("l").backoff(0.5),
+    ],
+)
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_one_job_object_repeated_gives_the_attempts_of_the_job_by_job_path(
+    job: Job, n: int
+) -> None:
+    """`attempts` builds ``n`` times one `Job` object in bulk (`_alike`); the jobs it
+    builds (fields, ids in order, field order, delays, one put) are those the job-by-job
+    loop builds, which takes the same jobs followed by another one."""
+    queues, handlers = {"default": 1, "other": 1}, {"noop": 1, "other": 1}
+    bulk = attempts((job,) * n, "default", handlers, queues, _counting_ids(), "d", "b")
+    other = Job("other")
+    loop = attempts((job,) * n + (other,), "default", handlers, queues, _counting_ids(), "d", "b")
+    assert bulk[0] == loop[0][:n]
+    assert [list(vars(a)) for a in bulk[0]] == [list(vars(a)) for a in loop[0][:n]]
+    assert [a.job_id for a in bulk[0]] == [f"id-{i}" for i in range(1, n + 1)]
+    assert bulk[1] == loop[1][:n] == [job.options.delay] * n
+    assert bulk[2] is True
+    assert len({id(vars(a)) for a in bulk[0]}) == n  # each its own fields
+
+
+def test_one_job_object_repeated_is_refused_as_job_by_job() -> None:
+    ids = _counting_ids()
+    with pytest.raises(UnknownJobType):
+        attempts((Job("nope"),) * 3, "default", {"noop": 1}, {"default": 1}, ids, "d", "b")
+    assert ids.next() == "id-2"  # one id drawn, as the job-by-job loop draws it
