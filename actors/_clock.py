@@ -30,4 +30,24 @@ def trio_clock(start: datetime | None = None) -> Callable[[], datetime]:
     def now() -> datetime:
         return start + timedelta(0, current_time() - origin)
 
+    def at(reading: float) -> datetime:
+        return start + timedelta(0, reading - origin)
+
+    setattr(now, _READING, (current_time, at))
     return now
+
+
+_READING = "_trio_clock_reading"
+
+
+def clock_reading(
+    clock: Callable[[], datetime],
+) -> tuple[Callable[[], float], Callable[[float], datetime]] | None:
+    """For a clock made by `trio_clock`: its Trio time source, and the datetime the clock
+    gives at a reading of it (``clock() == at(time())``, at any later moment), so a caller
+    that stamps often can keep the reading and make the datetime only if it is read. None
+    for any other clock."""
+    found: tuple[Callable[[], float], Callable[[float], datetime]] | None = getattr(
+        clock, _READING, None
+    )
+    return found

@@ -18,6 +18,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from .._clock import clock_reading
 from .._keyed import KeyedActors
 from ._broker import Delivery
 from ._callbacks import Callback, Owner, run_callback
@@ -84,6 +85,9 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         #: The store's entries of the batches whose successes a worker may count itself
         #: (`settle_now`), by id.
         self._quick: dict[str, MemoryBatch] = {}
+        #: The bus's clock, if a `trio_clock`: a success counted here keeps a reading of it
+        #: (`MemoryBatch.count_success`), its datetime made only if the batch is read.
+        self._reading = clock_reading(parts.clock)
 
     def adopt(self, owner_id: str, local: BatchLocal) -> None:
         super().adopt(owner_id, local)
@@ -130,7 +134,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         entry = self._quick.get(batch_id)  # type: ignore[arg-type]
         if entry is None:
             return False
-        parts, registry = self._parts, self._registry
+        parts, registry, reading = self._parts, self._registry, self._reading
         queue = parts.queues[job.queue]
         if (
             registry is None
@@ -138,7 +142,9 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
             or job.lane is not None
             or type(queue) is not MemoryQueue
             or not registry.is_idle(batch_id)  # type: ignore[arg-type]
-            or not entry.count_success(job.job_id, parts.clock())
+            or not entry.count_success(
+                job.job_id, None if reading is not None else parts.clock(), reading
+            )
         ):
             return False
         queue.ack_now(delivery)

@@ -11,7 +11,7 @@ stores count the same way; a store's job is to apply them atomically and idempot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -159,14 +159,33 @@ class MemoryBatch:
 
     row: BatchRow
     jobs: dict[str, str]  # job id -> "pending" or its outcome
+    #: A reading of a `trio_clock` (`actors._clock.clock_reading`) and its datetime maker:
+    #: the row's ``updated_at``, made when something reads the row (`synced`).
+    stamp: tuple[float, Callable[[float], datetime]] | None = None
 
-    def count_success(self, job_id: str, now: datetime) -> bool:
+    def synced(self) -> BatchRow:
+        """The row, its ``updated_at`` made from a pending clock reading first."""
+        stamp = self.stamp
+        if stamp is not None:
+            self.stamp = None
+            self.row.updated_at = stamp[1](stamp[0])
+        return self.row
+
+    def count_success(
+        self,
+        job_id: str,
+        now: datetime | None,
+        reading: tuple[Callable[[], float], Callable[[float], datetime]] | None = None,
+    ) -> bool:
         """Count a job's success without yielding, if that is all it does: the batch goes
         on (jobs still pending after it), is not cancelled, and the job's outcome is new.
         False (nothing recorded) when the outcome would do more (end the batch) or nothing
         (a duplicate): `MemoryStore.record_batch` then decides.
 
-        What `record_batch_now` would do with this one outcome, without building the update
+        The time is ``now``, or (``now`` None) a reading of a `trio_clock` (``reading``: its
+        time source and datetime maker, `actors._clock.clock_reading`) taken here, its
+        datetime made only when the row is read (`synced`): the same value. What
+        `record_batch_now` would do with this one outcome, without building the update
         nobody reads (the bus's workers: `Batches.settle_now`).
         """
         row, jobs = self.row, self.jobs
@@ -175,7 +194,12 @@ class MemoryBatch:
         jobs[job_id] = "succeeded"
         row.pending -= 1
         row.processed += 1
-        row.updated_at = now
+        if now is None:
+            assert reading is not None
+            self.stamp = (reading[0](), reading[1])
+        else:
+            self.stamp = None
+            row.updated_at = now
         return True
 
 
@@ -291,7 +315,7 @@ class MemoryStore:
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
         self.create_batch_now(record, [job.job_id for job in record.jobs])
-        return self._batches[record.batch_id].row.state()
+        return self._batches[record.batch_id].synced().state()
 
     def create_batch_now(self, record: BatchRecord, job_ids: Sequence[str]) -> None:
         """`create_batch` without yielding, for the bus's batch admission on the memory
@@ -306,7 +330,7 @@ class MemoryStore:
 
     async def get_batch(self, batch_id: str) -> BatchState:
         await trio.lowlevel.checkpoint()
-        return self._batch(batch_id).row.state()
+        return self._batch(batch_id).synced().state()
 
     async def record_batch(
         self,
@@ -329,7 +353,7 @@ class MemoryStore:
     ) -> BatchUpdate:
         """`record_batch` without yielding (see `record_chain_step_now`)."""
         batch = self._batch(batch_id)
-        updater = BatchUpdater(batch.row, now, progress=progress)
+        updater = BatchUpdater(batch.synced(), now, progress=progress)
         jobs = batch.jobs
         for outcome in outcomes:
             if jobs.get(outcome.job_id) == "pending" and self._fences.advance(outcome.fence):
@@ -351,7 +375,7 @@ class MemoryStore:
 
     async def cancel_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
         await trio.lowlevel.checkpoint()
-        updater = BatchUpdater(self._batch(batch_id).row, now)
+        updater = BatchUpdater(self._batch(batch_id).synced(), now)
         updater.cancel()
         return updater.result()
 
@@ -375,7 +399,7 @@ class MemoryStore:
     async def abandon_batch(self, batch_id: str, now: datetime) -> BatchUpdate:
         await trio.lowlevel.checkpoint()
         batch = self._batch(batch_id)
-        updater = BatchUpdater(batch.row, now)
+        updater = BatchUpdater(batch.synced(), now)
         updater.cancel()
         for job_id, status in batch.jobs.items():
             if status == "pending":
@@ -412,7 +436,7 @@ class MemoryStore:
         self._failed = {k: f for k, f in self._failed.items() if f.failed_at >= before}
         owners: set[str] = set()
         for batch_id, batch in list(self._batches.items()):
-            if batch.row.completed and batch.row.updated_at < before:
+            if batch.row.completed and batch.synced().updated_at < before:
                 del self._batches[batch_id]
                 owners.add(f"batch:{batch_id}")
         for chain_id, chain in list(self._chains.items()):
@@ -428,7 +452,7 @@ class MemoryStore:
 
     async def in_flight(self, limit: int) -> tuple[list[BatchState], list[ChainState]]:
         await trio.lowlevel.checkpoint()
-        batches = [b.row.state() for b in self._batches.values() if not b.row.completed]
+        batches = [b.synced().state() for b in self._batches.values() if not b.row.completed]
         chains = [
             chain_state(c.row, c.nodes)
             for c in self._chains.values()

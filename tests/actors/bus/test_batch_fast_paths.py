@@ -6,7 +6,7 @@ cancellations, a store or a queue that fails."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from actors import trio_clock
+from actors._clock import clock_reading
 from actors.bus import (
     Job,
     JobContext,
@@ -24,6 +25,7 @@ from actors.bus import (
 )
 from actors.bus._batch_admission import attempts
 from actors.bus._model import IdSource
+from actors.bus._rules import BatchRecord, JobOutcome
 
 from .helpers import Recorder
 from .test_fast_paths import SlowBroker, SlowStore, request
@@ -224,3 +226,29 @@ def test_one_job_object_repeated_is_refused_as_job_by_job() -> None:
     with pytest.raises(UnknownJobType):
         attempts((Job("nope"),) * 3, "default", {"noop": 1}, {"default": 1}, ids, "d", "b")
     assert ids.next() == "id-2"  # one id drawn, as the job-by-job loop draws it
+
+
+async def test_a_kept_clock_reading_reads_as_the_clock_at_that_moment(
+    autojump_clock: Any,
+) -> None:
+    """A success counted with a `trio_clock` reading (`MemoryBatch.count_success`, the
+    worker's fast path) reads later as the datetime the clock gave when it was counted."""
+    clock = trio_clock(T0)
+    reading = clock_reading(clock)
+    assert reading is not None
+    assert clock_reading(lambda: T0) is None  # any other clock is called each time
+    store = MemoryStore()
+    record = BatchRecord("b", "d", None, "q", False, (), clock(), ())
+    store.create_batch_now(record, ["j1", "j2", "j3"])
+    entry = store.batch_now("b")
+    assert entry is not None
+    await trio.sleep(1.5)
+    assert entry.count_success("j1", None, reading)
+    then = clock()
+    await trio.sleep(2)
+    assert (await store.get_batch("b")).updated_at == then == T0 + timedelta(seconds=1.5)
+    assert entry.count_success("j2", None, reading)
+    await trio.sleep(1)
+    update = await store.record_batch("b", [JobOutcome("j2", "succeeded")], clock())
+    assert update.state.updated_at == T0 + timedelta(seconds=3.5)  # a duplicate: no new time
+    assert (await store.in_flight(5))[0][0].updated_at == T0 + timedelta(seconds=3.5)

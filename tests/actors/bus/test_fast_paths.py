@@ -8,12 +8,14 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from actors import trio_clock
 from actors.bus import (
     Job,
     JobContext,
@@ -280,7 +282,17 @@ async def _batches(store: Store, broker: MemoryBroker) -> tuple[Any, ...]:
         await trio.sleep(0.1 + 0.0137 * index + 0.00101 * names.index(name))
         assert ctx.batch_id is not None
         state = await bus.find_batch(ctx.batch_id)
-        seen.append((name, index, request.get(), INSIDE.get(), state.processed, state.pending))
+        seen.append(
+            (
+                name,
+                index,
+                request.get(),
+                INSIDE.get(),
+                state.processed,
+                state.pending,
+                state.updated_at,
+            )
+        )
         request.set("leaked")  # never seen by the next job
         # The failing batch's last job but one fails, with nothing of it left queued: which of its
         # queued jobs a worker would take (and find cancelled) before the coordinator took
@@ -295,7 +307,10 @@ async def _batches(store: Store, broker: MemoryBroker) -> tuple[Any, ...]:
         return callback
 
     request.set("outer")
-    async with open_bus(store=store, broker=broker, queues={"default": 2}) as bus:
+    # (a clock of our own, so both runs stamp the same times; a `trio_clock`'s readings may
+    # be kept and made datetimes only when read: `MemoryBatch.count_success`)
+    clock = trio_clock(datetime(2026, 1, 1, tzinfo=UTC))
+    async with open_bus(store=store, broker=broker, queues={"default": 2}, clock=clock) as bus:
         bus.register("w", work)
         ids = []
         for name in names:
@@ -318,7 +333,10 @@ async def _batches(store: Store, broker: MemoryBroker) -> tuple[Any, ...]:
     return (
         sorted(seen, key=str),
         sorted(ends),
-        [(s.processed, s.failed, s.pending, s.cancelled, s.completed) for s in states],
+        [
+            (s.processed, s.failed, s.pending, s.cancelled, s.completed, s.updated_at)
+            for s in states
+        ],
         (stats.outstanding, stats.coordinators.messages_total, stats.coordinators.busy),
         trio.current_time(),
         inline,
@@ -339,9 +357,9 @@ async def test_a_batch_success_counted_by_its_worker_ends_as_the_coordinators(
     assert slow[-1] == 0
     assert slow[:-2] == fast[:-2]
     assert slow[-2] - start == pytest.approx(fast[-2], abs=1e-9)
-    assert {(value, inside) for _, _, value, inside, _, _ in fast[0]} == {("outer", True)}
+    assert {(value, inside) for _, _, value, inside, _, _, _ in fast[0]} == {("outer", True)}
     done = (7, 0, 0, False, True)
-    assert fast[2] == [
+    assert [state[:5] for state in fast[2]] == [
         done,
         done,
         (7, 1, 0, False, True),
@@ -349,6 +367,9 @@ async def test_a_batch_success_counted_by_its_worker_ends_as_the_coordinators(
         (3, 0, 0, True, True),  # cancel_batch: the jobs not started never ran
         done,
     ]
+    # Stamped with each outcome: the last comes after every read the handlers made.
+    quiet = [s[6] for s in fast[0] if s[0] == "quiet"]
+    assert fast[2][0][5] > max(quiet) > min(quiet)
     assert ("failing catch", 6, 1, 1, "outer") in fast[1]  # the last job was running
     assert ("failing then", 7, 1, 0, "outer") not in fast[1]
     assert fast[3] == (0, len(fast[0]) + 1, 0)  # every outcome and the cancel, handled
