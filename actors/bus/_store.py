@@ -268,6 +268,22 @@ class MemoryStore:
             next_node=None if ended else chain.nodes[row.next_index],
         )
 
+    def advance_chain_now(
+        self, chain_id: str, index: int, now: datetime
+    ) -> JobRecord | ChainStep | None:
+        """`record_chain_step_now` of node ``index``'s success (no lane fence), for the bus's
+        workers: the next node (due at ``index + 1``) if the chain goes on, with no
+        `ChainStep` built for it; else what `record_chain_step_now` returns."""
+        chain = self._chain(chain_id)
+        row = chain.row
+        if not row.step(index, None, now):
+            return None
+        if row.completed:
+            return ChainStep(
+                next_index=row.next_index, completed=True, failed=False, next_node=None
+            )
+        return chain.nodes[row.next_index]
+
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
         self.create_batch_now(record, [job.job_id for job in record.jobs])

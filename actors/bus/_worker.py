@@ -139,7 +139,8 @@ class Worker:
                 fresh = False
             handed = False
             try:
-                handed = await self._run(queue, delivery, base, fresh, quick)
+                # (``keep``: this task takes the next ready job without yielding, below.)
+                handed = await self._run(queue, delivery, base, fresh, quick, run < DRAIN)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
@@ -167,6 +168,7 @@ class Worker:
         base: contextvars.Context,
         fresh: bool,
         quick: bool,
+        keep: bool = False,
     ) -> bool:
         """Run one delivery; True if its outcome was handed on to its coordinator.
 
@@ -261,7 +263,7 @@ class Worker:
             return False
         if emitter.active:
             emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
-        return await self._finish(queue, delivery, "succeeded", None)
+        return await self._finish(queue, delivery, "succeeded", None, keep)
 
     async def _failed(
         self,
@@ -351,9 +353,11 @@ class Worker:
         delivery: Delivery,
         outcome: Outcome,
         error: BaseException | None,
+        keep: bool = False,
     ) -> bool:
         """Hand the final outcome on: to the job's coordinator (True: it lets the job go),
-        or acknowledge it here (False)."""
+        or acknowledge it here (False). ``keep``: this worker takes a memory queue's next
+        ready job without yielding (a chain's next step may be left to it)."""
         job = delivery.job
         if job.batch_id is not None:
             if outcome == "succeeded" and self._batches.settle_now(delivery):
@@ -361,7 +365,7 @@ class Worker:
             await self._batches.tell(Done(delivery, outcome, error))
             return True
         if job.chain_id is not None:
-            await self._chains.finish(delivery, outcome, error)
+            await self._chains.finish(delivery, outcome, error, keep=keep)
             return True
         await self._parts.ack(delivery)
         self._parts.finished((job,))
