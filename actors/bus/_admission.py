@@ -65,13 +65,15 @@ class Admission:
     def records(self, jobs: Iterable[Job], default_queue: str | None) -> tuple[JobRecord, ...]:
         """`record` for each job of a chain or batch, in order (one loop: a chain's or
         batch's every job passes here)."""
-        handlers, queues, ids = self._handlers, self._parts.queues, self._parts.ids
+        handlers, queues, ids = self._handlers, self._parts.queues, self._parts.ids.next
         fallback = default_queue or self.default_queue
         out = []
+        last, payload, queue = None, "", ""
         for job in jobs:
             options = job.options
-            queue = options.queue or fallback
-            payload = check_job(job, handlers, queues, queue)
+            if job is not last:  # (``bus.chain(*[job] * 3)``: checked once)
+                last, queue = job, options.queue or fallback
+                payload = check_job(job, handlers, queues, queue)
             out.append(
                 JobRecord(
                     ids(),
@@ -133,7 +135,8 @@ class Admission:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         parts, emitter = self._parts, self._parts.emitter
-        dispatch_id, chain_id = parts.ids(), parts.ids()
+        ids = parts.ids.next
+        dispatch_id, chain_id = ids(), ids()
         queue = builder.queue or self.default_queue
         fields: dict[str, Any] = {}
         started = 0.0  # read only for the events' durations
@@ -144,16 +147,22 @@ class Admission:
         memory = parts.memory
         try:
             records = self.records(jobs, builder.queue)
-            local, callbacks = self._local(builder, started)
+            if started or builder.catch_callback is not None or builder.finally_callback:
+                local, callbacks = self._local(builder, started)
+            else:  # (`_local`'s answer, without its call)
+                local, callbacks = _NO_CALLBACKS, ()
             if parts.jobs >= parts.max_pending:  # (else there is room: no call to wait)
                 await parts.wait_room(1)
-            record = ChainRecord(chain_id, dispatch_id, queue, records, parts.clock(), callbacks)
             first = records[0]
             at_once = memory is not None and parts.puts_now(first.queue)
             if memory is not None and at_once:
-                memory.create_chain_now(record)
+                memory.start_chain_now(
+                    chain_id, dispatch_id, queue, records, parts.clock(), callbacks
+                )
             else:
-                await parts.store.create_chain(record)
+                await parts.store.create_chain(
+                    ChainRecord(chain_id, dispatch_id, queue, records, parts.clock(), callbacks)
+                )
         except BaseException as exc:
             if emitter.active:
                 emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
@@ -164,8 +173,8 @@ class Admission:
             if at_once:
                 assert isinstance(local, ChainLocal)
                 self._chains.adopt(chain_id, local)
-                parts.put_now(
-                    (queued(first, dispatch_id, chain_id=chain_id, chain_index=0),), first.delay
+                parts.put_one_now(
+                    queued(first, dispatch_id, chain_id=chain_id, chain_index=0), first.delay
                 )
             else:
                 with trio.CancelScope(shield=True):

@@ -112,7 +112,8 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         job = delivery.job
         chain_id = job.chain_id
         assert chain_id is not None
-        keyed = self._keyed
+        keyed = self._registry
+        assert keyed is not None, "the coordinators are not being served"
         if not (
             self._inline
             and outcome == "succeeded"
@@ -174,7 +175,10 @@ class Chains(Coordinators[Done, None, ChainLocal]):
                     queue = self._parts.queues[job.queue]
                     assert isinstance(queue, MemoryQueue)
                     queue.ack_now(delivery)
-                    self._parts.finished((job,), in_hand=True)
+                    # A memory queue's jobs are all this bus's (`Parts.mine`), as the
+                    # worker counts a plain one.
+                    self._parts.done(1)
+                    self._parts.let_go(1)
                     self.handled_inline += 1
                     return
             elif node.queue in self._puts_now:

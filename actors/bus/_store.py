@@ -207,25 +207,36 @@ class MemoryStore:
         self.create_chain_now(record)
 
     def create_chain_now(self, record: ChainRecord) -> None:
-        """`create_chain` without yielding (the bus's admission uses it on the memory
-        broker: a chain stored and its first job queued with no scheduling point between)."""
-        if record.callbacks:
-            self._job_callbacks[f"chain:{record.chain_id}"] = dict(record.callbacks)
-        self._chains[record.chain_id] = _MemoryChain(
-            ChainRow(
-                chain_id=record.chain_id,
-                dispatch_id=record.dispatch_id,
-                queue=record.queue,
-                length=len(record.nodes),
-                next_index=0,
-                completed=False,
-                failed=False,
-                failure=None,
-                created_at=record.created_at,
-                updated_at=record.created_at,
-            ),
+        """`create_chain` without yielding."""
+        self.start_chain_now(
+            record.chain_id,
+            record.dispatch_id,
+            record.queue,
             record.nodes,
+            record.created_at,
+            record.callbacks,
         )
+
+    def start_chain_now(
+        self,
+        chain_id: str,
+        dispatch_id: str,
+        queue: str,
+        nodes: tuple[JobRecord, ...],
+        created_at: datetime,
+        callbacks: Sequence[tuple[str, JobRecord]] = (),
+    ) -> None:
+        """`create_chain_now` of a `ChainRecord`'s fields, with none built (the bus's
+        admission on the memory broker: a chain stored and its first job queued with no
+        scheduling point between)."""
+        if callbacks:
+            self._job_callbacks[f"chain:{chain_id}"] = dict(callbacks)
+        # Positional: (chain id, dispatch id, queue, length, next index, completed, failed,
+        # failure, created at, updated at).
+        row = ChainRow(
+            chain_id, dispatch_id, queue, len(nodes), 0, False, False, None, created_at, created_at
+        )
+        self._chains[chain_id] = _MemoryChain(row, nodes)
 
     async def get_chain(self, chain_id: str) -> ChainState:
         await trio.lowlevel.checkpoint()
@@ -274,7 +285,7 @@ class MemoryStore:
         """`record_chain_step_now` of node ``index``'s success (no lane fence), for the bus's
         workers: the next node (due at ``index + 1``) if the chain goes on, with no
         `ChainStep` built for it; else what `record_chain_step_now` returns."""
-        chain = self._chain(chain_id)
+        chain = self._chains.get(chain_id) or self._chain(chain_id)  # (`NotFound` if gone)
         row = chain.row
         if not row.step(index, None, now):
             return None

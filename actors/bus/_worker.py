@@ -263,7 +263,10 @@ class Worker:
             return False
         if emitter.active:
             emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
-        return await self._finish(queue, delivery, "succeeded", None, keep)
+        if batch_id is None and job.chain_id is not None:  # (`_finish`, one frame less)
+            await self._chains.finish(delivery, "succeeded", None, keep=keep)
+            return True
+        return await self._finish(queue, delivery, "succeeded", None)
 
     async def _failed(
         self,
@@ -353,11 +356,9 @@ class Worker:
         delivery: Delivery,
         outcome: Outcome,
         error: BaseException | None,
-        keep: bool = False,
     ) -> bool:
         """Hand the final outcome on: to the job's coordinator (True: it lets the job go),
-        or acknowledge it here (False). ``keep``: this worker takes a memory queue's next
-        ready job without yielding (a chain's next step may be left to it)."""
+        or acknowledge it here (False)."""
         job = delivery.job
         if job.batch_id is not None:
             if outcome == "succeeded" and self._batches.settle_now(delivery):
@@ -365,7 +366,7 @@ class Worker:
             await self._batches.tell(Done(delivery, outcome, error))
             return True
         if job.chain_id is not None:
-            await self._chains.finish(delivery, outcome, error, keep=keep)
+            await self._chains.finish(delivery, outcome, error)
             return True
         await self._parts.ack(delivery)
         self._parts.finished((job,))
