@@ -21,6 +21,7 @@ from ._errors import BusError, LeaseLost, NotFound
 from ._events import EventKind
 from ._fences import fence_of
 from ._memory_broker import MemoryQueue
+from ._memory_chains import node_of
 from ._model import ChainNode, JobRecord, LaneFence, QueuedJob, describe, encode_payload
 from ._parts import INSIDE, Parts
 from ._rules import ChainStep, Outcome
@@ -131,13 +132,16 @@ class Chains(Coordinators[Done, None, ChainLocal]):
             except NotFound as exc:
                 log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
                 step = None
-            if not isinstance(step, JobRecord):  # the chain ended, or a duplicate
+            if isinstance(step, tuple):  # the chain goes on with this attempt
+                next_job, delay = step
+                if next_job.queue in self._puts_now:
+                    self._queue_next(delivery, next_job, delay, keep)
+                else:
+                    node = node_of(next_job, delay)
+                    index = job.chain_index + 1
+                    self._recorded_on(chain_id, delivery, ChainStep(index, False, False, node))
+            else:  # the chain ended, or a duplicate
                 self._settle(chain_id, delivery, step, keep)
-            elif step.queue in self._puts_now:  # the chain goes on with node ``step``
-                self._queue_next(chain_id, delivery, step, job.chain_index + 1, keep)
-            else:
-                index = job.chain_index + 1
-                self._recorded_on(chain_id, delivery, ChainStep(index, False, False, step))
         else:
             store = parts.store
             assert isinstance(store, SQLiteStore)
@@ -182,41 +186,26 @@ class Chains(Coordinators[Done, None, ChainLocal]):
                     self.handled_inline += 1
                     return
             elif node.queue in self._puts_now:
-                self._queue_next(chain_id, delivery, node, step.next_index, keep)
+                dispatch_id = delivery.job.dispatch_id
+                next_job = queued(node, dispatch_id, chain_id=chain_id, chain_index=step.next_index)
+                self._queue_next(delivery, next_job, node.delay, keep)
                 return
         self._recorded_on(chain_id, delivery, step)
 
     def _queue_next(
-        self, chain_id: str, delivery: Delivery, node: JobRecord, index: int, keep: bool
+        self, delivery: Delivery, next_job: QueuedJob, delay: float, keep: bool
     ) -> None:
-        """Queue node ``index`` (on a memory queue) and acknowledge the step before it."""
-        job, parts = delivery.job, self._parts
-        queue = parts.queues[job.queue]
-        following = parts.queues[node.queue]
+        """Queue the chain's next attempt (on a memory queue) and acknowledge the step before
+        it."""
+        parts = self._parts
+        queue = parts.queues[delivery.job.queue]
+        following = parts.queues[next_job.queue]
         assert isinstance(queue, MemoryQueue)
         assert isinstance(following, MemoryQueue)
-        # `queued`, inlined (positional): every step but a chain's first builds one here.
-        next_job = QueuedJob(
-            node.job_id,
-            job.dispatch_id,
-            node.job_type,
-            node.payload,
-            node.queue,
-            node.timeout,
-            node.retry,
-            node.backoff,
-            1,  # attempt
-            chain_id,
-            index,
-            None,  # batch_id
-            None,  # callback_of
-            None,  # error
-            node.lane,
-        )
-        if keep and following is queue and node.delay <= 0 and node.lane is None:
+        if keep and following is queue and delay <= 0 and next_job.lane is None:
             following.put_kept(next_job)
         else:
-            following.put_now((next_job,), node.delay)
+            following.put_now((next_job,), delay)
         queue.ack_now(delivery)
         # The next step took this one's place among the bus's outstanding jobs (both are its
         # own, or neither is): the count stays as it is, with nothing to wake.

@@ -20,6 +20,7 @@ import trio
 
 from ._errors import NotFound
 from ._fences import MemoryFences
+from ._memory_chains import MemoryChains, _MemoryChain
 from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
@@ -27,7 +28,6 @@ from ._rules import (
     BatchUpdate,
     BatchUpdater,
     ChainRecord,
-    ChainRow,
     ChainStep,
     FailedJob,
     JobOutcome,
@@ -159,13 +159,7 @@ class _MemoryBatch:
     jobs: dict[str, str]  # job id -> "pending" or its outcome
 
 
-@attrs.define(eq=False)
-class _MemoryChain:
-    row: ChainRow
-    nodes: tuple[JobRecord, ...]
-
-
-class MemoryStore:
+class MemoryStore(MemoryChains):
     """The default store: dicts in this process. State lives as long as the object.
 
     Share one `MemoryStore` between buses opened one after another to keep their history.
@@ -201,99 +195,6 @@ class MemoryStore:
             return False
         self._uniques[key] = expires_at
         return True
-
-    async def create_chain(self, record: ChainRecord) -> None:
-        await trio.lowlevel.checkpoint()
-        self.create_chain_now(record)
-
-    def create_chain_now(self, record: ChainRecord) -> None:
-        """`create_chain` without yielding."""
-        self.start_chain_now(
-            record.chain_id,
-            record.dispatch_id,
-            record.queue,
-            record.nodes,
-            record.created_at,
-            record.callbacks,
-        )
-
-    def start_chain_now(
-        self,
-        chain_id: str,
-        dispatch_id: str,
-        queue: str,
-        nodes: tuple[JobRecord, ...],
-        created_at: datetime,
-        callbacks: Sequence[tuple[str, JobRecord]] = (),
-    ) -> None:
-        """`create_chain_now` of a `ChainRecord`'s fields, with none built (the bus's
-        admission on the memory broker: a chain stored and its first job queued with no
-        scheduling point between)."""
-        if callbacks:
-            self._job_callbacks[f"chain:{chain_id}"] = dict(callbacks)
-        # Positional: (chain id, dispatch id, queue, length, next index, completed, failed,
-        # failure, created at, updated at).
-        row = ChainRow(
-            chain_id, dispatch_id, queue, len(nodes), 0, False, False, None, created_at, created_at
-        )
-        self._chains[chain_id] = _MemoryChain(row, nodes)
-
-    async def get_chain(self, chain_id: str) -> ChainState:
-        await trio.lowlevel.checkpoint()
-        chain = self._chain(chain_id)
-        return chain_state(chain.row, chain.nodes)
-
-    async def record_chain_step(
-        self,
-        chain_id: str,
-        index: int,
-        failure: str | None,
-        now: datetime,
-        fence: LaneFence | None = None,
-    ) -> ChainStep | None:
-        await trio.lowlevel.checkpoint()
-        return self.record_chain_step_now(chain_id, index, failure, now, fence)
-
-    def record_chain_step_now(
-        self,
-        chain_id: str,
-        index: int,
-        failure: str | None,
-        now: datetime,
-        fence: LaneFence | None = None,
-    ) -> ChainStep | None:
-        """`record_chain_step` without yielding (the bus's coordinators use it: a dict
-        update cannot block, and a scheduling point is a large share of a step's cost:
-        measure with ``python -m bench.bus``)."""
-        chain = self._chain(chain_id)
-        if fence is not None:  # (a lane job's)
-            self._fences.check(fence)
-        row = chain.row
-        if not row.step(index, failure, now):
-            return None
-        ended = row.completed or row.failed
-        return ChainStep(
-            next_index=row.next_index,
-            completed=row.completed,
-            failed=row.failed,
-            next_node=None if ended else chain.nodes[row.next_index],
-        )
-
-    def advance_chain_now(
-        self, chain_id: str, index: int, now: datetime
-    ) -> JobRecord | ChainStep | None:
-        """`record_chain_step_now` of node ``index``'s success (no lane fence), for the bus's
-        workers: the next node (due at ``index + 1``) if the chain goes on, with no
-        `ChainStep` built for it; else what `record_chain_step_now` returns."""
-        chain = self._chains.get(chain_id) or self._chain(chain_id)  # (`NotFound` if gone)
-        row = chain.row
-        if not row.step(index, None, now):
-            return None
-        if row.completed:
-            return ChainStep(
-                next_index=row.next_index, completed=True, failed=False, next_node=None
-            )
-        return chain.nodes[row.next_index]
 
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
@@ -404,11 +305,6 @@ class MemoryStore:
                 updater.apply(JobOutcome(job_id, "cancelled"))
         return updater.result()
 
-    async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
-        await trio.lowlevel.checkpoint()
-        row = self._chain(chain_id).row
-        return row.step(row.next_index, failure, now)
-
     async def record_failed(self, job: FailedJob, fence: LaneFence | None = None) -> None:
         await trio.lowlevel.checkpoint()
         self._fences.check(fence)
@@ -462,9 +358,3 @@ class MemoryStore:
             return self._batches[batch_id]
         except KeyError:
             raise NotFound(f"no batch {batch_id!r} in this store (wrong id, or pruned)") from None
-
-    def _chain(self, chain_id: str) -> _MemoryChain:
-        try:
-            return self._chains[chain_id]
-        except KeyError:
-            raise NotFound(f"no chain {chain_id!r} in this store (wrong id, or pruned)") from None

@@ -13,10 +13,13 @@ import trio
 
 from actors import trio_clock
 from actors.bus import (
+    ChainRecord,
     Job,
     JobContext,
+    JobRecord,
     MemoryBroker,
     MemoryStore,
+    QueuedJob,
     UnknownJobType,
     _worker,
     open_bus,
@@ -185,7 +188,10 @@ async def _kept_chains(store: MemoryStore, broker: MemoryBroker) -> tuple[Any, .
         bus.register("w", work)
         ids = [await bus.chain(*(Job("w", (c, i)) for i in range(3))).dispatch() for c in range(3)]
         # Next steps on another queue, delayed, on a lane: each queued the usual way.
-        odd = (Job("w", ("o", 1)).on_queue("other"), Job("w", ("o", 2)).delay(1))
+        odd = (
+            Job("w", ("o", 1)).on_queue("other").timeout(5).retry(2).backoff(0.5),
+            Job("w", ("o", 2)).delay(1),
+        )
         lane = (Job("w", ("l", 0)).lane("k"), Job("w", ("l", 2)).lane("k"))
         ids += [
             await bus.chain(Job("w", ("o", 0)), *odd).dispatch(),
@@ -204,6 +210,8 @@ async def _kept_chains(store: MemoryStore, broker: MemoryBroker) -> tuple[Any, .
     return (
         sorted(seen, key=str),
         [(s.completed, s.next_index, s.created_at, s.updated_at) for s in states],
+        # The nodes as stored (kept as first attempts on the fast path, `JobRecord`s else).
+        [[node.job for node in s.nodes] for s in states],
         (stats.outstanding, stats.coordinators.messages_total, stats.coordinators.busy),
         trio.current_time() - t0,
         [len(set(tasks[chain_id])) for chain_id in ids[-2:]],
@@ -224,3 +232,41 @@ async def test_a_next_step_left_to_its_worker_ends_as_one_woken_for(autojump_clo
     # worker once, after `DRAIN` steps.
     assert fast[-1] == [1, 2]
     assert slow[-1][0] > 1
+
+
+async def test_a_chain_kept_as_its_attempts_reads_as_one_stored_as_records() -> None:
+    """`MemoryStore.start_queued_chain_now` (the admission's fast path) against
+    `create_chain`: the same state, nodes, steps and in-flight listing."""
+    nodes = (
+        JobRecord("n0", "w", '{"a": 1}', "default", 0.0, 5.0, 2, 0.5, "k"),
+        JobRecord("n1", "w", "null", "other", 1.5),
+    )
+    jobs = tuple(
+        QueuedJob(
+            n.job_id,
+            "d",
+            n.job_type,
+            n.payload,
+            n.queue,
+            n.timeout,
+            n.retry,
+            n.backoff,
+            chain_id="c",
+            chain_index=i,
+            lane=n.lane,
+        )
+        for i, n in enumerate(nodes)
+    )
+    kept, stored = MemoryStore(), MemoryStore()
+    kept.start_queued_chain_now("c", "d", "default", jobs, (0.0, 1.5), T0)
+    await stored.create_chain(ChainRecord("c", "d", "default", nodes, T0))
+    assert await kept.get_chain("c") == await stored.get_chain("c")
+    assert await kept.in_flight(5) == await stored.in_flight(5)
+    later = datetime(2026, 1, 2, tzinfo=UTC)
+    assert kept.advance_chain_now("c", 0, later) == (jobs[1], 1.5)
+    assert stored.advance_chain_now("c", 0, later) == (jobs[1], 1.5)  # built from its node
+    assert await kept.get_chain("c") == await stored.get_chain("c")
+    assert kept.advance_chain_now("c", 0, later) is None  # a duplicate
+    step = kept.advance_chain_now("c", 1, later)
+    assert step == stored.record_chain_step_now("c", 1, None, later)
+    assert await kept.get_chain("c") == await stored.get_chain("c")
