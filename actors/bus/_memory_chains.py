@@ -48,6 +48,11 @@ def node_of(job: QueuedJob, delay: float) -> JobRecord:
     )
 
 
+#: What the last step of a chain of each length answers (a `ChainStep` is a frozen value:
+#: one per length serves every chain).
+_COMPLETED: dict[int, ChainStep] = {}
+
+
 class MemoryChains:
     """The chain methods of `MemoryStore` (which holds the dicts they use)."""
 
@@ -156,35 +161,24 @@ class MemoryChains:
         self, chain_id: str, index: int, now: datetime
     ) -> tuple[QueuedJob, float] | ChainStep | None:
         """`record_chain_step_now` of node ``index``'s success (no lane fence), for the bus's
-        workers: the next node as its first attempt and its delay if the chain goes on
-        (kept by `start_queued_chain_now`, or built), with no `ChainStep`; else what
+        workers: the next node as its first attempt and its delay if the chain goes on and
+        was kept so (`start_queued_chain_now`), with no `ChainStep` built; else what
         `record_chain_step_now` returns."""
         chain = self._chains.get(chain_id) or self._chain(chain_id)  # (`NotFound` if gone)
         row = chain.row
         if not row.step(index, None, now):
             return None
         if row.completed:
-            return ChainStep(
-                next_index=row.next_index, completed=True, failed=False, next_node=None
-            )
+            length = row.next_index
+            step = _COMPLETED.get(length)
+            if step is None:
+                step = _COMPLETED[length] = ChainStep(length, True, False, None)
+            return step
         jobs, at = chain.jobs, row.next_index
         if jobs:
             return jobs[at], chain.delays[at]
-        node = chain.nodes[at]  # (a chain stored otherwise: its attempt built now)
-        job = QueuedJob(
-            node.job_id,
-            row.dispatch_id,
-            node.job_type,
-            node.payload,
-            node.queue,
-            node.timeout,
-            node.retry,
-            node.backoff,
-            chain_id=chain_id,
-            chain_index=at,
-            lane=node.lane,
-        )
-        return job, node.delay
+        # A chain stored otherwise (`create_chain`): as `record_chain_step_now` answers.
+        return ChainStep(at, False, False, chain.nodes[at])
 
     async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
         await trio.lowlevel.checkpoint()
