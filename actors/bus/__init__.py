@@ -29,7 +29,9 @@ How a job flows (one way, each step a module):
    (``_coordinators`` holds what the two registries share). Where no user could tell the
    difference (the memory broker, no observer, no callback due, the coordinator idle) the
    worker settles a chain step or a batch job's success itself (`Chains.finish`,
-   `Batches.settle_now`); on SQLite the writer settles a chain step once its group commits
+   `Batches.settle_now`), and takes the chain's next step itself if it is due now on its
+   own queue, with no one woken for it (``_memory_chains`` keeps a chain's steps as their first
+   attempts); on SQLite the writer settles a chain step once its group commits
    (``_sqlite_group`` runs a group's steps set-based).
 4. ``_callbacks``: at the end, the coordinator claims each callback in the store and runs it
    (a callable) or queues it (a `Job`).

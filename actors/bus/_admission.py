@@ -65,13 +65,15 @@ class Admission:
     def records(self, jobs: Iterable[Job], default_queue: str | None) -> tuple[JobRecord, ...]:
         """`record` for each job of a chain or batch, in order (one loop: a chain's or
         batch's every job passes here)."""
-        handlers, queues, ids = self._handlers, self._parts.queues, self._parts.ids
+        handlers, queues, ids = self._handlers, self._parts.queues, self._parts.ids.next
         fallback = default_queue or self.default_queue
         out = []
+        last, payload, queue = None, "", ""
         for job in jobs:
             options = job.options
-            queue = options.queue or fallback
-            payload = check_job(job, handlers, queues, queue)
+            if job is not last:  # (``bus.chain(*[job] * 3)``: checked once)
+                last, queue = job, options.queue or fallback
+                payload = check_job(job, handlers, queues, queue)
             out.append(
                 JobRecord(
                     ids(),
@@ -86,6 +88,43 @@ class Admission:
                 )
             )
         return tuple(out)
+
+    def _attempts(
+        self, jobs: Sequence[Job], default_queue: str | None, dispatch_id: str, chain_id: str
+    ) -> tuple[tuple[QueuedJob, ...], tuple[float, ...]]:
+        """`records` of a chain's jobs as their first attempts and their delays (the same
+        checks in the same order, the same ids), for `MemoryStore.start_queued_chain_now`:
+        no `JobRecord` built, and none per step."""
+        handlers, queues, ids = self._handlers, self._parts.queues, self._parts.ids.next
+        fallback = default_queue or self.default_queue
+        out, delays = [], []
+        last, payload, queue = None, "", ""
+        for index, job in enumerate(jobs):
+            options = job.options
+            if job is not last:
+                last, queue = job, options.queue or fallback
+                payload = check_job(job, handlers, queues, queue)
+            out.append(
+                QueuedJob(
+                    ids(),
+                    dispatch_id,
+                    job.type,
+                    payload,
+                    queue,
+                    options.timeout,
+                    options.retry,
+                    options.backoff,
+                    1,  # attempt
+                    chain_id,
+                    index,
+                    None,  # batch_id
+                    None,  # callback_of
+                    None,  # error
+                    options.lane,
+                )
+            )
+            delays.append(options.delay)
+        return tuple(out), tuple(delays)
 
     def _callbacks(
         self, named: Sequence[tuple[str, Any]], default_queue: str | None
@@ -133,7 +172,8 @@ class Admission:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         parts, emitter = self._parts, self._parts.emitter
-        dispatch_id, chain_id = parts.ids(), parts.ids()
+        ids = parts.ids.next
+        dispatch_id, chain_id = ids(), ids()
         queue = builder.queue or self.default_queue
         fields: dict[str, Any] = {}
         started = 0.0  # read only for the events' durations
@@ -142,18 +182,29 @@ class Admission:
             fields = {"dispatch_id": dispatch_id, "chain_id": chain_id, "queue": queue}
             emitter.emit(EventKind.DISPATCH_STARTED, **fields)
         memory = parts.memory
+        # On the memory store and broker, the chain is kept as its jobs' first attempts.
+        first_queue = jobs[0].options.queue or queue
+        at_once = memory is not None and parts.puts_now(first_queue)
         try:
-            records = self.records(jobs, builder.queue)
-            local, callbacks = self._local(builder, started)
+            if at_once:
+                records: tuple[JobRecord, ...] = ()
+                attempts, delays = self._attempts(jobs, builder.queue, dispatch_id, chain_id)
+            else:
+                records = self.records(jobs, builder.queue)
+            if started or builder.catch_callback is not None or builder.finally_callback:
+                local, callbacks = self._local(builder, started)
+            else:  # (`_local`'s answer, without its call)
+                local, callbacks = _NO_CALLBACKS, ()
             if parts.jobs >= parts.max_pending:  # (else there is room: no call to wait)
                 await parts.wait_room(1)
-            record = ChainRecord(chain_id, dispatch_id, queue, records, parts.clock(), callbacks)
-            first = records[0]
-            at_once = memory is not None and parts.puts_now(first.queue)
             if memory is not None and at_once:
-                memory.create_chain_now(record)
+                memory.start_queued_chain_now(
+                    chain_id, dispatch_id, queue, attempts, delays, parts.clock(), callbacks
+                )
             else:
-                await parts.store.create_chain(record)
+                await parts.store.create_chain(
+                    ChainRecord(chain_id, dispatch_id, queue, records, parts.clock(), callbacks)
+                )
         except BaseException as exc:
             if emitter.active:
                 emitter.emit(EventKind.DISPATCH_FAILED, error=exc, **fields)
@@ -164,9 +215,7 @@ class Admission:
             if at_once:
                 assert isinstance(local, ChainLocal)
                 self._chains.adopt(chain_id, local)
-                parts.put_now(
-                    (queued(first, dispatch_id, chain_id=chain_id, chain_index=0),), first.delay
-                )
+                parts.put_one_now(attempts[0], delays[0])
             else:
                 with trio.CancelScope(shield=True):
                     await self._queue(builder, chain_id, dispatch_id, records, local)

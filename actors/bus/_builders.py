@@ -7,7 +7,7 @@ half-built one can be reused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
@@ -29,7 +29,7 @@ BatchCatch = Callable[[BatchState, BaseException], object] | Job
 
 
 class _Owner(Protocol):
-    async def _submit_chain(self, chain: ChainBuilder) -> str: ...
+    def _submit_chain(self, chain: ChainBuilder) -> Awaitable[str]: ...
     async def _submit_batch(self, batch: BatchBuilder) -> str: ...
 
 

@@ -21,6 +21,7 @@ from ._errors import BusError, LeaseLost, NotFound
 from ._events import EventKind
 from ._fences import fence_of
 from ._memory_broker import MemoryQueue
+from ._memory_chains import node_of
 from ._model import ChainNode, JobRecord, LaneFence, QueuedJob, describe, encode_payload
 from ._parts import INSIDE, Parts
 from ._rules import ChainStep, Outcome
@@ -81,9 +82,18 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         self._inline = not parts.emitter.active and (
             parts.memory is not None or type(parts.store) is SQLiteStore
         )
+        #: The queues whose puts never yield (`Parts.puts_now`, without its call).
+        self._puts_now = frozenset(
+            name for name, queue in parts.queues.items() if type(queue) is MemoryQueue
+        )
 
     async def finish(
-        self, delivery: Delivery, outcome: Outcome, error: BaseException | None
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        error: BaseException | None,
+        *,
+        keep: bool = False,
     ) -> None:
         """Hand a step's final outcome (a worker's) to its chain's coordinator.
 
@@ -95,29 +105,43 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         in it and nothing in it yields, so no one can tell it from the coordinator doing it;
         anything else (a step with callbacks to run, a duplicate, a failed write to retry)
         goes on to the coordinator, with what was recorded.
+
+        ``keep``: the calling worker takes its queue's next ready job without yielding. A
+        next step due now on that queue, with no lane, is then left to it, with no one woken
+        (`MemoryQueue.put_kept`): it runs next either way, and a wake-up is a task switch.
         """
         job = delivery.job
         chain_id = job.chain_id
         assert chain_id is not None
-        parts = self._parts
-        keyed = self._keyed
+        keyed = self._registry
+        assert keyed is not None, "the coordinators are not being served"
         if not (
             self._inline
             and outcome == "succeeded"
-            and parts.puts_now(job.queue)
+            and job.queue in self._puts_now
             and keyed.is_idle(chain_id)
         ):
             await keyed.tell(chain_id, Done(delivery, outcome, error))
             return
         await trio.lowlevel.checkpoint_if_cancelled()
+        parts = self._parts
         memory = parts.memory
         if memory is not None:
             try:
-                step = memory.record_chain_step_now(chain_id, job.chain_index, None, parts.clock())
+                step = memory.advance_chain_now(chain_id, job.chain_index, parts.clock())
             except NotFound as exc:
                 log.error("bus: cannot record the step of chain %s: %s; dropped", chain_id, exc)
                 step = None
-            self._settle(chain_id, delivery, step)
+            if isinstance(step, tuple):  # the chain goes on with this attempt
+                next_job, delay = step
+                if next_job.queue in self._puts_now:
+                    self._queue_next(delivery, next_job, delay, keep)
+                else:
+                    node = node_of(next_job, delay)
+                    index = job.chain_index + 1
+                    self._recorded_on(chain_id, delivery, ChainStep(index, False, False, node))
+            else:  # the chain ended, or a duplicate
+                self._settle(chain_id, delivery, step, keep)
         else:
             store = parts.store
             assert isinstance(store, SQLiteStore)
@@ -142,35 +166,58 @@ class Chains(Coordinators[Done, None, ChainLocal]):
         else:  # the writer was cancelled: the bus stops, and its memory queues with it
             self._parts.finished((delivery.job,), in_hand=True)
 
-    def _settle(self, chain_id: str, delivery: Delivery, step: ChainStep | None) -> None:
+    def _settle(
+        self, chain_id: str, delivery: Delivery, step: ChainStep | None, keep: bool = False
+    ) -> None:
         """After the succeeded step was recorded: queue the next one and acknowledge this
         one, if that is all there is to do; else hand the step on to the coordinator."""
-        parts, job = self._parts, delivery.job
-        node = None if step is None else step.next_node
-        if step is None or not (
-            self._ends_quietly(chain_id, step) if node is None else parts.puts_now(node.queue)
-        ):
-            done = Done(delivery, "succeeded", None)
-            done.recorded, done.step = True, step
-            self._hand_on(chain_id, done)
-            return
-        queue = parts.queues[job.queue]
+        if step is not None:
+            node = step.next_node
+            if node is None:
+                if self._ends_quietly(chain_id, step):
+                    job = delivery.job
+                    queue = self._parts.queues[job.queue]
+                    assert isinstance(queue, MemoryQueue)
+                    queue.ack_now(delivery)
+                    # A memory queue's jobs are all this bus's (`Parts.mine`), as the
+                    # worker counts a plain one.
+                    self._parts.done(1)
+                    self._parts.let_go(1)
+                    self.handled_inline += 1
+                    return
+            elif node.queue in self._puts_now:
+                dispatch_id = delivery.job.dispatch_id
+                next_job = queued(node, dispatch_id, chain_id=chain_id, chain_index=step.next_index)
+                self._queue_next(delivery, next_job, node.delay, keep)
+                return
+        self._recorded_on(chain_id, delivery, step)
+
+    def _queue_next(
+        self, delivery: Delivery, next_job: QueuedJob, delay: float, keep: bool
+    ) -> None:
+        """Queue the chain's next attempt (on a memory queue) and acknowledge the step before
+        it."""
+        parts = self._parts
+        queue = parts.queues[delivery.job.queue]
+        following = parts.queues[next_job.queue]
         assert isinstance(queue, MemoryQueue)
-        if node is None:
-            queue.ack_now(delivery)
-            parts.finished((job,), in_hand=True)
+        assert isinstance(following, MemoryQueue)
+        if keep and following is queue and delay <= 0 and next_job.lane is None:
+            following.put_kept(next_job)
         else:
-            # The next step takes this one's place among the bus's outstanding jobs (both
-            # are its own, or neither is): the count stays as it is, with nothing to wake.
-            following = parts.queues[node.queue]
-            assert isinstance(following, MemoryQueue)
-            following.put_now(
-                (queued(node, job.dispatch_id, chain_id=chain_id, chain_index=step.next_index),),
-                node.delay,
-            )
-            queue.ack_now(delivery)
-            parts.let_go(1)
+            following.put_now((next_job,), delay)
+        queue.ack_now(delivery)
+        # The next step took this one's place among the bus's outstanding jobs (both are its
+        # own, or neither is): the count stays as it is, with nothing to wake.
+        parts.let_go(1)
         self.handled_inline += 1
+
+    def _recorded_on(self, chain_id: str, delivery: Delivery, step: ChainStep | None) -> None:
+        """The step is recorded (``step``: what the store answered): the rest is the
+        coordinator's."""
+        done = Done(delivery, "succeeded", None)
+        done.recorded, done.step = True, step
+        self._hand_on(chain_id, done)
 
     def _hand_on(self, chain_id: str, done: Done) -> None:
         # The key was idle and a chain has one step out at a time: its mailbox has room.

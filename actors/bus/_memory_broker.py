@@ -72,6 +72,12 @@ class MemoryQueue:
             self._reserved += 1
             trio.lowlevel.reschedule(self._waiting.popleft())
 
+    def put_kept(self, job: QueuedJob) -> None:
+        """Queue a ready plain job (no delay, no lane) for the running worker of this queue
+        that calls this and takes its next job with `get_now` before it yields: no one is
+        woken for it (a woken worker's task switch, where the job runs next either way)."""
+        self._ready.append(job)
+
     def _lane_heads(self, jobs: Sequence[QueuedJob], delay: float) -> list[QueuedJob]:
         """The jobs that go out now: plain ones, and lane jobs whose lane has none out."""
         at = trio.current_time() + delay

@@ -20,6 +20,7 @@ import trio
 
 from ._errors import NotFound
 from ._fences import MemoryFences
+from ._memory_chains import MemoryChains, _MemoryChain
 from ._model import BatchState, ChainState, JobRecord, LaneFence
 from ._rules import (
     BatchRecord,
@@ -27,7 +28,6 @@ from ._rules import (
     BatchUpdate,
     BatchUpdater,
     ChainRecord,
-    ChainRow,
     ChainStep,
     FailedJob,
     JobOutcome,
@@ -203,13 +203,7 @@ class MemoryBatch:
         return True
 
 
-@attrs.define(eq=False)
-class _MemoryChain:
-    row: ChainRow
-    nodes: tuple[JobRecord, ...]
-
-
-class MemoryStore:
+class MemoryStore(MemoryChains):
     """The default store: dicts in this process. State lives as long as the object.
 
     Share one `MemoryStore` between buses opened one after another to keep their history.
@@ -245,72 +239,6 @@ class MemoryStore:
             return False
         self._uniques[key] = expires_at
         return True
-
-    async def create_chain(self, record: ChainRecord) -> None:
-        await trio.lowlevel.checkpoint()
-        self.create_chain_now(record)
-
-    def create_chain_now(self, record: ChainRecord) -> None:
-        """`create_chain` without yielding (the bus's admission uses it on the memory
-        broker: a chain stored and its first job queued with no scheduling point between)."""
-        if record.callbacks:
-            self._job_callbacks[f"chain:{record.chain_id}"] = dict(record.callbacks)
-        self._chains[record.chain_id] = _MemoryChain(
-            ChainRow(
-                chain_id=record.chain_id,
-                dispatch_id=record.dispatch_id,
-                queue=record.queue,
-                length=len(record.nodes),
-                next_index=0,
-                completed=False,
-                failed=False,
-                failure=None,
-                created_at=record.created_at,
-                updated_at=record.created_at,
-            ),
-            record.nodes,
-        )
-
-    async def get_chain(self, chain_id: str) -> ChainState:
-        await trio.lowlevel.checkpoint()
-        chain = self._chain(chain_id)
-        return chain_state(chain.row, chain.nodes)
-
-    async def record_chain_step(
-        self,
-        chain_id: str,
-        index: int,
-        failure: str | None,
-        now: datetime,
-        fence: LaneFence | None = None,
-    ) -> ChainStep | None:
-        await trio.lowlevel.checkpoint()
-        return self.record_chain_step_now(chain_id, index, failure, now, fence)
-
-    def record_chain_step_now(
-        self,
-        chain_id: str,
-        index: int,
-        failure: str | None,
-        now: datetime,
-        fence: LaneFence | None = None,
-    ) -> ChainStep | None:
-        """`record_chain_step` without yielding (the bus's coordinators use it: a dict
-        update cannot block, and a scheduling point is a large share of a step's cost:
-        measure with ``python -m bench.bus``)."""
-        chain = self._chain(chain_id)
-        if fence is not None:  # (a lane job's)
-            self._fences.check(fence)
-        row = chain.row
-        if not row.step(index, failure, now):
-            return None
-        ended = row.completed or row.failed
-        return ChainStep(
-            next_index=row.next_index,
-            completed=row.completed,
-            failed=row.failed,
-            next_node=None if ended else chain.nodes[row.next_index],
-        )
 
     async def create_batch(self, record: BatchRecord) -> BatchState:
         await trio.lowlevel.checkpoint()
@@ -407,11 +335,6 @@ class MemoryStore:
                 updater.apply(JobOutcome(job_id, "cancelled"))
         return updater.result()
 
-    async def fail_chain(self, chain_id: str, failure: str, now: datetime) -> bool:
-        await trio.lowlevel.checkpoint()
-        row = self._chain(chain_id).row
-        return row.step(row.next_index, failure, now)
-
     async def record_failed(self, job: FailedJob, fence: LaneFence | None = None) -> None:
         await trio.lowlevel.checkpoint()
         self._fences.check(fence)
@@ -465,9 +388,3 @@ class MemoryStore:
             return self._batches[batch_id]
         except KeyError:
             raise NotFound(f"no batch {batch_id!r} in this store (wrong id, or pruned)") from None
-
-    def _chain(self, chain_id: str) -> _MemoryChain:
-        try:
-            return self._chains[chain_id]
-        except KeyError:
-            raise NotFound(f"no chain {chain_id!r} in this store (wrong id, or pruned)") from None

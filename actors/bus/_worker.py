@@ -139,7 +139,8 @@ class Worker:
                 fresh = False
             handed = False
             try:
-                handed = await self._run(queue, delivery, base, fresh, quick)
+                # (``keep``: this task takes the next ready job without yielding, below.)
+                handed = await self._run(queue, delivery, base, fresh, quick, run < DRAIN)
             except Exception:
                 # Our machinery failed, not the job: count it out rather than hang wait_idle().
                 log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
@@ -167,6 +168,7 @@ class Worker:
         base: contextvars.Context,
         fresh: bool,
         quick: bool,
+        keep: bool = False,
     ) -> bool:
         """Run one delivery; True if its outcome was handed on to its coordinator.
 
@@ -263,6 +265,9 @@ class Worker:
             return False  # recorded, acknowledged and counted out (no observer: no event)
         if emitter.active:
             emitter.job(EventKind.JOB_SUCCEEDED, job, duration=trio.current_time() - started)
+        if batch_id is None and job.chain_id is not None:  # (`_finish`, one frame less)
+            await self._chains.finish(delivery, "succeeded", None, keep=keep)
+            return True
         return await self._finish(queue, delivery, "succeeded", None)
 
     async def _failed(
