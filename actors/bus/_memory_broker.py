@@ -124,6 +124,11 @@ class MemoryQueue:
     async def get(self) -> Delivery:
         """Wait for a ready job; FIFO among ready jobs. A worker cancelled meanwhile gets
         none: it was not cancelled at the scheduling point it returns from."""
+        return Delivery(await self.take(), 1, "")
+
+    async def take(self) -> QueuedJob:
+        """`get`'s job, without the `Delivery` (every memory delivery is ``(job, 1, "")``):
+        the bus's own workers build one only when a job does not simply succeed."""
         ready = self._ready
         if len(ready) > self._reserved:
             await trio.lowlevel.checkpoint()  # let others run between jobs
@@ -148,7 +153,7 @@ class MemoryQueue:
                 self._wake(1)
                 raise
         self._running += 1
-        return Delivery(ready.popleft(), 1, "")
+        return ready.popleft()
 
     def _wake(self, n: int) -> None:
         """Wake up to ``n`` waiting workers, longest waiting first, each for a ready job."""
@@ -164,11 +169,22 @@ class MemoryQueue:
 
     def get_now(self) -> Delivery | None:
         """A ready job without yielding, or None (for a worker that has just yielded)."""
+        job = self.take_now()
+        return None if job is None else Delivery(job, 1, "")
+
+    def take_now(self) -> QueuedJob | None:
+        """`get_now`'s job, without the `Delivery` (see `take`)."""
         ready = self._ready
         if len(ready) <= self._reserved:  # none, or all woken workers'
             return None
         self._running += 1
-        return Delivery(ready.popleft(), 1, "")
+        return ready.popleft()
+
+    def ack_job_now(self, job: QueuedJob) -> None:
+        """`ack_now` of a job `take` or `take_now` gave."""
+        self._running -= 1
+        if job.lane is not None:
+            self._lane_done(job.lane)
 
     def ack_now(self, delivery: Delivery) -> None:
         self._running -= 1
