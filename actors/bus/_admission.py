@@ -26,6 +26,7 @@ from ._events import EventKind
 from ._job_checks import check_all as check_all
 from ._job_checks import check_job as check_job
 from ._job_checks import check_many as check_many
+from ._memory_broker import queued as queued_job
 from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe
 from ._parts import Parts
 from ._rules import ChainRecord
@@ -215,7 +216,7 @@ class Admission:
         having done nothing. Refused, it raises as `admit_job` does (the same ids drawn)."""
         parts, options = self._parts, job.options
         queue = options.queue or self.default_queue
-        put = parts.one_now.get(queue)  # (`Parts.puts_now` and `put_one_now`, inlined)
+        put = parts.plain_now.get(queue)  # (`Parts.puts_now` and `put_one_now`, inlined)
         if (
             put is None
             or parts.emitter.active
@@ -230,30 +231,14 @@ class Admission:
             payload = "null"  # what `check_job` would find, without its call
         else:
             payload = check_job(job, self._handlers, parts.queues, queue)
-        job_id = ids()
+        result = DispatchResult(dispatch_id, ids(), queue)
         if parts.counts_jobs:
             parts.jobs += 1
-        put(
-            QueuedJob(
-                job_id,
-                dispatch_id,
-                job_type,
-                payload,
-                queue,
-                options.timeout,
-                options.retry,
-                options.backoff,
-                1,  # attempt (positional: keywords cost more, on the path of every job)
-                None,  # chain_id
-                0,  # chain_index
-                None,  # batch_id
-                None,  # callback_of
-                None,  # error
-                options.lane,
-            ),
-            options.delay,
-        )
-        return DispatchResult(dispatch_id, job_id, queue)
+        if options.delay > 0 or options.lane is not None:
+            parts.one_now[queue](queued_job((result, job, payload)), options.delay)
+        else:
+            put((result, job, payload))  # a `Plain`: its `QueuedJob` is made if needed
+        return result
 
     async def admit_job(self, job: Job) -> DispatchResult:
         """`admit` for one plain job: no store record, one `QueuedJob` built, and on the

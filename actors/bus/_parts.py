@@ -79,6 +79,8 @@ class Parts:
         self._now = {name: queue.put_now for name, queue in memory.items()}
         #: A memory queue's `MemoryQueue.put_one_now`, by name (a plain dispatch's put).
         self.one_now = {name: queue.put_one_now for name, queue in memory.items()}
+        #: Its `MemoryQueue.put_plain_now`, by name.
+        self.plain_now = {name: queue.put_plain_now for name, queue in memory.items()}
 
     # ---------------------------------------------------------------- counting
 

@@ -28,9 +28,17 @@ from ._errors import LeaseLost, Release, UnknownJobType
 from ._events import EventKind
 from ._fences import fence_of
 from ._handlers import Handler
-from ._memory_broker import MemoryQueue
+from ._memory_broker import MemoryQueue, queued
 from ._middleware import CallNext, Middleware
-from ._model import BatchState, ChainState, JobContext, QueuedJob, decode_payload, describe
+from ._model import (
+    NO_FLAGS,
+    BatchState,
+    ChainState,
+    JobContext,
+    QueuedJob,
+    decode_payload,
+    describe,
+)
 from ._parts import INSIDE, Parts, lease_lost_ok
 from ._rules import FailedJob, Outcome
 
@@ -143,23 +151,27 @@ class Worker:
         run = 0
         clean = True
         while True:
-            job = queue.take_now() if clean and run < DRAIN else None
-            fresh = job is None
-            if job is None:
+            item = queue.take_now() if clean and run < DRAIN else None
+            fresh = item is None
+            if item is None:
                 # Trio resumes a task in its `Task.context`, and the memory broker's take is
                 # a scheduling point (a checkpoint or a park): the job it returns runs in
                 # this fresh copy from its first line (see `_run`).
                 task.context = base.copy()
-                job = await queue.take()
+                item = await queue.take()
                 run = 0
             parts.in_hand += 1
             run += 1
-            # A plain job with no observer: settled right where it ends.
-            quick = (
-                job.batch_id is None
-                and job.chain_id is None
-                and job.callback_of is None
-                and not emitter.active
+            # A plain job with no observer: settled right where it ends. (A `Plain` is a
+            # plain dispatch's first attempt, put only while no observer is attached.)
+            plain = isinstance(item, tuple)
+            quick = not emitter.active and (
+                plain
+                or (
+                    item.batch_id is None  # type: ignore[union-attr]
+                    and item.chain_id is None  # type: ignore[union-attr]
+                    and item.callback_of is None  # type: ignore[union-attr]
+                )
             )
             if fresh and quick and queue.has_free():
                 # More jobs are ready: step this one in a context of its own (`_run`), so
@@ -168,47 +180,53 @@ class Worker:
             # A plain job run right in the task's context (`_run`'s ``direct``) may write to
             # it: the next job must come through a fresh copy and a take.
             clean = not (fresh and quick)
-            job_type = job.job_type
-            if clean or not bare or job.timeout is not None or job_type not in handlers:
-                delivery = Delivery(job, 1, "")
-                handed = False
-                try:
-                    handed = await self._run(queue, delivery, base, fresh, quick)
-                except Exception:
-                    self._broke(queue, delivery)
-                finally:
-                    if not handed:  # else its coordinator lets it go, once it is recorded
-                        parts.let_go(1)
-                continue
-            # `_run` of a direct job whose handler is called as it is (no middleware, no
-            # timeout), inlined: no `Delivery` unless the attempt fails.
-            settled = False
+            if not clean and bare and isinstance(item, tuple):
+                # `_run` of a direct first attempt whose handler is called as it is (no
+                # middleware), inlined: no `QueuedJob` or `Delivery` unless it fails.
+                result, spec, payload = item
+                job_type = spec.type
+                if spec.options.timeout is None and job_type in handlers:
+                    settled = False
+                    try:
+                        ctx = JobContext(
+                            None if payload == "null" else decode_payload(payload),
+                            1,  # attempt
+                            job_type,
+                            result.dispatch_id,
+                            result.job_id,
+                            None,  # chain_id
+                            None,  # batch_id
+                            result.queue,
+                            None,  # state
+                            None,  # error
+                            1,  # delivery
+                            0,  # fence
+                            NO_FLAGS,  # (no middleware, no timeout: nothing sets them)
+                        )
+                        try:
+                            await handlers[job_type](ctx)
+                        except Exception as exc:
+                            delivery = Delivery(queued(item), 1, "")
+                            await self._attempt_failed(queue, delivery, ctx, exc, base, True)
+                        else:
+                            queue.ack_job_now(item)
+                            parts.settled_here()  # a memory queue's jobs are all this bus's
+                            settled = True
+                    except Exception:
+                        self._broke(queue, Delivery(queued(item), 1, ""))
+                    finally:
+                        if not settled:
+                            parts.let_go(1)
+                    continue
+            job = queued(item)
+            delivery = Delivery(job, 1, "")
+            handed = False
             try:
-                payload = job.payload
-                ctx = JobContext(
-                    None if payload == "null" else decode_payload(payload),
-                    job.attempt,
-                    job_type,
-                    job.dispatch_id,
-                    job.job_id,
-                    None,  # chain_id (a quick job's)
-                    None,  # batch_id
-                    job.queue,
-                    None,  # state (no callback_of)
-                    job.error,
-                )
-                try:
-                    await handlers[job_type](ctx)
-                except Exception as exc:
-                    await self._attempt_failed(queue, Delivery(job, 1, ""), ctx, exc, base, True)
-                else:
-                    queue.ack_job_now(job)
-                    parts.settled_here()  # a memory queue's jobs are all this bus's
-                    settled = True
+                handed = await self._run(queue, delivery, base, fresh, quick)
             except Exception:
-                self._broke(queue, Delivery(job, 1, ""))
+                self._broke(queue, delivery)
             finally:
-                if not settled:
+                if not handed:  # else its coordinator lets it go, once it is recorded
                     parts.let_go(1)
 
     async def _cancelled(self, batch_id: str) -> bool:
