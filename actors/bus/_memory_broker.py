@@ -164,17 +164,16 @@ class MemoryQueue:
     async def get(self) -> Delivery:
         """Wait for a ready job; FIFO among ready jobs. A worker cancelled meanwhile gets
         none: it was not cancelled at the scheduling point it returns from."""
-        return Delivery(queued(await self.take()), 1, "")
+        return Delivery(queued(await self.take(trio.lowlevel.current_task())), 1, "")
 
-    async def take(self) -> QueuedJob | Plain:
-        """`get`'s job, without the `Delivery` (every memory delivery is ``(job, 1, "")``)
-        and maybe as a `Plain`: the bus's own workers build those only when a job does not
-        simply succeed."""
+    async def take(self, task: trio.lowlevel.Task) -> QueuedJob | Plain:
+        """`get` for the current ``task``: its job, without the `Delivery` (every memory
+        delivery is ``(job, 1, "")``) and maybe as a `Plain`: the bus's own workers build
+        those only when a job does not simply succeed."""
         ready = self._ready
         if len(ready) > self._reserved:
             await trio.lowlevel.checkpoint()  # let others run between jobs
         if len(ready) <= self._reserved:  # none free: the rest are woken workers'
-            task = trio.lowlevel.current_task()
             waiting = self._waiting
 
             def abort(_: object) -> trio.lowlevel.Abort:

@@ -158,7 +158,7 @@ class Worker:
                 # a scheduling point (a checkpoint or a park): the job it returns runs in
                 # this fresh copy from its first line (see `_run`).
                 task.context = base.copy()
-                item = await queue.take()
+                item = await queue.take(task)
                 run = 0
             parts.in_hand += 1
             run += 1
@@ -173,7 +173,7 @@ class Worker:
                     and item.callback_of is None  # type: ignore[union-attr]
                 )
             )
-            if fresh and quick and queue.has_free():
+            if fresh and quick and len(queue._ready) > queue._reserved:  # (`has_free`)
                 # More jobs are ready: step this one in a context of its own (`_run`), so
                 # the task's stays clean and the next ones follow without a take.
                 fresh = False
@@ -209,7 +209,7 @@ class Worker:
                             delivery = Delivery(queued(item), 1, "")
                             await self._attempt_failed(queue, delivery, ctx, exc, base, True)
                         else:
-                            queue.ack_job_now(item)
+                            queue._running -= 1  # `ack_job_now` of a `Plain` (on no lane)
                             parts.settled_here()  # a memory queue's jobs are all this bus's
                             settled = True
                     except Exception:
