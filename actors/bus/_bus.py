@@ -116,6 +116,7 @@ class Bus:
         self._parts = parts
         self._handlers = handlers
         self._admission = admission
+        self._admit_now = admission.admit_now  # (bound once: every plain dispatch calls it)
         self._chains = chains
         self._batches = batches
         self._workers = workers
@@ -170,7 +171,7 @@ class Bus:
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             # The common case without a coroutine of its own (see `Admission.admit_now`).
-            result = self._admission.admit_now(job)
+            result = self._admit_now(job)
             if result is None:
                 return await self._admission.admit_job(job)
             await trio.lowlevel.cancel_shielded_checkpoint()

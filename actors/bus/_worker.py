@@ -164,15 +164,15 @@ class Worker:
             run += 1
             # A plain job with no observer: settled right where it ends. (A `Plain` is a
             # plain dispatch's first attempt, put only while no observer is attached.)
-            plain = isinstance(item, tuple)
-            quick = not emitter.active and (
-                plain
-                or (
-                    item.batch_id is None  # type: ignore[union-attr]
-                    and item.chain_id is None  # type: ignore[union-attr]
-                    and item.callback_of is None  # type: ignore[union-attr]
+            if isinstance(item, tuple):
+                quick = not emitter.active
+            else:
+                quick = (
+                    item.batch_id is None
+                    and item.chain_id is None
+                    and item.callback_of is None
+                    and not emitter.active
                 )
-            )
             if fresh and quick and len(queue._ready) > queue._reserved:  # (`has_free`)
                 # More jobs are ready: step this one in a context of its own (`_run`), so
                 # the task's stays clean and the next ones follow without a take.
