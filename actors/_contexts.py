@@ -12,7 +12,7 @@ Where it can, a task switches context the other way, by giving itself a new
 ``Task.context`` before a scheduling point: Trio resumes a task in its ``Task.context`` at
 every step, so what runs after that point runs in the new one, for free. The keyed core's
 spare tasks do it while parked (`actors._keyed`); the bus's memory-broker workers do it
-before the get that precedes each job, and step only what must not run in the job's context
+before the take that precedes each job, and step only what must not run in the job's context
 (a chain's or batch's job, one with observers, or the handling of a failed attempt) through
 `in_context` (`actors.bus._worker`).
 """

@@ -26,6 +26,7 @@ from ._events import EventKind
 from ._job_checks import check_all as check_all
 from ._job_checks import check_job as check_job
 from ._job_checks import check_many as check_many
+from ._memory_broker import queued as queued_job
 from ._model import DispatchResult, Job, JobRecord, QueuedJob, describe
 from ._parts import Parts
 from ._rules import ChainRecord
@@ -261,20 +262,32 @@ class Admission:
     def admit_now(self, job: Job) -> DispatchResult | None:
         """`admit_job` between its first checkpoint and its last, when nothing there can
         yield or be seen (no observer, no ``unique_for``, room, a memory queue); else None,
-        having done nothing. Refused, it raises as `admit_job` does."""
+        having done nothing. Refused, it raises as `admit_job` does (the same ids drawn)."""
         parts, options = self._parts, job.options
         queue = options.queue or self.default_queue
+        put = parts.plain_now.get(queue)  # (`Parts.puts_now` and `put_one_now`, inlined)
         if (
-            parts.emitter.active
+            put is None
+            or parts.emitter.active
             or options.unique_for is not None
             or parts.jobs >= parts.max_pending
-            or not parts.puts_now(queue)
         ):
             return None
-        dispatch_id = parts.ids.next()
-        queued = self._queued(job, dispatch_id, queue)
-        parts.put_one_now(queued, options.delay)
-        return DispatchResult(dispatch_id, queued.job_id, queue)
+        ids = parts.ids.next
+        dispatch_id = ids()
+        job_type = job.type
+        if job.payload is None and job_type in self._handlers:  # (`_queued`, inlined)
+            payload = "null"  # what `check_job` would find, without its call
+        else:
+            payload = check_job(job, self._handlers, parts.queues, queue)
+        result = DispatchResult(dispatch_id, ids(), queue)
+        if parts.counts_jobs:
+            parts.jobs += 1
+        if options.delay > 0 or options.lane is not None:
+            parts.one_now[queue](queued_job((result, job, payload)), options.delay)
+        else:
+            put((result, job, payload))  # a `Plain`: its `QueuedJob` is made if needed
+        return result
 
     async def admit_job(self, job: Job) -> DispatchResult:
         """`admit` for one plain job: no store record, one `QueuedJob` built, and on the

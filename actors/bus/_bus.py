@@ -116,6 +116,7 @@ class Bus:
         self._parts = parts
         self._handlers = handlers
         self._admission = admission
+        self._admit_now = admission.admit_now  # (bound once: every plain dispatch calls it)
         self._chains = chains
         self._batches = batches
         self._workers = workers
@@ -170,13 +171,16 @@ class Bus:
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             # The common case without a coroutine of its own (see `Admission.admit_now`).
-            result = self._admission.admit_now(job)
+            result = self._admit_now(job)
             if result is None:
                 return await self._admission.admit_job(job)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return result
         finally:
-            parts.admitted()
+            # `Parts.admitted`, inlined.
+            parts.admitting = admitting = parts.admitting - 1
+            if not admitting and parts.idle_waiting and not (parts.jobs and parts.in_hand):
+                parts.wake_idle()
 
     async def dispatch_many(self, jobs: Iterable[Job]) -> list[DispatchResult]:
         """Check every job, then queue them all at once; return their ids, in order.
@@ -424,7 +428,8 @@ async def open_bus(
                 for name, queue in made.items():
                     await sup.start_child(f"queue {name}", queue.serve, shutdown=0)
                     for i in range(counts[name] if workers else 0):
-                        await sup.start_child(f"worker {name} {i}", worker.serve, queue, shutdown=0)
+                        serve = worker.serve(queue)
+                        await sup.start_child(f"worker {name} {i}", serve, queue, shutdown=0)
                 if workers:  # listed by `trio-lanes status` (a durable broker's registry)
                     await sup.start_child(
                         "registration", serve_registration, broker, counts, shutdown=0

@@ -16,7 +16,43 @@ from itertools import count
 import trio
 
 from ._broker import Delivery, QueueStats, put_grouped
-from ._model import QueuedJob
+from ._model import DispatchResult, Job, QueuedJob
+
+#: A plain job as the bus's own dispatch puts it (`MemoryQueue.put_plain_now`): its
+#: `DispatchResult`, the `Job` and its payload as JSON text, due now, on no lane. A tuple
+#: costs a fraction of a `QueuedJob`; the same `QueuedJob` is built from it (`queued`)
+#: wherever one is needed (`get`, a retry, a failure, anything but a plain success).
+Plain = tuple[DispatchResult, Job, str]
+
+
+def queued(item: QueuedJob | Plain) -> QueuedJob:
+    """The `QueuedJob` of a ready job (the first attempt a `Plain` stands for; the one a
+    plain dispatch on any other broker puts)."""
+    if not isinstance(item, tuple):
+        return item
+    result, job, payload = item
+    options = job.options
+    return QueuedJob(
+        result.job_id,
+        result.dispatch_id,
+        job.type,
+        payload,
+        result.queue,
+        options.timeout,
+        options.retry,
+        options.backoff,
+        1,  # attempt
+        None,  # chain_id
+        0,  # chain_index
+        None,  # batch_id
+        None,  # callback_of
+        None,  # error
+        options.lane,
+    )
+
+
+def _of_batch(item: QueuedJob | Plain, batch_id: str) -> bool:
+    return not isinstance(item, tuple) and item.batch_id == batch_id  # (a `Plain` is of none)
 
 
 class MemoryQueue:
@@ -24,7 +60,7 @@ class MemoryQueue:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._ready: deque[QueuedJob] = deque()
+        self._ready: deque[QueuedJob | Plain] = deque()
         self._delayed: list[tuple[float, int, QueuedJob]] = []
         self._seq = count()
         self._running = 0
@@ -67,6 +103,10 @@ class MemoryQueue:
         if delay > 0 or job.lane is not None:
             self.put_now((job,), delay)
             return
+        self.put_plain_now(job)
+
+    def put_plain_now(self, job: QueuedJob | Plain) -> None:
+        """`put_one_now` of a job due now, on no lane (a plain dispatch's `Plain`)."""
         self._ready.append(job)
         if self._waiting:
             self._reserved += 1
@@ -130,11 +170,16 @@ class MemoryQueue:
     async def get(self) -> Delivery:
         """Wait for a ready job; FIFO among ready jobs. A worker cancelled meanwhile gets
         none: it was not cancelled at the scheduling point it returns from."""
+        return Delivery(queued(await self.take(trio.lowlevel.current_task())), 1, "")
+
+    async def take(self, task: trio.lowlevel.Task) -> QueuedJob | Plain:
+        """`get` for the current ``task``: its job, without the `Delivery` (every memory
+        delivery is ``(job, 1, "")``) and maybe as a `Plain`: the bus's own workers build
+        those only when a job does not simply succeed."""
         ready = self._ready
         if len(ready) > self._reserved:
             await trio.lowlevel.checkpoint()  # let others run between jobs
         if len(ready) <= self._reserved:  # none free: the rest are woken workers'
-            task = trio.lowlevel.current_task()
             waiting = self._waiting
 
             def abort(_: object) -> trio.lowlevel.Abort:
@@ -154,7 +199,7 @@ class MemoryQueue:
                 self._wake(1)
                 raise
         self._running += 1
-        return Delivery(ready.popleft(), 1, "")
+        return ready.popleft()
 
     def _wake(self, n: int) -> None:
         """Wake up to ``n`` waiting workers, longest waiting first, each for a ready job."""
@@ -170,11 +215,22 @@ class MemoryQueue:
 
     def get_now(self) -> Delivery | None:
         """A ready job without yielding, or None (for a worker that has just yielded)."""
+        job = self.take_now()
+        return None if job is None else Delivery(queued(job), 1, "")
+
+    def take_now(self) -> QueuedJob | Plain | None:
+        """`get_now`'s job, without the `Delivery` (see `take`)."""
         ready = self._ready
         if len(ready) <= self._reserved:  # none, or all woken workers'
             return None
         self._running += 1
-        return Delivery(ready.popleft(), 1, "")
+        return ready.popleft()
+
+    def ack_job_now(self, job: QueuedJob | Plain) -> None:
+        """`ack_now` of a job `take` or `take_now` gave."""
+        self._running -= 1
+        if not isinstance(job, tuple) and job.lane is not None:
+            self._lane_done(job.lane)
 
     def ack_now(self, delivery: Delivery) -> None:
         self._running -= 1
@@ -208,9 +264,11 @@ class MemoryQueue:
         await trio.lowlevel.checkpoint()
         if self._lanes:
             return self._discard_with_lanes(batch_id)
-        removed = [job for job in self._ready if job.batch_id == batch_id]
+        removed = [
+            job for job in self._ready if not isinstance(job, tuple) and job.batch_id == batch_id
+        ]
         if removed:
-            kept = [job for job in self._ready if job.batch_id != batch_id]
+            kept = [job for job in self._ready if not _of_batch(job, batch_id)]
             self._ready.clear()
             self._ready.extend(kept)
         late = [entry for entry in self._delayed if entry[2].batch_id == batch_id]
@@ -228,9 +286,11 @@ class MemoryQueue:
             kept = [(at, job) for at, job in waiting if job.batch_id != batch_id]
             waiting.clear()
             waiting.extend(kept)
-        heads = [job for job in self._ready if job.batch_id == batch_id]
+        heads = [
+            job for job in self._ready if not isinstance(job, tuple) and job.batch_id == batch_id
+        ]
         heads += [entry[2] for entry in sorted(self._delayed) if entry[2].batch_id == batch_id]
-        self._ready = deque(job for job in self._ready if job.batch_id != batch_id)
+        self._ready = deque(job for job in self._ready if not _of_batch(job, batch_id))
         self._delayed[:] = [entry for entry in self._delayed if entry[2].batch_id != batch_id]
         heapq.heapify(self._delayed)
         self._timer.unpark_all()

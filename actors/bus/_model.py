@@ -354,6 +354,20 @@ class _AttemptFlags:
     timeout: float | None = None
 
 
+class _NoFlags(_AttemptFlags):
+    """The flags of an attempt that no middleware sees and that has no timeout: none is
+    ever set, so all such attempts share one (`NO_FLAGS`), read only."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("NO_FLAGS is shared by attempts without middleware: read only")
+
+
+#: The `JobContext` flags of every attempt run without middleware or timeout.
+NO_FLAGS = _NoFlags()
+
+
 # slots=False: built per job (see DispatchResult).
 @attrs.frozen(slots=False)
 class JobContext:

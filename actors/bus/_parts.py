@@ -67,6 +67,9 @@ class Parts:
         # Woken when the bus goes idle. Not a trio-util AsyncBool: setting one on every edge
         # (a job in, the job out) cost a microsecond per job; this costs only when awaited.
         self._idle = trio.lowlevel.ParkingLot()
+        #: Tasks parked in ``_idle`` (read on the path of every job: a ParkingLot's truth
+        #: is a call).
+        self.idle_waiting = 0
         self._room = trio.lowlevel.ParkingLot()
         self._room_waiting = 0  # dispatches parked in `_room`
         # The memory broker's queues take jobs without yielding (the events of a dispatch
@@ -74,7 +77,10 @@ class Parts:
         # can start).
         memory = {name: queue for name, queue in queues.items() if type(queue) is MemoryQueue}
         self._now = {name: queue.put_now for name, queue in memory.items()}
-        self._one_now = {name: queue.put_one_now for name, queue in memory.items()}
+        #: A memory queue's `MemoryQueue.put_one_now`, by name (a plain dispatch's put).
+        self.one_now = {name: queue.put_one_now for name, queue in memory.items()}
+        #: Its `MemoryQueue.put_plain_now`, by name.
+        self.plain_now = {name: queue.put_plain_now for name, queue in memory.items()}
 
     # ---------------------------------------------------------------- counting
 
@@ -85,18 +91,29 @@ class Parts:
 
     async def wait_idle(self) -> None:
         while self.jobs or self.admitting:  # woken when idle, it may have moved on again
-            await self._idle.park()
+            await self._park_idle()
 
     async def wait_settled(self) -> None:
         """Until no dispatch is under way and nothing is in this bus's hands: on a durable
         broker the jobs still waiting there are safe, for any worker of any process."""
         while self.in_hand or self.admitting:
+            await self._park_idle()
+
+    async def _park_idle(self) -> None:
+        self.idle_waiting += 1
+        try:
             await self._idle.park()
+        finally:
+            self.idle_waiting -= 1
+
+    def wake_idle(self) -> None:
+        """Wake `wait_idle` and `wait_settled` (they check again)."""
+        self._idle.unpark_all()
 
     def let_go(self, n: int) -> None:
         """``n`` deliveries left this bus's hands (recorded, retried or given back)."""
         self.in_hand -= n
-        if not self.in_hand and not self.admitting and self._idle:
+        if not self.in_hand and not self.admitting and self.idle_waiting:
             self._idle.unpark_all()
 
     def add(self, n: int) -> None:
@@ -125,7 +142,18 @@ class Parts:
         jobs = self.jobs - n
         self.jobs = jobs = 0 if jobs < 0 else jobs
         # The counts first: this runs for every job, and a ParkingLot's truth is a call.
-        if not jobs and not self.admitting and self._idle:
+        if not jobs and not self.admitting and self.idle_waiting:
+            self._idle.unpark_all()
+        if self._room_waiting and jobs <= self.max_pending // 2:
+            self._room.unpark_all()
+
+    def settled_here(self) -> None:
+        """`done` and `let_go` of one delivery of this bus's own, acknowledged by its worker
+        (one call on the path of every plain job that succeeds)."""
+        jobs = self.jobs - 1
+        self.jobs = jobs = 0 if jobs < 0 else jobs
+        self.in_hand = in_hand = self.in_hand - 1
+        if (not jobs or not in_hand) and not self.admitting and self.idle_waiting:
             self._idle.unpark_all()
         if self._room_waiting and jobs <= self.max_pending // 2:
             self._room.unpark_all()
@@ -135,7 +163,7 @@ class Parts:
 
     def admitted(self) -> None:
         self.admitting -= 1
-        if not self.admitting and not (self.jobs and self.in_hand) and self._idle:
+        if not self.admitting and not (self.jobs and self.in_hand) and self.idle_waiting:
             self._idle.unpark_all()
 
     async def wait_room(self, n: int) -> None:
@@ -164,7 +192,7 @@ class Parts:
         """`put_now` of one job this bus made (so it counts, if the bus counts jobs)."""
         if self.counts_jobs:
             self.jobs += 1
-        self._one_now[job.queue](job, delay)
+        self.one_now[job.queue](job, delay)
 
     async def ack(self, delivery: Delivery) -> None:
         """Acknowledge a delivery (without yielding on the memory broker)."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -27,9 +28,17 @@ from ._errors import LeaseLost, Release, UnknownJobType
 from ._events import EventKind
 from ._fences import fence_of
 from ._handlers import Handler
-from ._memory_broker import MemoryQueue
+from ._memory_broker import MemoryQueue, queued
 from ._middleware import CallNext, Middleware
-from ._model import BatchState, ChainState, JobContext, QueuedJob, decode_payload, describe
+from ._model import (
+    NO_FLAGS,
+    BatchState,
+    ChainState,
+    JobContext,
+    QueuedJob,
+    decode_payload,
+    describe,
+)
 from ._parts import INSIDE, Parts, lease_lost_ok
 from ._rules import FailedJob, Outcome
 
@@ -91,66 +100,135 @@ class Worker:
         self._chains = chains
         self._batches = batches
 
-    async def serve(
+    def serve(self, queue: BrokerQueue) -> Callable[..., Coroutine[Any, Any, None]]:
+        """What a worker task of ``queue`` runs, ``fn(queue, task_status=...)``: take a job,
+        run it, hand its outcome on; forever. The memory broker's loop has fast paths of its
+        own (`_serve_memory`)."""
+        return self._serve_memory if type(queue) is MemoryQueue else self._serve
+
+    async def _serve(
         self, queue: BrokerQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """One worker of ``queue``: take a job, run it, hand its outcome on; forever."""
+        """`serve` for a broker other than the memory one: every job stepped in a fresh copy
+        of this task's context (DESIGN rule 6)."""
+        INSIDE.set(True)
+        base = contextvars.copy_context()
+        task_status.started()
+        parts = self._parts
+        while True:
+            delivery = await queue.get()
+            parts.in_hand += 1
+            handed = False
+            try:
+                handed = await self._run(queue, delivery, base, False, False)
+            except Exception:
+                self._broke(queue, delivery)
+            finally:
+                if not handed:  # else its coordinator lets it go, once it is recorded
+                    parts.let_go(1)
+
+    def _broke(self, queue: BrokerQueue, delivery: Delivery) -> None:
+        """Our machinery failed, not the job: count it out rather than hang wait_idle()."""
+        log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
+        self._parts.finished((delivery.job,))
+
+    async def _serve_memory(
+        self, queue: MemoryQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """`serve` for the memory broker (see `_run`'s ``fresh`` and ``quick``)."""
         INSIDE.set(True)
         # Every job runs in a fresh copy of this context (DESIGN rule 6): what one handler
         # writes to a context variable is not seen by the next job this worker takes.
         base = contextvars.copy_context()
         task_status.started()
-        memory = queue if type(queue) is MemoryQueue else None
         task = trio.lowlevel.current_task()
+        parts, handlers, bare = self._parts, self._handlers, self._bare
+        emitter = parts.emitter
         # Jobs run back to back since this task last yielded. While the task's context is
-        # clean (no job ran in it), a memory worker takes the next ready job without a
-        # scheduling point, up to `DRAIN` of them, as an actor drains its mailbox; then it
-        # yields, so handlers that never await cannot starve other tasks.
+        # clean (no job ran in it), the worker takes the next ready job without a scheduling
+        # point, up to `DRAIN` of them, as an actor drains its mailbox; then it yields, so
+        # handlers that never await cannot starve other tasks.
         run = 0
         clean = True
         while True:
-            delivery = None
-            if clean and run < DRAIN and memory is not None:
-                delivery = memory.get_now()
-            fresh = delivery is None and memory is not None
-            if fresh:
-                # Trio resumes a task in its `Task.context`, and the memory broker's get is a
-                # scheduling point (a checkpoint or a park): the job it returns runs in this
-                # fresh copy from its first line (see `_run`).
+            item = queue.take_now() if clean and run < DRAIN else None
+            fresh = item is None
+            if item is None:
+                # Trio resumes a task in its `Task.context`, and the memory broker's take is
+                # a scheduling point (a checkpoint or a park): the job it returns runs in
+                # this fresh copy from its first line (see `_run`).
                 task.context = base.copy()
-            if delivery is None:
-                delivery = await queue.get()
+                item = await queue.take(task)
                 run = 0
-            parts = self._parts
             parts.in_hand += 1
             run += 1
-            job = delivery.job
-            # A memory broker's plain job with no observer: settled right where it ends.
-            quick = (
-                memory is not None
-                and job.batch_id is None
-                and job.chain_id is None
-                and job.callback_of is None
-                and not parts.emitter.active
-            )
-            if fresh and quick and memory is not None and memory.has_free():
+            # A plain job with no observer: settled right where it ends. (A `Plain` is a
+            # plain dispatch's first attempt, put only while no observer is attached.)
+            if isinstance(item, tuple):
+                quick = not emitter.active
+            else:
+                quick = (
+                    item.batch_id is None
+                    and item.chain_id is None
+                    and item.callback_of is None
+                    and not emitter.active
+                )
+            if fresh and quick and len(queue._ready) > queue._reserved:  # (`has_free`)
                 # More jobs are ready: step this one in a context of its own (`_run`), so
-                # the task's stays clean and the next ones follow without a get.
+                # the task's stays clean and the next ones follow without a take.
                 fresh = False
+            # A plain job run right in the task's context (`_run`'s ``direct``) may write to
+            # it: the next job must come through a fresh copy and a take.
+            clean = not (fresh and quick)
+            if not clean and bare and isinstance(item, tuple):
+                # `_run` of a direct first attempt whose handler is called as it is (no
+                # middleware), inlined: no `QueuedJob` or `Delivery` unless it fails.
+                result, spec, payload = item
+                job_type = spec.type
+                if spec.options.timeout is None and job_type in handlers:
+                    settled = False
+                    try:
+                        ctx = JobContext(
+                            None if payload == "null" else decode_payload(payload),
+                            1,  # attempt
+                            job_type,
+                            result.dispatch_id,
+                            result.job_id,
+                            None,  # chain_id
+                            None,  # batch_id
+                            result.queue,
+                            None,  # state
+                            None,  # error
+                            1,  # delivery
+                            0,  # fence
+                            NO_FLAGS,  # (no middleware, no timeout: nothing sets them)
+                        )
+                        try:
+                            await handlers[job_type](ctx)
+                        except Exception as exc:
+                            delivery = Delivery(queued(item), 1, "")
+                            await self._attempt_failed(queue, delivery, ctx, exc, base, True)
+                        else:
+                            queue._running -= 1  # `ack_job_now` of a `Plain` (on no lane)
+                            parts.settled_here()  # a memory queue's jobs are all this bus's
+                            settled = True
+                    except Exception:
+                        self._broke(queue, Delivery(queued(item), 1, ""))
+                    finally:
+                        if not settled:
+                            parts.let_go(1)
+                    continue
+            job = queued(item)
+            delivery = Delivery(job, 1, "")
             handed = False
             try:
                 # (``keep``: this task takes the next ready job without yielding, below.)
                 handed = await self._run(queue, delivery, base, fresh, quick, run < DRAIN)
             except Exception:
-                # Our machinery failed, not the job: count it out rather than hang wait_idle().
-                log.exception("bus worker on queue %r failed to handle %r", queue.name, delivery)
-                parts.finished((delivery.job,))
+                self._broke(queue, delivery)
             finally:
                 if not handed:  # else its coordinator lets it go, once it is recorded
                     parts.let_go(1)
-            # A plain job run right in the task's context (`_run`'s ``direct``) may have
-            # written to it: the next job must come through a fresh copy and a get.
-            clean = not (fresh and quick)
 
     async def _cancelled(self, batch_id: str) -> bool:
         """The store's answer, when `Batches.cancelled_now` does not know."""
@@ -248,15 +326,10 @@ class Worker:
                     except Exception as exc:  # e.g. the server is gone: the lease lapses
                         log.warning("bus: could not give %r back (%s)", delivery, exc)
             raise
-        except Release as release:
-            with lease_lost_ok(delivery):
-                await queue.retry(delivery, job, delay=release.delay)
-            return False
         except Exception as exc:
-            failed = self._failed(queue, delivery, ctx, exc, known, started)
-            # Logging, the failed-job record: not in the job's context (a log filter or a
-            # store would see what the handler set there).
-            return await (in_context(base.copy(), failed) if direct else failed)
+            return await self._attempt_failed(
+                queue, delivery, ctx, exc, base, direct, known, started
+            )
         if quick:  # a memory delivery: acknowledged and counted here, no context read
             queue.ack_now(delivery)  # type: ignore[attr-defined]
             self._parts.done(1)  # a memory queue's jobs are all this bus's (`Parts.mine`)
@@ -269,6 +342,28 @@ class Worker:
             await self._chains.finish(delivery, "succeeded", None, keep=keep)
             return True
         return await self._finish(queue, delivery, "succeeded", None)
+
+    async def _attempt_failed(
+        self,
+        queue: BrokerQueue,
+        delivery: Delivery,
+        ctx: JobContext,
+        error: Exception,
+        base: contextvars.Context,
+        direct: bool,
+        known: bool = True,
+        started: float = 0.0,
+    ) -> bool:
+        """An attempt raised (called in the handler of its error): put back for a `Release`,
+        else `_failed`; for a ``direct`` job, outside its context."""
+        if isinstance(error, Release):
+            with lease_lost_ok(delivery):
+                await queue.retry(delivery, delivery.job, delay=error.delay)
+            return False
+        failed = self._failed(queue, delivery, ctx, error, known, started)
+        # Logging, the failed-job record: not in the job's context (a log filter or a store
+        # would see what the handler set there).
+        return await (in_context(base.copy(), failed) if direct else failed)
 
     async def _failed(
         self,

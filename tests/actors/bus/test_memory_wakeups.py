@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from actors.bus import MemoryQueue, QueuedJob
 from actors.bus._broker import QueueStats
+from actors.bus._memory_broker import queued
 
 
 def _job(n: int, batch: str | None = None) -> QueuedJob:
@@ -59,7 +60,9 @@ async def test_a_discard_finds_the_jobs_woken_workers_have_not_taken_yet() -> No
         queue.put_now([_job(4), _job(5)])
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()  # (a worker left waiting, if j1 or j3 was taken)
-    everything = sorted(got + [job.job_id for job in removed] + [j.job_id for j in queue._ready])
+    everything = sorted(
+        got + [job.job_id for job in removed] + [queued(j).job_id for j in queue._ready]
+    )
     assert everything == ["j1", "j2", "j3", "j4", "j5"]
     assert len(got) == 3
     assert queue.stats_now() == QueueStats(ready=5 - 3 - len(removed), delayed=0, running=3)
@@ -124,7 +127,7 @@ def test_random_puts_gets_cancels_and_discards_match_a_fifo_model(
                 elif op[0] == "cancel" and scopes:
                     scopes[op[1] % len(scopes)].cancel()
                 elif op[0] == "discard":
-                    ready_before = {job.job_id for job in queue._ready}
+                    ready_before = {queued(job).job_id for job in queue._ready}
                     removed = [job.job_id for job in await queue.discard(op[1])]
                     assert all(batch_of[job] == op[1] for job in removed)
                     assert set(removed) <= ready_before
@@ -138,7 +141,7 @@ def test_random_puts_gets_cancels_and_discards_match_a_fifo_model(
                 else:
                     await trio.testing.wait_all_tasks_blocked()
             await trio.testing.wait_all_tasks_blocked()
-            ready = [job.job_id for job in queue._ready]
+            ready = [queued(job).job_id for job in queue._ready]
             # FIFO: taken in the order put, and every job still ready behind them all.
             order = {job: i for i, job in enumerate(put)}
             assert taken == sorted(taken, key=order.__getitem__)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -82,7 +83,11 @@ async def _workload(broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch) -> tu
                 await bus.dispatch(job)
             await bus.wait_idle()
             stats = bus.stats()
-            failed = sorted((f.error, f.attempts) for f in await bus.failed_jobs())
+            # Each failed job's record, its ids aside (a fast path's is built from a `Plain`).
+            failed = sorted(
+                (f.error, f.attempts, repr(attrs.evolve(f.job, job_id="-", dispatch_id="-")))
+                for f in await bus.failed_jobs()
+            )
     finally:
         logger.removeFilter(sees)
     assert request.get() == "outer"
@@ -141,3 +146,48 @@ async def test_a_get_woken_then_cancelled_takes_no_job_and_wakes_the_next_worker
             first.cancel()
     assert got == [("second", "j1")]
     assert queue.stats_now() == QueueStats(ready=0, delayed=0, running=1)
+
+
+async def test_a_plain_dispatch_queues_the_job_that_the_slow_path_queues(
+    autojump_clock: Any,
+) -> None:
+    """On the memory broker a plain dispatch due now, on no lane, queues a `Plain` (its
+    result, job and payload text); `get` hands out the same `QueuedJob` as the slow path's.
+    A delayed or lane job is queued as a `QueuedJob` at once."""
+    jobs = [
+        Job("w"),
+        Job("w", {"a": [1, "b"]}).timeout(2).retry(3).backoff(0.5),
+        Job("w", 7).on_queue("other"),
+        Job("w").lane("L"),
+        Job("w").delay(1),
+    ]
+
+    async def queued_by(broker: MemoryBroker) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        async with open_bus(broker=broker, queues={"default": 1, "other": 1}, workers=False) as bus:
+            bus.register("w", work)
+            for job in jobs:
+                result = await bus.dispatch(job)
+                queue = broker.queue(result.queue)
+                plain = bool(queue._ready) and isinstance(queue._ready[-1], tuple)
+                if job.options.delay:
+                    await trio.sleep(1.5)  # (after the queue moves it to ready)
+                delivery = queue.get_now()
+                assert delivery is not None
+                got = delivery.job
+                assert (got.job_id, got.dispatch_id, got.queue) == (
+                    result.job_id,
+                    result.dispatch_id,
+                    result.queue,
+                )
+                out.append((plain, delivery.delivery, attrs.evolve(got, job_id="", dispatch_id="")))
+        return out
+
+    async def work(ctx: JobContext) -> None:
+        pass
+
+    fast = await queued_by(MemoryBroker())
+    slow = await queued_by(SlowBroker())
+    assert [plain for plain, *_ in fast] == [True, True, True, False, False]
+    assert [plain for plain, *_ in slow] == [False] * 5
+    assert [rest for _, *rest in fast] == [rest for _, *rest in slow]
