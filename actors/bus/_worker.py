@@ -36,6 +36,7 @@ from ._model import (
     ChainState,
     JobContext,
     QueuedJob,
+    _AttemptFlags,
     decode_payload,
     describe,
 )
@@ -47,6 +48,10 @@ log = logging.getLogger("actors.bus")
 #: A memory worker runs at most this many ready jobs back to back before it yields (as the
 #: actor core does with its mailboxes).
 DRAIN = 16
+
+_new = object.__new__
+#: Sets a frozen `JobContext`'s attribute dict (its __setattr__ refuses).
+_set = object.__setattr__
 
 
 def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
@@ -281,19 +286,30 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     await queue.release([delivery], started=False)
                 raise
-        ctx = JobContext(
-            decode_payload(job.payload),
-            job.attempt,
-            job.job_type,
-            job.dispatch_id,
-            job.job_id,
-            job.chain_id,
-            batch_id,
-            job.queue,
-            state,
-            job.error,
-            delivery.delivery,
-            delivery.fence,
+        timeout = job.timeout
+        bare = timeout is None and self._bare  # no middleware, no timeout: the handler
+        # The `JobContext` its __init__ would make, built as one dict (its fields in order):
+        # no Python frame of 13 arguments per job.
+        ctx: JobContext = _new(JobContext)
+        _set(
+            ctx,
+            "__dict__",
+            {
+                "payload": decode_payload(job.payload),
+                "attempt": job.attempt,
+                "job_type": job.job_type,
+                "dispatch_id": job.dispatch_id,
+                "job_id": job.job_id,
+                "chain_id": job.chain_id,
+                "batch_id": batch_id,
+                "queue": job.queue,
+                "state": state,
+                "error": job.error,
+                "delivery": delivery.delivery,
+                "fence": delivery.fence,
+                # No middleware, no timeout: nothing sets them (see `NO_FLAGS`).
+                "_flags": NO_FLAGS if bare else _AttemptFlags(),
+            },
         )
         emitter = self._parts.emitter
         direct = fresh and quick
@@ -307,10 +323,10 @@ class Worker:
                 raise UnknownJobType(
                     f"no handler is registered for job type {job.job_type!r} on this worker"
                 )
-            if job.timeout is None and self._bare:
-                call = self._handlers[job.job_type]  # no middleware, no timeout: the handler
+            if bare:
+                call = self._handlers[job.job_type]
             else:
-                ctx._flags.timeout = job.timeout
+                ctx._flags.timeout = timeout
                 call = self._call
             if direct:
                 await call(ctx)
