@@ -74,6 +74,9 @@ class MemoryQueue:
         self._timer = trio.lowlevel.ParkingLot()
         #: Lanes with a job out, and the jobs waiting behind it: (due time, job).
         self._lanes: dict[str, deque[tuple[float, QueuedJob]]] = {}
+        #: Set by `put_kept`: its caller, a worker of this queue, passed a cancel check and
+        #: has not yielded since (its next job need not check again, see `Worker`).
+        self.checked = False
 
     def __repr__(self) -> str:
         return f"<MemoryQueue {self.name!r} ready={len(self._ready)} delayed={len(self._delayed)}>"
@@ -115,8 +118,11 @@ class MemoryQueue:
     def put_kept(self, job: QueuedJob) -> None:
         """Queue a ready plain job (no delay, no lane) for the running worker of this queue
         that calls this and takes its next job with `get_now` before it yields: no one is
-        woken for it (a woken worker's task switch, where the job runs next either way)."""
+        woken for it (a woken worker's task switch, where the job runs next either way).
+        The caller has passed a cancel check (`checkpoint_if_cancelled`) with no scheduling
+        point since: it says so (``checked``), and the worker skips its next job's check."""
         self._ready.append(job)
+        self.checked = True
 
     def _lane_heads(self, jobs: Sequence[QueuedJob], delay: float) -> list[QueuedJob]:
         """The jobs that go out now: plain ones, and lane jobs whose lane has none out."""

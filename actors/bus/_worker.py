@@ -156,6 +156,11 @@ class Worker:
         run = 0
         clean = True
         while True:
+            # The last job, a chain step, left its next step to this task (`put_kept`) right
+            # after a cancel check, and nothing yielded or ran user code since: the check
+            # before the next job taken here would find what that one found (not cancelled).
+            checked = queue.checked
+            queue.checked = False
             item = queue.take_now() if clean and run < DRAIN else None
             fresh = item is None
             if item is None:
@@ -228,8 +233,9 @@ class Worker:
             handed = False
             try:
                 # (``keep``: this task takes the next ready job without yielding, below.)
-                handed = await self._run(queue, delivery, base, fresh, quick, run < DRAIN)
+                handed = await self._run(queue, delivery, base, fresh, quick, run < DRAIN, checked)
             except Exception:
+                queue.checked = False  # (a log handler runs next)
                 self._broke(queue, delivery)
             finally:
                 if not handed:  # else its coordinator lets it go, once it is recorded
@@ -252,6 +258,7 @@ class Worker:
         fresh: bool,
         quick: bool,
         keep: bool = False,
+        checked: bool = False,
     ) -> bool:
         """Run one delivery; True if its outcome was handed on to its coordinator.
 
@@ -261,18 +268,21 @@ class Worker:
         in the task's context (no stepping in a context of its own, `in_context`): nothing
         before its handler reads or writes a context variable, and after it only a success
         is settled there; anything else is handed back to a copy of ``base``, where the slow
-        path would run it.
+        path would run it. ``checked``: a memory broker's job taken right after a cancel
+        check, with no scheduling point and no user code since (see `_serve_memory`).
         """
         job = delivery.job
         batch_id = job.batch_id
         state: BatchState | ChainState | None = None
-        if not fresh or batch_id is not None or job.callback_of is not None:
+        checked = fresh or checked  # (a fresh job's get checked it)
+        if not checked or batch_id is not None or job.callback_of is not None:
             try:
                 # A worker stopped as its delivery arrived (a claim answered under a cancel)
                 # must not start the job: a handler that fails before its first checkpoint
                 # would have its outcome cut short by the cancel, leaving the job leased
-                # until it lapses. (A fresh job's get checked that itself, with no yield since.)
-                if not fresh:
+                # until it lapses. (A fresh job's get checked that itself, with no yield since;
+                # a ``checked`` one's worker did.)
+                if not checked:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 if batch_id is not None:
                     known = self._batches.cancelled_now(batch_id)  # (no coroutine if it knows)
