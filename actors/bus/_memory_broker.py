@@ -12,6 +12,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from itertools import count
+from typing import TypeGuard
 
 import trio
 
@@ -51,7 +52,7 @@ def queued(item: QueuedJob | Plain) -> QueuedJob:
     )
 
 
-def _of_batch(item: QueuedJob | Plain, batch_id: str) -> bool:
+def _of_batch(item: QueuedJob | Plain, batch_id: str) -> TypeGuard[QueuedJob]:
     return not isinstance(item, tuple) and item.batch_id == batch_id  # (a `Plain` is of none)
 
 
@@ -270,9 +271,7 @@ class MemoryQueue:
         await trio.lowlevel.checkpoint()
         if self._lanes:
             return self._discard_with_lanes(batch_id)
-        removed = [
-            job for job in self._ready if not isinstance(job, tuple) and job.batch_id == batch_id
-        ]
+        removed = [job for job in self._ready if _of_batch(job, batch_id)]
         if removed:
             kept = [job for job in self._ready if not _of_batch(job, batch_id)]
             self._ready.clear()
@@ -292,9 +291,7 @@ class MemoryQueue:
             kept = [(at, job) for at, job in waiting if job.batch_id != batch_id]
             waiting.clear()
             waiting.extend(kept)
-        heads = [
-            job for job in self._ready if not isinstance(job, tuple) and job.batch_id == batch_id
-        ]
+        heads = [job for job in self._ready if _of_batch(job, batch_id)]
         heads += [entry[2] for entry in sorted(self._delayed) if entry[2].batch_id == batch_id]
         self._ready = deque(job for job in self._ready if not _of_batch(job, batch_id))
         self._delayed[:] = [entry for entry in self._delayed if entry[2].batch_id != batch_id]
