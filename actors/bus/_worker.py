@@ -268,8 +268,10 @@ class Worker:
         in the task's context (no stepping in a context of its own, `in_context`): nothing
         before its handler reads or writes a context variable, and after it only a success
         is settled there; anything else is handed back to a copy of ``base``, where the slow
-        path would run it. ``checked``: a memory broker's job taken right after a cancel
-        check, with no scheduling point and no user code since (see `_serve_memory`).
+        path would run it. ``keep``: this worker takes its next job without yielding (a
+        chain's next step may be left to it). ``checked``: a memory broker's job taken right
+        after a cancel check, with no scheduling point and no user code since (see
+        `_serve_memory`).
         """
         job = delivery.job
         batch_id = job.batch_id
