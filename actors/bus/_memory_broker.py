@@ -216,10 +216,6 @@ class MemoryQueue:
             trio.lowlevel.reschedule(waiting.popleft())
             n -= 1
 
-    def has_free(self) -> bool:
-        """Whether a ready job is there for a running worker (none of them a woken one's)."""
-        return len(self._ready) > self._reserved
-
     def get_now(self) -> Delivery | None:
         """A ready job without yielding, or None (for a worker that has just yielded)."""
         job = self.take_now()
@@ -232,12 +228,6 @@ class MemoryQueue:
             return None
         self._running += 1
         return ready.popleft()
-
-    def ack_job_now(self, job: QueuedJob | Plain) -> None:
-        """`ack_now` of a job `take` or `take_now` gave."""
-        self._running -= 1
-        if not isinstance(job, tuple) and job.lane is not None:
-            self._lane_done(job.lane)
 
     def ack_now(self, delivery: Delivery) -> None:
         self._running -= 1

@@ -183,7 +183,7 @@ class Worker:
                     and item.callback_of is None
                     and not emitter.active
                 )
-            if fresh and quick and len(queue._ready) > queue._reserved:  # (`has_free`)
+            if fresh and quick and len(queue._ready) > queue._reserved:  # (a job free: inlined)
                 # More jobs are ready: step this one in a context of its own (`_run`), so
                 # the task's stays clean and the next ones follow without a take.
                 fresh = False
@@ -219,7 +219,7 @@ class Worker:
                             delivery = Delivery(queued(item), 1, "")
                             await self._attempt_failed(queue, delivery, ctx, exc, base, True)
                         else:
-                            queue._running -= 1  # `ack_job_now` of a `Plain` (on no lane)
+                            queue._running -= 1  # `ack_now` of a `Plain` (on no lane): inlined
                             parts.settled_here()  # a memory queue's jobs are all this bus's
                             settled = True
                     except Exception:
