@@ -66,35 +66,16 @@ class MemoryChains:
 
     def create_chain_now(self, record: ChainRecord) -> None:
         """`create_chain` without yielding."""
-        self.start_chain_now(
-            record.chain_id,
+        chain_id = record.chain_id
+        row = self._new_row(
+            chain_id,
             record.dispatch_id,
             record.queue,
-            record.nodes,
+            len(record.nodes),
             record.created_at,
             record.callbacks,
         )
-
-    def start_chain_now(
-        self,
-        chain_id: str,
-        dispatch_id: str,
-        queue: str,
-        nodes: tuple[JobRecord, ...],
-        created_at: datetime,
-        callbacks: Sequence[tuple[str, JobRecord]] = (),
-    ) -> None:
-        """`create_chain_now` of a `ChainRecord`'s fields, with none built (the bus's
-        admission on the memory broker: a chain stored and its first job queued with no
-        scheduling point between)."""
-        if callbacks:
-            self._job_callbacks[f"chain:{chain_id}"] = dict(callbacks)
-        # Positional: (chain id, dispatch id, queue, length, next index, completed, failed,
-        # failure, created at, updated at).
-        row = ChainRow(
-            chain_id, dispatch_id, queue, len(nodes), 0, False, False, None, created_at, created_at
-        )
-        self._chains[chain_id] = _MemoryChain(row, nodes)
+        self._chains[chain_id] = _MemoryChain(row, record.nodes)
 
     def start_queued_chain_now(
         self,
@@ -106,15 +87,29 @@ class MemoryChains:
         created_at: datetime,
         callbacks: Sequence[tuple[str, JobRecord]] = (),
     ) -> None:
-        """`start_chain_now` of nodes given as their first attempts (``jobs``, each due
+        """`create_chain_now` of nodes given as their first attempts (``jobs``, each due
         after its delay): the bus's admission on the memory broker builds those, and
         `advance_chain_now` hands them back (no `JobRecord` built unless one is read)."""
+        row = self._new_row(chain_id, dispatch_id, queue, len(jobs), created_at, callbacks)
+        self._chains[chain_id] = _MemoryChain(row, None, jobs, delays)
+
+    def _new_row(
+        self,
+        chain_id: str,
+        dispatch_id: str,
+        queue: str,
+        length: int,
+        created_at: datetime,
+        callbacks: Sequence[tuple[str, JobRecord]],
+    ) -> ChainRow:
+        """A new chain's row (its `Job` callbacks kept beside it)."""
         if callbacks:
             self._job_callbacks[f"chain:{chain_id}"] = dict(callbacks)
-        row = ChainRow(
-            chain_id, dispatch_id, queue, len(jobs), 0, False, False, None, created_at, created_at
+        # Positional: (chain id, dispatch id, queue, length, next index, completed, failed,
+        # failure, created at, updated at).
+        return ChainRow(
+            chain_id, dispatch_id, queue, length, 0, False, False, None, created_at, created_at
         )
-        self._chains[chain_id] = _MemoryChain(row, None, jobs, delays)
 
     async def get_chain(self, chain_id: str) -> ChainState:
         await trio.lowlevel.checkpoint()
