@@ -23,8 +23,8 @@ How a job flows (one way, each step a module):
 2. ``_worker``: a queue's worker gets a `Delivery`, runs it through the middleware
    (``_middleware``) and its handler, retries it on failure, and hands the final outcome on:
    a plain job is acknowledged; a chain's or batch's job is told to its coordinator. A
-   memory worker runs ready jobs back to back, each in a fresh context, and yields after
-   16 of them, as an actor drains its mailbox.
+   memory worker (``_memory_worker``) runs ready jobs back to back, each in a fresh
+   context, and yields after 16 of them, as an actor drains its mailbox.
 3. ``_chains`` / ``_batches``: the coordinator (a keyed actor per chain or batch, the only
    writer of its state) records the outcome in the store (``_recording``: retried until it
    commits), acknowledges the delivery, queues a chain's next job or counts the batch

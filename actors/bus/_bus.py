@@ -30,6 +30,7 @@ from ._errors import BusClosed, InsideBus, NotFound
 from ._handlers import H, Handler, Handlers, Observer, add_handler, handler_decorator
 from ._limits import bind_middleware
 from ._memory_broker import MemoryBroker
+from ._memory_worker import MemoryWorker
 from ._middleware import Middleware
 from ._model import (
     BatchState,
@@ -46,7 +47,6 @@ from ._parts import INSIDE, Parts
 from ._rules import FailedJob
 from ._store import MemoryStore, Store
 from ._urls import broker_from_url, store_from_url
-from ._worker import Worker
 from ._workers import serve_registration
 
 log = logging.getLogger("actors.bus")
@@ -413,7 +413,9 @@ async def open_bus(
         batches=batches,
         workers=workers,
     )
-    worker = Worker(parts, table, bind_middleware(declared.middleware, broker), chains, batches)
+    worker = MemoryWorker(
+        parts, table, bind_middleware(declared.middleware, broker), chains, batches
+    )
     await store.open()
     try:
         await broker.open()

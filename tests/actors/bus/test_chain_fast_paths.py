@@ -22,7 +22,7 @@ from actors.bus import (
     MemoryStore,
     QueuedJob,
     UnknownJobType,
-    _worker,
+    _memory_worker,
     open_bus,
 )
 
@@ -203,7 +203,7 @@ async def _kept_chains(store: MemoryStore, broker: MemoryBroker) -> tuple[Any, .
         # back (it yields after `DRAIN` jobs).
         ids.append(await bus.chain(*(Job("w", ("s", i)) for i in range(3))).dispatch())
         await bus.wait_idle()
-        long = [Job("w", ("d", i)) for i in range(2, _worker.DRAIN + 4)]
+        long = [Job("w", ("d", i)) for i in range(2, _memory_worker.DRAIN + 4)]
         ids.append(await bus.chain(*long).dispatch())
         await bus.wait_idle()
         states = [await bus.find_chain(chain_id) for chain_id in ids]

@@ -1,4 +1,4 @@
-"""A memory worker runs ready jobs back to back (up to `_worker.DRAIN`) without yielding
+"""A memory worker runs ready jobs back to back (up to `_memory_worker.DRAIN`) without yielding
 between them, as an actor drains its mailbox (DESIGN rule 6: no one can tell it from one
 scheduling point per job). Each job still sees a fresh copy of the bus's context, other
 tasks run at least every `DRAIN` jobs, and the same workload on a `MemoryQueue` subclass
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.bus import Job, JobContext, MemoryBroker, MemoryQueue, _worker, open_bus
+from actors.bus import Job, JobContext, MemoryBroker, MemoryQueue, _memory_worker, open_bus
 
 request: ContextVar[str] = ContextVar("request", default="none")
 
@@ -87,4 +87,4 @@ async def test_a_worker_yields_at_least_every_drain_jobs(autojump_clock: Any) ->
             last = ran[0]
         await bus.wait_idle()
     assert first + sum(gaps) == 100
-    assert max(gaps) <= 2 * _worker.DRAIN
+    assert max(gaps) <= 2 * _memory_worker.DRAIN
