@@ -83,8 +83,8 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         #: The `Job` callbacks of batches built elsewhere, as read (`_job_callbacks`).
         self._foreign: dict[str, dict[str, JobRecord]] = {}
         #: The store's entries of the batches whose successes a worker may count itself
-        #: (`settle_now`), by id.
-        self._quick: dict[str, MemoryBatch] = {}
+        #: (`settle_now`, `counted_here`), by id (read by the memory worker's loop).
+        self.quick: dict[str, MemoryBatch] = {}
         #: The bus's clock, if a `trio_clock`: a success counted here keeps a reading of it
         #: (`MemoryBatch.count_success`), its datetime made only if the batch is read.
         self._reading = clock_reading(parts.clock)
@@ -95,17 +95,17 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         if memory is not None and local.progress is None and not local.has_jobs:
             entry = memory.batch_now(owner_id)
             if entry is not None:
-                self._quick[owner_id] = entry
+                self.quick[owner_id] = entry
 
     def forget(self, owner_id: str) -> None:
         super().forget(owner_id)
-        self._quick.pop(owner_id, None)
+        self.quick.pop(owner_id, None)
 
     def cancelled_now(self, batch_id: str) -> bool | None:
         """Whether a worker must not start a job of the batch, if that is known without a
         store call: known cancelled here, or a plain `MemoryStore` (in this process, so
         nothing else can change it: a dict lookup answers). None: ask the store."""
-        entry = self._quick.get(batch_id)
+        entry = self.quick.get(batch_id)
         if entry is not None:  # (not known cancelled here: the store's row says)
             return entry.row.cancelled
         if batch_id in self._cancelled or batch_id in self._stopping:
@@ -126,12 +126,12 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         the coordinator would then do is exactly this: one outcome recorded, nothing to act on
         (`_settle` returns at once), the delivery acknowledged, the job counted out.
 
-        The batches that may (``_quick``: built here with no `progress` or `Job` callback,
+        The batches that may (``quick``: built here with no `progress` or `Job` callback,
         on a plain `MemoryStore`, not known cancelled or stopping) are known at adoption.
         """
         job = delivery.job
         batch_id = job.batch_id
-        entry = self._quick.get(batch_id)  # type: ignore[arg-type]
+        entry = self.quick.get(batch_id)  # type: ignore[arg-type]
         if entry is None:
             return False
         parts, registry, reading = self._parts, self._registry, self._reading
@@ -152,6 +152,24 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         self.handled_inline += 1
         return True
 
+    def counted_here(self, entry: MemoryBatch, job: QueuedJob) -> bool:
+        """`settle_now` for the memory worker's inline batch job (`_memory_worker`), whose
+        entry (from ``quick``), queue (a `MemoryQueue`) and lane (none) it has checked: the
+        success counted in ``entry``; the caller acknowledges it and counts it out. False
+        (nothing done) if the coordinator must see it."""
+        registry, reading = self._registry, self._reading
+        if (
+            registry is None
+            or self._parts.emitter.active
+            or not registry.is_idle(job.batch_id)  # type: ignore[arg-type]
+            or not entry.count_success(
+                job.job_id, None if reading is not None else self._parts.clock(), reading
+            )
+        ):
+            return False
+        self.handled_inline += 1
+        return True
+
     async def tell(self, done: Done) -> None:
         """Hand the coordinator a job's outcome. A failure that will cancel the batch stops
         this process's workers from starting its jobs at once, before the write is done."""
@@ -161,7 +179,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
             local = self._local.get(batch_id)
             if local is not None and not local.allow_failures:
                 self._stopping.add(batch_id)
-                self._quick.pop(batch_id, None)
+                self.quick.pop(batch_id, None)
         await self._keyed.tell(batch_id, done)
 
     async def cancel(self, batch_id: str, *, abandon: bool = False) -> BatchState:
@@ -309,7 +327,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 local.first_error = first_error
         if state.cancelled and batch_id not in self._cancelled:
             self._cancelled.add(batch_id)
-            self._quick.pop(batch_id, None)
+            self.quick.pop(batch_id, None)
             removed = await self._discard(batch_id)
             if removed:
                 try:
@@ -427,7 +445,7 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
                 **common,
             )
         self._local.pop(batch_id, None)
-        self._quick.pop(batch_id, None)
+        self.quick.pop(batch_id, None)
         self._foreign.pop(batch_id, None)
         self._cancelled.discard(batch_id)
         self._stopping.discard(batch_id)

@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 import trio
 
+from .._contexts import _InContext
 from ._broker import BrokerQueue, Delivery
+from ._events import EventKind
 from ._memory_broker import MemoryQueue, queued
-from ._model import NO_FLAGS, JobContext, decode_payload
+from ._model import NO_FLAGS, JobContext, QueuedJob, decode_payload
 from ._parts import INSIDE
 from ._worker import Worker
+
+_new = object.__new__
+#: Sets a frozen `JobContext`'s attribute dict (its __setattr__ refuses).
+_set = object.__setattr__
+
 
 #: A memory worker runs at most this many ready jobs back to back before it yields (as the
 #: actor core does with its mailboxes).
@@ -39,6 +47,8 @@ class MemoryWorker(Worker):
         task = trio.lowlevel.current_task()
         parts, handlers, bare = self._parts, self._handlers, self._bare
         emitter = parts.emitter
+        batches = self._batches
+        quick_entry = batches.quick.get  # (the same dict for the bus's life)
         # Jobs run back to back since this task last yielded. While the task's context is
         # clean (no job ran in it), the worker takes the next ready job without a scheduling
         # point, up to `DRAIN` of them, as an actor drains its mailbox; then it yields, so
@@ -62,6 +72,86 @@ class MemoryWorker(Worker):
                 run = 0
             parts.in_hand += 1
             run += 1
+            if bare and type(item) is QueuedJob and item.batch_id is not None:
+                entry = quick_entry(item.batch_id)
+                if (
+                    entry is not None
+                    and item.chain_id is None
+                    and item.callback_of is None
+                    and item.lane is None
+                    and item.timeout is None
+                    and not emitter.active
+                    and not entry.row.cancelled
+                    and item.job_type in handlers
+                ):
+                    # `_run` of a batch job whose success its worker may count itself
+                    # (`Batches.settle_now`), inlined: no `Delivery` unless it must go on.
+                    clean = True  # (it runs in a context of its own)
+                    held = True  # counted in hand: let go at the end unless settled
+                    try:
+                        if not (fresh or checked):
+                            try:
+                                await trio.lowlevel.checkpoint_if_cancelled()
+                            except trio.Cancelled:
+                                delivery = Delivery(item, 1, "")
+                                with trio.CancelScope(shield=True):
+                                    await queue.release([delivery], started=False)
+                                raise
+                        # The `JobContext` `Worker._run` makes for it, as one dict.
+                        ctx = _new(JobContext)
+                        _set(
+                            ctx,
+                            "__dict__",
+                            {
+                                "payload": None
+                                if item.payload == "null"
+                                else decode_payload(item.payload),
+                                "attempt": item.attempt,
+                                "job_type": item.job_type,
+                                "dispatch_id": item.dispatch_id,
+                                "job_id": item.job_id,
+                                "chain_id": None,
+                                "batch_id": item.batch_id,
+                                "queue": item.queue,
+                                "state": None,  # (no callback state: not a callback job)
+                                "error": item.error,
+                                "delivery": 1,
+                                "fence": 0,
+                                "_flags": NO_FLAGS,  # (no middleware, no timeout)
+                            },
+                        )
+                        coro: Any = handlers[item.job_type](ctx)
+                        if type(coro) is not CoroutineType:
+                            coro = coro.__await__()
+                        context = base.copy()  # `in_context`, inlined
+                        try:
+                            try:
+                                first = context.run(coro.send, None)
+                            except StopIteration:
+                                pass
+                            else:
+                                await _InContext(context, coro, first)
+                        except Exception as exc:
+                            delivery = Delivery(item, 1, "")
+                            held = not await self._attempt_failed(
+                                queue, delivery, ctx, exc, base, False
+                            )
+                            continue
+                        if batches.counted_here(entry, item):
+                            queue._running -= 1  # `ack_now` (on no lane): inlined
+                            parts.settled_here()  # a batch built here: this bus's own
+                            held = False
+                            continue
+                        delivery = Delivery(item, 1, "")
+                        if emitter.active:  # (attached by the handler: as `_run` emits it)
+                            emitter.job(EventKind.JOB_SUCCEEDED, item, duration=trio.current_time())
+                        held = not await self._finish(queue, delivery, "succeeded", None)
+                    except Exception:
+                        self._broke(queue, Delivery(item, 1, ""))
+                    finally:
+                        if held:
+                            parts.let_go(1)
+                    continue
             # A plain job with no observer: settled right where it ends. (A `Plain` is a
             # plain dispatch's first attempt, put only while no observer is attached.)
             if isinstance(item, tuple):

@@ -71,7 +71,7 @@ class Parts:
         #: is a call).
         self.idle_waiting = 0
         self._room = trio.lowlevel.ParkingLot()
-        self._room_waiting = 0  # dispatches parked in `_room`
+        self._room_waiting = 0  # dispatches parked in `_room`, not yet woken
         # The memory broker's queues take jobs without yielding (the events of a dispatch
         # then come before its job's, as with any broker whose put returns before a worker
         # can start).
@@ -145,7 +145,7 @@ class Parts:
         if not jobs and not self.admitting and self.idle_waiting:
             self._idle.unpark_all()
         if self._room_waiting and jobs <= self.max_pending // 2:
-            self._room.unpark_all()
+            self._room_waiting -= len(self._room.unpark_all())  # (not again till they park)
 
     def settled_here(self) -> None:
         """`done` and `let_go` of one delivery of this bus's own, acknowledged by its worker
@@ -156,7 +156,7 @@ class Parts:
         if (not jobs or not in_hand) and not self.admitting and self.idle_waiting:
             self._idle.unpark_all()
         if self._room_waiting and jobs <= self.max_pending // 2:
-            self._room.unpark_all()
+            self._room_waiting -= len(self._room.unpark_all())  # (not again till they park)
 
     def admit(self) -> None:
         self.admitting += 1
@@ -171,11 +171,14 @@ class Parts:
         if self.jobs + n <= self.max_pending or INSIDE.get():
             return
         while self.jobs and self.jobs + n > self.max_pending:
+            # Counted while parked: a waker counts out those it wakes, so the jobs after it
+            # do not wake an empty lot again before they run.
             self._room_waiting += 1
             try:
                 await self._room.park()
-            finally:
+            except BaseException:  # not woken (a park that returns was unparked)
                 self._room_waiting -= 1
+                raise
 
     # ---------------------------------------------------------------- queueing
 
