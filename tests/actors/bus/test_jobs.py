@@ -264,6 +264,43 @@ async def test_dispatch_waits_while_max_pending_jobs_are_outstanding(autojump_cl
     assert dispatched_at == [0, 0, 0, 0, 2, 2, 4, 4]
 
 
+async def test_dispatches_waiting_for_room_are_woken_once_and_a_cancelled_one_counts_out(
+    autojump_clock: Any,
+) -> None:
+    """Each waiter for room is counted while parked, and counted out by whoever wakes it
+    (or by itself, cancelled): every later waiter is still woken, and none is left counted."""
+    got_in: list[tuple[str, float]] = []
+    async with open_bus(queues={"default": 1}, max_pending=2) as bus:
+
+        @bus.handler("a")
+        async def handler(ctx: JobContext) -> None:
+            await trio.sleep(1)
+
+        async def send(name: str, scope: trio.CancelScope | None = None) -> None:
+            with scope or trio.CancelScope():
+                await bus.dispatch(Job("a"))
+                got_in.append((name, trio.current_time()))
+
+        await bus.dispatch(Job("a"))
+        await bus.dispatch(Job("a"))
+        async with trio.open_nursery() as nursery:
+            for name in "xyz":
+                nursery.start_soon(send, name)
+            scope = trio.CancelScope()
+            nursery.start_soon(send, "cancelled", scope)
+            await trio.sleep(0.5)
+            assert bus._parts._room_waiting == 4
+            scope.cancel()
+            await trio.sleep(0.1)  # (no job ends in it)
+            assert bus._parts._room_waiting == 3
+        await send("late")  # room must be waited for again, and it is woken
+        await bus.wait_idle()
+        assert bus._parts._room_waiting == 0
+    assert sorted(name for name, _ in got_in[:3]) == ["x", "y", "z"]  # (woken in any order)
+    assert got_in[3][0] == "late"
+    assert got_in[-1][1] > got_in[-2][1]
+
+
 async def test_jobs_dispatched_from_handlers_never_wait_for_room(autojump_clock: Any) -> None:
     count = 0
     async with open_bus(queues={"default": 1}, max_pending=1) as bus:
