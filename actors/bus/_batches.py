@@ -130,26 +130,14 @@ class Batches(Coordinators[Message, BatchState | None, BatchLocal]):
         on a plain `MemoryStore`, not known cancelled or stopping) are known at adoption.
         """
         job = delivery.job
-        batch_id = job.batch_id
-        entry = self.quick.get(batch_id)  # type: ignore[arg-type]
-        if entry is None:
+        entry = self.quick.get(job.batch_id)  # type: ignore[arg-type]
+        if entry is None or job.lane is not None:
             return False
-        parts, registry, reading = self._parts, self._registry, self._reading
-        queue = parts.queues[job.queue]
-        if (
-            registry is None
-            or parts.emitter.active
-            or job.lane is not None
-            or type(queue) is not MemoryQueue
-            or not registry.is_idle(batch_id)  # type: ignore[arg-type]
-            or not entry.count_success(
-                job.job_id, None if reading is not None else parts.clock(), reading
-            )
-        ):
+        queue = self._parts.queues[job.queue]
+        if type(queue) is not MemoryQueue or not self.counted_here(entry, job):
             return False
         queue.ack_now(delivery)
-        parts.done(1)  # a job of a batch built here (``local``): this bus's own
-        self.handled_inline += 1
+        self._parts.done(1)  # a job of a batch built here (``local``): this bus's own
         return True
 
     def counted_here(self, entry: MemoryBatch, job: QueuedJob) -> bool:

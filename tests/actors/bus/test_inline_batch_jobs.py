@@ -6,13 +6,14 @@ handler, batch states, callbacks, stats and Trio time."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
 import pytest
 import trio
 
-from actors.bus import Job, JobContext, MemoryBroker, MemoryStore, Release, open_bus
+from actors.bus import Job, JobContext, MemoryBroker, MemoryStore, Middleware, Release, open_bus
 from actors.bus._worker import Worker
 
 from .test_worker_drain import SlowBroker
@@ -20,7 +21,13 @@ from .test_worker_drain import SlowBroker
 request: ContextVar[str] = ContextVar("request", default="none")
 
 
-async def _workload(broker: MemoryBroker, runs: list[int]) -> tuple[Any, ...]:
+async def _passing(ctx: JobContext, call_next: Any) -> None:
+    await call_next(ctx)
+
+
+async def _workload(
+    broker: MemoryBroker, runs: list[int], middleware: Sequence[Middleware] = ()
+) -> tuple[Any, ...]:
     seen: list[tuple[Any, int, str]] = []
     ends: list[Any] = []
     released: set[str] = set()
@@ -50,7 +57,9 @@ async def _workload(broker: MemoryBroker, runs: list[int]) -> tuple[Any, ...]:
         return callback
 
     request.set("outer")
-    async with open_bus(store=MemoryStore(), broker=broker, queues={"default": 2}) as bus:
+    async with open_bus(
+        store=MemoryStore(), broker=broker, queues={"default": 2}, middleware=middleware
+    ) as bus:
         bus.register("w", work)
         ids = []
         for name in ["quiet", "retried", "released", "failing", "sleepy", "cancelling"]:
@@ -63,6 +72,7 @@ async def _workload(broker: MemoryBroker, runs: list[int]) -> tuple[Any, ...]:
         states = [await bus.find_batch(batch_id) for batch_id in ids]
         stats = bus.stats()
         failed = sorted((f.error, f.attempts) for f in await bus.failed_jobs())
+        inline = bus._batches.handled_inline
     assert request.get() == "outer"
     return (
         sorted(seen, key=str),
@@ -72,6 +82,7 @@ async def _workload(broker: MemoryBroker, runs: list[int]) -> tuple[Any, ...]:
         failed,
         trio.current_time(),
         runs[0],
+        inline,
     )
 
 
@@ -91,6 +102,7 @@ async def test_inline_batch_jobs_end_as_jobs_run_through_the_worker(
     runs[0] = 0
     slow = await _workload(SlowBroker(), runs)
     assert slow[:5] == fast[:5]
+    assert slow[7] == 0 < fast[7]
     assert slow[5] - start == pytest.approx(fast[5], abs=1e-9)
     # Every job saw the bus's context, never another job's write.
     assert {value for _, _, value in fast[0]} == {"outer"}
@@ -101,3 +113,16 @@ async def test_inline_batch_jobs_end_as_jobs_run_through_the_worker(
     assert fast[2][3] == (6, 1, 0, False, True)  # failing, failures allowed
     assert fast[4] == [("ValueError: for good", 2)]
     assert fast[2][5][3]  # cancelled from its own handler
+
+
+async def test_batch_successes_counted_by_a_worker_with_middleware_end_as_the_coordinators(
+    autojump_clock: Any,
+) -> None:
+    """With middleware the job goes through `Worker._run`, and `Batches.settle_now` counts
+    its success: the same workload ends as on the slow path."""
+    fast = await _workload(MemoryBroker(), [0], [_passing])
+    start = trio.current_time()
+    slow = await _workload(SlowBroker(), [0], [_passing])
+    assert slow[:5] == fast[:5]
+    assert slow[5] - start == pytest.approx(fast[5], abs=1e-9)
+    assert slow[7] == 0 < fast[7]
