@@ -1,6 +1,7 @@
-"""The memory broker's worker loop: ready jobs back to back, a plain job's first attempt
-run inline (the fast paths of `Worker`, DESIGN rule 6; each compared with the slow path in
-tests/actors/bus/test_worker_drain.py and test_plain_fast_path.py)."""
+"""The memory broker's worker loop: ready jobs back to back; a plain job's first attempt,
+and a batch job whose success its worker may count, run inline (the fast paths of `Worker`,
+DESIGN rule 6; each compared with the slow path in tests/actors/bus/test_worker_drain.py,
+test_plain_fast_path.py and test_inline_batch_jobs.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,7 @@ from ._events import EventKind
 from ._memory_broker import MemoryQueue, queued
 from ._model import NO_FLAGS, JobContext, QueuedJob, decode_payload
 from ._parts import INSIDE
-from ._worker import Worker
-
-_new = object.__new__
-#: Sets a frozen `JobContext`'s attribute dict (its __setattr__ refuses).
-_set = object.__setattr__
-
+from ._worker import Worker, job_context
 
 #: A memory worker runs at most this many ready jobs back to back before it yields (as the
 #: actor core does with its mailboxes).
@@ -97,29 +93,7 @@ class MemoryWorker(Worker):
                                 with trio.CancelScope(shield=True):
                                     await queue.release([delivery], started=False)
                                 raise
-                        # The `JobContext` `Worker._run` makes for it, as one dict.
-                        ctx = _new(JobContext)
-                        _set(
-                            ctx,
-                            "__dict__",
-                            {
-                                "payload": None
-                                if item.payload == "null"
-                                else decode_payload(item.payload),
-                                "attempt": item.attempt,
-                                "job_type": item.job_type,
-                                "dispatch_id": item.dispatch_id,
-                                "job_id": item.job_id,
-                                "chain_id": None,
-                                "batch_id": item.batch_id,
-                                "queue": item.queue,
-                                "state": None,  # (no callback state: not a callback job)
-                                "error": item.error,
-                                "delivery": 1,
-                                "fence": 0,
-                                "_flags": NO_FLAGS,  # (no middleware, no timeout)
-                            },
-                        )
+                        ctx = job_context(item, None, 1, 0, NO_FLAGS)  # (as `_run`)
                         coro: Any = handlers[item.job_type](ctx)
                         if type(coro) is not CoroutineType:
                             coro = coro.__await__()

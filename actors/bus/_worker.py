@@ -50,6 +50,38 @@ _new = object.__new__
 _set = object.__setattr__
 
 
+def job_context(
+    job: QueuedJob,
+    state: BatchState | ChainState | None,
+    delivery: int,
+    fence: int,
+    flags: _AttemptFlags,
+) -> JobContext:
+    """The `JobContext` of an attempt: what its __init__ would make, built as one dict (its
+    fields in order), with no Python frame of 13 arguments per job."""
+    ctx: JobContext = _new(JobContext)
+    _set(
+        ctx,
+        "__dict__",
+        {
+            "payload": None if job.payload == "null" else decode_payload(job.payload),
+            "attempt": job.attempt,
+            "job_type": job.job_type,
+            "dispatch_id": job.dispatch_id,
+            "job_id": job.job_id,
+            "chain_id": job.chain_id,
+            "batch_id": job.batch_id,
+            "queue": job.queue,
+            "state": state,
+            "error": job.error,
+            "delivery": delivery,
+            "fence": fence,
+            "_flags": flags,
+        },
+    )
+    return ctx
+
+
 def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
     async def step(ctx: JobContext) -> None:
         await mw(ctx, call_next)
@@ -192,28 +224,12 @@ class Worker:
                 raise
         timeout = job.timeout
         bare = timeout is None and self._bare  # no middleware, no timeout: the handler
-        # The `JobContext` its __init__ would make, built as one dict (its fields in order):
-        # no Python frame of 13 arguments per job.
-        ctx: JobContext = _new(JobContext)
-        _set(
-            ctx,
-            "__dict__",
-            {
-                "payload": decode_payload(job.payload),
-                "attempt": job.attempt,
-                "job_type": job.job_type,
-                "dispatch_id": job.dispatch_id,
-                "job_id": job.job_id,
-                "chain_id": job.chain_id,
-                "batch_id": batch_id,
-                "queue": job.queue,
-                "state": state,
-                "error": job.error,
-                "delivery": delivery.delivery,
-                "fence": delivery.fence,
-                # No middleware, no timeout: nothing sets them (see `NO_FLAGS`).
-                "_flags": NO_FLAGS if bare else _AttemptFlags(),
-            },
+        ctx = job_context(
+            job,
+            state,
+            delivery.delivery,
+            delivery.fence,
+            NO_FLAGS if bare else _AttemptFlags(),  # (no middleware, no timeout: nothing sets them)
         )
         emitter = self._parts.emitter
         direct = fresh and quick
